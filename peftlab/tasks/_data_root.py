@@ -1,0 +1,26 @@
+"""Where local data sets live. Configurable; on this machine the default finds ../shared/data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ENV_VAR = "PEFTLAB_DATA_ROOT"
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def data_root_candidates(configured: str | None) -> list[Path]:
+    """The folders searched, in order: ``data_root`` if set, else $PEFTLAB_DATA_ROOT, else the
+    ``shared/data`` beside the repository and beside the working directory."""
+    if configured:
+        return [Path(configured).expanduser().resolve()]
+    if os.environ.get(ENV_VAR):
+        return [Path(os.environ[ENV_VAR]).expanduser().resolve()]
+    candidates = [_REPO_ROOT.parent / "shared" / "data", Path.cwd().parent / "shared" / "data"]
+    return list(dict.fromkeys(path.resolve() for path in candidates))
+
+
+def find_data_file(configured: str | None, relative: str) -> tuple[Path | None, list[Path]]:
+    """The first existing ``root/relative``, and every path that was tried (for error messages)."""
+    tried = [root / relative for root in data_root_candidates(configured)]
+    return next((path for path in tried if path.is_file()), None), tried

@@ -1,0 +1,139 @@
+"""The task protocol the training loop talks to, and its sentence(-pair) classification form."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerBase
+
+from peftlab.tasks.metrics import METRICS
+
+
+@dataclass(frozen=True)
+class Example:
+    text_a: str
+    text_b: str | None
+    label: float | int
+
+
+class Task(ABC):
+    """A task gives data loaders and scores a model. Subclasses register in ``peftlab.registry.TASKS``."""
+
+    num_labels: int
+    main_metric: str
+    eval_splits: tuple[str, ...]
+
+    def __init__(self, cfg: DictConfig, data_root: str | None) -> None:
+        self.cfg = cfg
+        self.data_root = data_root
+
+    @abstractmethod
+    def load_split(self, split: str) -> list[Example]:
+        """Examples of ``split`` (``train`` or one of ``eval_splits``); raises ConfigError when absent."""
+
+    @abstractmethod
+    def build_loader(
+        self,
+        examples: list[Example],
+        tokenizer: PreTrainedTokenizerBase,
+        batch_size: int,
+        max_length: int,
+        generator: torch.Generator | None = None,
+    ) -> DataLoader:
+        """Batches for training (``generator`` given: shuffled) or evaluation (in order)."""
+
+    @abstractmethod
+    def evaluate(self, model: torch.nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
+        """Metrics of ``model`` over ``loader``, plus ``loss``."""
+
+    def metric_key(self, split: str, metric: str) -> str:
+        """Flat name of a metric: ``accuracy`` for one eval split, ``accuracy_<split>`` for several."""
+        return metric if len(self.eval_splits) == 1 else f"{metric}_{split}"
+
+
+class TokenizedDataset(torch.utils.data.Dataset):
+    def __init__(self, encodings: dict[str, list[list[int]]], labels: list[float | int]) -> None:
+        self.encodings = encodings
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, list[int] | float | int]:
+        item: dict[str, list[int] | float | int] = {k: v[index] for k, v in self.encodings.items()}
+        item["labels"] = self.labels[index]
+        return item
+
+
+def pad_batch(pad_id: int, regression: bool):
+    """Collate function: dynamic padding to the longest sequence of the batch."""
+
+    def collate(items: list[dict]) -> dict[str, torch.Tensor]:
+        length = max(len(item["input_ids"]) for item in items)
+        batch: dict[str, torch.Tensor] = {}
+        for key in items[0]:
+            if key == "labels":
+                continue
+            fill = pad_id if key == "input_ids" else 0
+            tensor = torch.full((len(items), length), fill, dtype=torch.long)
+            for row, item in enumerate(items):
+                tensor[row, : len(item[key])] = torch.as_tensor(item[key])
+            batch[key] = tensor
+        dtype = torch.float32 if regression else torch.long
+        batch["labels"] = torch.tensor([item["labels"] for item in items], dtype=dtype)
+        return batch
+
+    return collate
+
+
+class ClassificationTask(Task):
+    """Sentence or sentence-pair classification/regression scored by ``metrics`` (names in METRICS)."""
+
+    metrics: tuple[str, ...]
+
+    @property
+    def regression(self) -> bool:
+        return self.num_labels == 1
+
+    def build_loader(self, examples, tokenizer, batch_size, max_length, generator=None):
+        text_b = [e.text_b for e in examples] if examples and examples[0].text_b is not None else None
+        encodings = tokenizer([e.text_a for e in examples], text_b, truncation=True, max_length=max_length)
+        keep = [k for k in tokenizer.model_input_names if k in encodings]
+        dataset = TokenizedDataset({k: encodings[k] for k in keep}, [e.label for e in examples])
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=generator is not None,
+            generator=generator,
+            collate_fn=pad_batch(tokenizer.pad_token_id or 0, self.regression),
+        )
+
+    @torch.inference_mode()
+    def predict(self, model: torch.nn.Module, loader: DataLoader, device: torch.device):
+        """Predictions (class ids, or scores for regression), gold labels and mean loss."""
+        was_training = model.training
+        model.eval()
+        preds, golds, loss_sum = [], [], 0.0
+        for batch in loader:
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            out = model(**batch)
+            logits = out.logits.float()
+            preds.append(logits.squeeze(-1) if self.regression else logits.argmax(-1))
+            golds.append(batch["labels"])
+            loss_sum += float(out.loss) * len(batch["labels"])
+        model.train(was_training)
+        pred = torch.cat(preds).cpu().numpy()
+        gold = torch.cat(golds).cpu().numpy()
+        return pred, gold, loss_sum / max(len(gold), 1)
+
+    def score(self, pred: np.ndarray, gold: np.ndarray) -> dict[str, float]:
+        return {name: METRICS[name](pred, gold) for name in self.metrics}
+
+    def evaluate(self, model, loader, device):
+        pred, gold, loss = self.predict(model, loader, device)
+        return {**self.score(pred, gold), "loss": loss}

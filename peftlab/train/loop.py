@@ -1,0 +1,247 @@
+"""The training loop. One loop for every method; methods act only through their hooks.
+
+The hot path per step is: forward, (extra loss), backward, after_backward hook, grad clipping,
+optimizer step, after_step hook. No Python loop over parameters and no host sync except at logging
+points (every ``log_every_steps``) and evaluation.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from peftlab.blocks.params import count_parameters, trainable_named_parameters
+from peftlab.errors import TrainingDiverged
+from peftlab.methods.base import Method, TrainState
+from peftlab.tasks.base import Task
+from peftlab.train import efficiency
+from peftlab.train.optim import build_optimizer, lr_factor, rebuild_optimizer, set_lr
+from peftlab.train.run_dir import RunDir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class History:
+    """What the loop accumulates for results.json."""
+
+    step_times: list[float] = field(default_factory=list)
+    trainable_param_steps: int = 0  # sum over steps of the trainable count (for the average)
+    samples: int = 0
+    train_time_s: float = 0.0  # sum of step times, evaluation excluded
+    best_eval: dict[str, float] | None = None
+    best_step: int | None = None
+    last_eval: dict[str, float] | None = None
+    last_eval_step: int | None = None
+    flops_per_step: int | None = None
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: DictConfig,
+        model: torch.nn.Module,
+        method: Method,
+        task: Task,
+        train_loader: DataLoader,
+        eval_loaders: dict[str, DataLoader],
+        device: torch.device,
+        run_dir: RunDir,
+    ) -> None:
+        self.cfg, self.sched = cfg, cfg.schedule
+        self.model, self.method, self.task = model, method, task
+        self.train_loader, self.eval_loaders = train_loader, eval_loaders
+        self.device, self.run_dir = device, run_dir
+        steps_per_epoch = len(train_loader)
+        total = self.sched.max_steps or steps_per_epoch * self.sched.epochs
+        self.state = TrainState(model, step=0, total_steps=total, steps_per_epoch=steps_per_epoch)
+        self.warmup_steps = math.ceil(self.sched.warmup_ratio * total)
+        self.eval_every = self.sched.eval_every_steps or steps_per_epoch
+        self.history = History()
+        self._set_up_optimizer(None)
+        self.trainable_start = self.trainable_count
+
+    # -- optimizer --------------------------------------------------------------------------------
+    def _set_up_optimizer(self, old: torch.optim.Optimizer | None) -> None:
+        groups = self.method.param_groups(self.model)
+        self.optimizer = (
+            build_optimizer(groups, self.sched) if old is None else rebuild_optimizer(old, groups, self.sched)
+        )
+        self.trainable = [p for _, p in trainable_named_parameters(self.model)]
+        self.trainable_count = sum(p.numel() for p in self.trainable)
+
+    def _apply_param_change(self) -> None:
+        """A hook froze, unfroze or replaced parameters: rebuild the optimizer over what is trained now."""
+        self.state.rebuild_requested = False
+        before = self.trainable_count
+        self._set_up_optimizer(self.optimizer)
+        log.info(
+            "step %d: trainable params %d -> %d, optimizer rebuilt",
+            self.state.step,
+            before,
+            self.trainable_count,
+        )
+
+    # -- one step ---------------------------------------------------------------------------------
+    def _forward_backward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        loss = self.model(**batch).loss
+        extra = self.method.extra_loss(self.model, batch)
+        if extra is not None:
+            loss = loss + extra
+        loss.backward()
+        return loss.detach()
+
+    def _train_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        state = self.state
+        set_lr(self.optimizer, lr_factor(state.step, state.total_steps, self.warmup_steps))
+        if state.step == 0 and self.cfg.measure.flops:
+            loss_box: list[torch.Tensor] = []
+            self.history.flops_per_step = efficiency.count_flops(
+                lambda: loss_box.append(self._forward_backward(batch))
+            )
+            loss = loss_box[0]
+        else:
+            loss = self._forward_backward(batch)
+        self.method.after_backward(state)
+        if self.sched.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.sched.max_grad_norm, foreach=True)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        self.method.after_step(state)
+        if state.rebuild_requested:
+            self._apply_param_change()
+        return loss
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def fit(self) -> History:
+        state, history, sched = self.state, self.history, self.sched
+        log.info(
+            "training %d steps (%d per epoch, warmup %d), %d trainable params",
+            state.total_steps,
+            state.steps_per_epoch,
+            self.warmup_steps,
+            self.trainable_count,
+        )
+        efficiency.reset_peak_memory(self.device)
+        loss_sum = torch.zeros((), device=self.device)
+        window = 0
+        self.model.train()
+        bar = tqdm(
+            total=state.total_steps,
+            desc=f"{self.method.name}/{self.cfg.task.name}",
+            disable=not self.cfg.progress_bar,
+            dynamic_ncols=True,
+        )
+        while state.step < state.total_steps:
+            for batch in self.train_loader:
+                start = time.perf_counter()
+                batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+                loss_sum += self._train_step(batch)
+                history.trainable_param_steps += self.trainable_count
+                efficiency.synchronize(self.device)
+                elapsed = time.perf_counter() - start
+                history.train_time_s += elapsed
+                if state.step > 1:  # the first step carries warm-up (and the FLOP counter)
+                    history.step_times.append(elapsed)
+                history.samples += len(batch["labels"])
+                window += 1
+                bar.update(1)
+                if state.step % sched.log_every_steps == 0 or state.step == state.total_steps:
+                    mean_loss = self._log_train(loss_sum / window, window)
+                    bar.set_postfix(loss=f"{mean_loss:.4f}")
+                    loss_sum.zero_()
+                    window = 0
+                if state.step % self.eval_every == 0 or state.step == state.total_steps:
+                    self.evaluate()
+                if state.step >= state.total_steps:
+                    break
+        bar.close()
+        self.method.on_train_end(state)
+        if self.state.rebuild_requested:
+            self._apply_param_change()
+        return history
+
+    def _log_train(self, mean_loss_tensor: torch.Tensor, window: int) -> float:
+        mean_loss = float(mean_loss_tensor)
+        if not math.isfinite(mean_loss):
+            raise TrainingDiverged(
+                f"train loss is {mean_loss} over steps {self.state.step - window + 1}..{self.state.step}; "
+                f"stopping (lower schedule.lr, set schedule.max_grad_norm, or check the data)"
+            )
+        times = self.history.step_times[-window:]
+        self.run_dir.log_metrics(
+            {
+                "step": self.state.step,
+                "epoch": round(self.state.epoch, 4),
+                "train_loss": mean_loss,
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "trainable_params": self.trainable_count,
+                "step_time_s": sum(times) / len(times) if times else None,
+            }
+        )
+        return mean_loss
+
+    def evaluate(self) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        for split, loader in self.eval_loaders.items():
+            for name, value in self.task.evaluate(self.model, loader, self.device).items():
+                metrics[self.task.metric_key(split, name)] = value
+        loss_keys = [k for k in metrics if k.startswith("loss")]
+        if any(not math.isfinite(metrics[k]) for k in loss_keys):
+            raise TrainingDiverged(f"eval loss is not finite at step {self.state.step}: {metrics}")
+        history = self.history
+        history.last_eval, history.last_eval_step = metrics, self.state.step
+        main = self.task.main_metric
+        if history.best_eval is None or metrics[main] > history.best_eval[main]:
+            history.best_eval, history.best_step = metrics, self.state.step
+        self.run_dir.log_metrics(
+            {
+                "step": self.state.step,
+                "epoch": round(self.state.epoch, 4),
+                **{f"eval_{k}": v for k, v in metrics.items()},
+            }
+        )
+        log.info("step %d eval: %s", self.state.step, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        return metrics
+
+    def summary(self, wall_time_s: float) -> dict[str, Any]:
+        history, state = self.history, self.state
+        median_step = efficiency.median(history.step_times)
+        peak, peak_kind = efficiency.peak_memory(self.device)
+        achieved = (
+            history.flops_per_step / median_step / 1e9 if history.flops_per_step and median_step else None
+        )
+        return {
+            "final_eval": history.last_eval,
+            "best_eval": history.best_eval,
+            "best_step": history.best_step,
+            "main_metric": self.task.main_metric,
+            "steps": state.step,
+            "epochs": round(state.epoch, 4),
+            "trainable_params": {
+                "start": self.trainable_start,
+                "end": self.trainable_count,
+                "mean_over_steps": history.trainable_param_steps / max(state.step, 1),
+            },
+            "total_params": count_parameters(self.model),
+            "train_time_s": history.train_time_s,
+            "wall_time_s": wall_time_s,
+            "median_step_time_s": median_step,
+            "samples_per_s": history.samples / history.train_time_s if history.train_time_s else None,
+            "peak_memory_bytes": peak,
+            "peak_memory_kind": peak_kind,
+            "flops_per_step": history.flops_per_step,
+            "achieved_gflops": achieved,
+            "fraction_of_cpu_peak": achieved / efficiency.CPU_PEAK_GFLOPS
+            if achieved and self.device.type == "cpu"
+            else None,
+        }

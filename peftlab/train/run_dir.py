@@ -1,0 +1,87 @@
+"""A run's output folder: composed config, metrics.jsonl, results.json (written atomically)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from peftlab.errors import ConfigError
+from peftlab.loggers import MetricsLogger, NullLogger
+
+RESULTS = "results.json"
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write to a temp file in the same folder, then rename: readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(_jsonable(data), handle, indent=2)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+class RunDir:
+    """The run folder; every row and result written here is also sent to ``logger`` (W&B, or nothing)."""
+
+    def __init__(self, path: str | Path, logger: MetricsLogger | None = None) -> None:
+        self.path = Path(path)
+        self.logger: MetricsLogger = logger or NullLogger()
+
+    def finished_status(self) -> str | None:
+        results = self.path / RESULTS
+        if not results.exists():
+            return None
+        try:
+            return json.loads(results.read_text()).get("status", "unknown")
+        except json.JSONDecodeError:
+            return "unreadable"
+
+    def claim(self, overwrite: bool) -> None:
+        """Refuse a folder that already holds a finished run, unless ``overwrite=true``."""
+        status = self.finished_status()
+        if status == "completed" and not overwrite:
+            raise ConfigError(
+                f"output dir {self.path} already holds a finished run ({RESULTS}); choose another "
+                f"hydra.run.dir or pass overwrite=true"
+            )
+        self.path.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            for name in (RESULTS, "metrics.jsonl"):
+                (self.path / name).unlink(missing_ok=True)
+
+    def save_config(self, cfg: DictConfig) -> None:
+        """The resolved config, and the command-line overrides when run through Hydra."""
+        (self.path / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        if HydraConfig.initialized():
+            overrides = list(HydraConfig.get().overrides.task)
+            (self.path / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(overrides)))
+
+    def log_metrics(self, row: dict[str, Any]) -> None:
+        with (self.path / "metrics.jsonl").open("a") as handle:
+            handle.write(json.dumps(_jsonable(row)) + "\n")
+        self.logger.log(row)
+
+    def write_results(self, results: dict[str, Any], name: str = RESULTS) -> None:
+        write_json_atomic(self.path / name, results)
+        self.logger.summary(results)

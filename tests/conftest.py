@@ -1,0 +1,45 @@
+"""Shared fixtures: offline hub, composed configs, a tiny random BERT classifier."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a forgotten download fails fast instead of hanging
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from peftlab.config import compose_config  # noqa: E402
+from peftlab.models import build_model  # noqa: E402
+
+TINY = ["model=tiny_bert", "schedule=quick", "progress_bar=false"]
+
+
+def tiny_config(tmp_path, *overrides: str) -> DictConfig:
+    """A composed config for a few-step run of the tiny model, writing into ``tmp_path``."""
+    return compose_config(
+        [*TINY, f"output_dir={tmp_path}", "task.max_train_samples=32", "task.max_eval_samples=24", *overrides]
+    )
+
+
+@pytest.fixture
+def tiny_model():
+    """A fresh tiny BERT classifier (2 labels), identical for the same seed."""
+    torch.manual_seed(0)
+    cfg = compose_config(TINY)
+    model, tokenizer = build_model(cfg.model, num_labels=2)
+    model.eval()
+    return model, tokenizer
+
+
+@pytest.fixture
+def batch(tiny_model):
+    _, tokenizer = tiny_model
+    enc = tokenizer(
+        ["a small test sentence", "another one, a bit longer than the first"],
+        ["paired text", "more"],
+        padding=True,
+        return_tensors="pt",
+    )
+    return {**enc, "labels": torch.tensor([0, 1])}
