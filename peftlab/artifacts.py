@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -33,24 +32,15 @@ def save_adapter(out_dir: Path, method: Method, model: nn.Module, meta: dict[str
     return out_dir / WEIGHTS
 
 
-def load_adapter(model: nn.Module, run_dir: Path) -> dict[str, Any]:
+def load_adapter(model: nn.Module, method: Method, run_dir: Path) -> dict[str, Any]:
     """Load saved tensors into a model that was built and attached like the saved one."""
     weights = run_dir / WEIGHTS
     if not weights.exists():
         raise ConfigError(
             f"load_from={run_dir}: no {WEIGHTS} there (was the run finished with save_adapter=true?)"
         )
-    tensors = load_file(str(weights))
-    own = model.state_dict()
-    unknown = sorted(set(tensors) - set(own))
-    if unknown:
-        raise ConfigError(f"load_from={run_dir}: tensors {unknown[:5]} do not exist in the rebuilt model")
-    with torch.no_grad():
-        for name, tensor in tensors.items():
-            if own[name].shape != tensor.shape:
-                raise ConfigError(
-                    f"load_from={run_dir}: {name} has shape {list(tensor.shape)}, "
-                    f"model expects {list(own[name].shape)}"
-                )
-            own[name].copy_(tensor)
+    try:
+        method.load_adapter_state_dict(model, load_file(str(weights)))
+    except ConfigError as err:
+        raise ConfigError(f"load_from={run_dir}: {err}") from None
     return json.loads((run_dir / META).read_text())

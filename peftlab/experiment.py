@@ -17,7 +17,7 @@ from peftlab.artifacts import load_adapter, save_adapter
 from peftlab.blocks.params import count_parameters
 from peftlab.errors import ConfigError, TrainingDiverged
 from peftlab.loggers import build_logger
-from peftlab.methods.base import Method, build_method
+from peftlab.methods.base import build_method
 from peftlab.models import build_model, resolve_device
 from peftlab.registry import TASKS
 from peftlab.tasks.base import Example, Task
@@ -33,49 +33,32 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def run_experiment(cfg: DictConfig) -> dict[str, Any]:
-    """Train (or, with ``eval_only``, evaluate) and write the run folder. Returns results.json's content."""
-    run_dir = RunDir(cfg.output_dir)
-    if cfg.eval_only:
-        return evaluate_saved(cfg, run_dir)
-    run_dir.claim(overwrite=cfg.overwrite)
-    # Everything that can be wrong in the input is checked before the model is built or trained.
+def build_trainer(cfg: DictConfig, run_dir: RunDir, train_examples: list[Example] | None = None) -> Trainer:
+    """Task, model + method, data loaders and optimizer of a run, ready to ``fit``.
+
+    Every input is checked (task, method options, device, data files) before the model is built.
+    """
     task: Task = TASKS.get(cfg.task.name)(cfg.task, cfg.data_root)
     method = build_method(cfg.method)
     device = resolve_device(cfg.model.device)
-    train_examples = task.load_split("train")
+    if train_examples is None:
+        train_examples = task.load_split("train")
     eval_examples = {split: task.load_split(split) for split in task.eval_splits}
-    run_dir.save_config(cfg)
-    run_dir.logger = build_logger(cfg, run_dir.path)
-    try:
-        return _train(cfg, run_dir, task, method, device, train_examples, eval_examples)
-    finally:
-        run_dir.logger.finish()
 
-
-def _train(
-    cfg: DictConfig,
-    run_dir: RunDir,
-    task: Task,
-    method: Method,
-    device: torch.device,
-    train_examples: list[Example],
-    eval_examples: dict[str, list[Example]],
-) -> dict[str, Any]:
     seed_everything(cfg.seed)
     model, tokenizer = build_model(cfg.model, task.num_labels)
-    params_before = count_parameters(model)
+    params = count_parameters(model)
     method.setup(model)
     model.to(device)
-    trainable_start = count_parameters(model, trainable_only=True)
+    trainable = count_parameters(model, trainable_only=True)
     log.info(
         "%s on %s/%s: %d of %d params trainable (%.3f%%)",
         method.name,
         cfg.model.name,
         cfg.task.name,
-        trainable_start,
-        params_before,
-        100 * trainable_start / params_before,
+        trainable,
+        params,
+        100 * trainable / params,
     )
 
     sched = cfg.schedule
@@ -88,7 +71,7 @@ def _train(
         for split, ex in eval_examples.items()
     }
     trainer = Trainer(cfg, model, method, task, train_loader, eval_loaders, device, run_dir)
-    header = {
+    trainer.header = {
         "peftlab_version": __version__,
         "method": method.name,
         "model": cfg.model.name,
@@ -98,28 +81,47 @@ def _train(
         "train_examples": len(train_examples),
         "eval_examples": {k: len(v) for k, v in eval_examples.items()},
     }
+    return trainer
+
+
+def run_experiment(cfg: DictConfig) -> dict[str, Any]:
+    """Train (or, with ``eval_only``, evaluate) and write the run folder. Returns results.json's content."""
+    run_dir = RunDir(cfg.output_dir)
+    if cfg.eval_only:
+        return evaluate_saved(cfg, run_dir)
+    run_dir.claim(overwrite=cfg.overwrite)
+    trainer = build_trainer(cfg, run_dir)
+    run_dir.save_config(cfg)
+    run_dir.logger = build_logger(cfg, run_dir.path)
+    try:
+        return _train(cfg, trainer)
+    finally:
+        run_dir.logger.finish()
+
+
+def _train(cfg: DictConfig, trainer: Trainer) -> dict[str, Any]:
+    run_dir, task = trainer.run_dir, trainer.task
     start = time.perf_counter()
     try:
         trainer.fit()
     except TrainingDiverged as err:
-        run_dir.write_results(
-            {**header, "status": "failed", "error": str(err), **trainer.summary(time.perf_counter() - start)}
-        )
+        summary = trainer.summary(time.perf_counter() - start)
+        run_dir.write_results({**trainer.header, "status": "failed", "error": str(err), **summary})
         raise
     if trainer.history.last_eval_step != trainer.state.step:
         trainer.evaluate()
-    results = {**header, "status": "completed", **trainer.summary(time.perf_counter() - start)}
+    results = {**trainer.header, "status": "completed", **trainer.summary(time.perf_counter() - start)}
     if cfg.save_adapter:
         meta = {"model": cfg.model.name, "task": cfg.task.name, "num_labels": task.num_labels}
-        results["adapter"] = str(save_adapter(run_dir.path, method, model, meta))
+        results["adapter"] = str(save_adapter(run_dir.path, trainer.method, trainer.model, meta))
     run_dir.write_results(results)
-    final = results["final_eval"][task.main_metric]
+    main = task.main_metric
     log.info(
         "final %s dev %s: %.4f (best %.4f at step %d); results in %s",
         cfg.task.name,
-        task.main_metric,
-        final,
-        results["best_eval"][task.main_metric],
+        main,
+        results["final_eval"][main],
+        results["best_eval"][main],
         results["best_step"],
         run_dir.path,
     )
@@ -150,7 +152,7 @@ def evaluate_saved(cfg: DictConfig, run_dir: RunDir) -> dict[str, Any]:
     seed_everything(cfg.seed)
     model, tokenizer = build_model(cfg.model, task.num_labels)
     method.setup(model)
-    load_adapter(model, source)
+    load_adapter(model, method, source)
     model.to(device)
     metrics: dict[str, float] = {}
     for split, examples in eval_examples.items():

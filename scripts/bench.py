@@ -1,18 +1,25 @@
 """Side-by-side training-step benchmark: several methods, the same model and the same batch, one run.
 
-    python scripts/bench.py                       # MiniLM, RTE batch of 32 x <=128 tokens
-    python scripts/bench.py --model tiny_bert --steps 5 --methods lora head
+    python scripts/bench.py                       # MiniLM, 32 RTE examples: lora, peft-lora, fft, head
+    python scripts/bench.py --model tiny_bert --steps 4 --methods lora head
+    python scripts/bench.py --ref lora8 \\
+        --row "lora8 method=lora method.target_modules=[query,key,value,dense]" \\
+        --row "elora method=elora" \\
+        --row "aflora-trainable method=aflora method.freezing=false" \\
+        --row "aflora-frozen method=aflora @frozen"
 
-Every row runs the training loop's own step (``Trainer._train_step``: forward, backward, hooks,
-clipping, AdamW) on a freshly built model, so the numbers are what a run pays. Rounds of steps are
-interleaved across methods so that machine noise hits all rows alike. ``peft-lora`` is huggingface/peft's
-LoRA with the same rank, alpha, dropout and targets as ours, trained by the same loop.
+A row is a label and Hydra overrides; ``@frozen`` freezes every trainable projection matrix of the
+method before timing (AFLoRA after its freezing schedule has run). ``--methods`` is shorthand for rows
+labelled by method name. Every row runs the training loop's own step (``Trainer._train_step``: forward,
+backward, hooks, clipping, AdamW) on a model built as a run builds it (``build_trainer``). Rounds of
+steps are interleaved across rows so that machine noise hits all rows alike. ``peft-lora`` is
+huggingface/peft's LoRA with the same rank, alpha, dropout and targets as our ``lora``.
 
-Columns: median step time and its ratio to our LoRA; FLOPs per step (torch's counter, forward and
-backward) and the achieved fraction of the machine's fp32 peak; memory: on CUDA the peak allocated
-during a step above the resident model; on CPU the bytes a step adds (tensors autograd saves for the
-backward pass, gradients, optimizer state), counted exactly, since a process's RSS cannot be split
-between methods that share one process.
+Columns: median step time and its ratio to the reference row; FLOPs per step (torch's counter,
+forward and backward) and the achieved fraction of the machine's fp32 peak; memory: on CUDA the peak
+allocated during a step above the resident model; on CPU the bytes a step adds (tensors autograd saves
+for backward, gradients, optimizer state), counted exactly, since a process's RSS cannot be split
+between rows that share one process.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import sys
 import tempfile
@@ -32,29 +40,31 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from peftlab.config import compose_config  # noqa: E402
-from peftlab.experiment import seed_everything  # noqa: E402
-from peftlab.methods.base import Method, MethodConfig, build_method  # noqa: E402
-from peftlab.models import build_model, resolve_device  # noqa: E402
-from peftlab.registry import TASKS  # noqa: E402
+from peftlab.experiment import build_trainer  # noqa: E402
+from peftlab.methods.base import Method, register_method  # noqa: E402
+from peftlab.methods.lora import LoraConfig  # noqa: E402
 from peftlab.train import efficiency  # noqa: E402
 from peftlab.train.loop import Trainer  # noqa: E402
 from peftlab.train.optim import optimizer_state_bytes  # noqa: E402
 from peftlab.train.run_dir import RunDir  # noqa: E402
 
 PEFT_ROW = "peft-lora"
+FROZEN = "@frozen"
 
 
+@register_method(PEFT_ROW)
 class PeftLora(Method):
     """huggingface/peft LoRA on the backbone, configured like our ``lora`` method (bench peer only)."""
 
-    def __init__(self, ours: MethodConfig) -> None:
-        super().__init__(ours)
+    config_class = LoraConfig
+    config: LoraConfig
 
     def attach(self, model: torch.nn.Module) -> None:
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import get_peft_model
 
         cfg = self.config
-        peft_cfg = LoraConfig(
+        peft_cfg = PeftLoraConfig(
             r=cfg.rank,
             lora_alpha=cfg.alpha,
             lora_dropout=cfg.dropout,
@@ -64,70 +74,61 @@ class PeftLora(Method):
         model.backbone = get_peft_model(model.backbone, peft_cfg)
         model.head.requires_grad_(True)
 
-    @property
-    def name(self) -> str:
-        return PEFT_ROW
-
 
 @dataclass
 class Row:
-    name: str
+    label: str
     trainer: Trainer
+    batch: dict[str, torch.Tensor]
     times: list[float] = field(default_factory=list)
     flops: int = 0
     memory_bytes: int = 0
     memory_detail: str = ""
 
 
-def saved_activation_bytes(trainer: Trainer, batch: dict[str, torch.Tensor]) -> int:
-    """Bytes of the tensors autograd keeps for backward in one step, parameters excluded."""
-    param_ptrs = {p.untyped_storage().data_ptr() for p in trainer.model.parameters()}
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in param_ptrs:
-            seen[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        trainer._train_step(batch)
-    return sum(seen.values())
-
-
-def make_row(name: str, args: argparse.Namespace, batch_count: int, run_dir: RunDir) -> tuple[Row, dict]:
-    method_name = "lora" if name == PEFT_ROW else name
+def make_row(spec: str, args: argparse.Namespace, steps: int, run_dir: RunDir) -> Row:
+    """A trainer built exactly as a run builds it, and its one batch (the first --batch-size examples)."""
+    label, *overrides = shlex.split(spec)
+    frozen = FROZEN in overrides
+    overrides = [o for o in overrides if o != FROZEN] or [f"method={label}"]
+    peft_peer = "method=" + PEFT_ROW in overrides
+    overrides = ["method=lora" if o == "method=" + PEFT_ROW else o for o in overrides]
     cfg = compose_config(
         [
             f"model={args.model}",
             f"task={args.task}",
-            f"method={method_name}",
             "progress_bar=false",
+            "measure.flops=false",
             f"schedule.batch_size={args.batch_size}",
             f"schedule.max_seq_length={args.seq_len}",
+            f"schedule.max_steps={steps}",
+            f"task.max_train_samples={args.batch_size}",
             f"output_dir={run_dir.path}",
             *args.override,
+            *overrides,
         ]
     )
-    task = TASKS.get(cfg.task.name)(cfg.task, cfg.data_root)
-    seed_everything(cfg.seed)
-    model, tokenizer = build_model(cfg.model, task.num_labels)
-    ours = build_method(cfg.method)
-    method = PeftLora(ours.config) if name == PEFT_ROW else ours
-    method.setup(model)
-    device = resolve_device(cfg.model.device)
-    model.to(device).train()
-    examples = task.load_split("train")[: args.batch_size]
-    loader = task.build_loader(examples, tokenizer, args.batch_size, args.seq_len)
-    batch = {k: v.to(device) for k, v in next(iter(loader)).items()}
-    cfg.schedule.max_steps = batch_count
-    trainer = Trainer(cfg, model, method, task, [batch] * batch_count, {}, device, run_dir)  # type: ignore[arg-type]
-    return Row(name, trainer), batch
+    if peft_peer:
+        cfg.method.name = PEFT_ROW  # the bench-only method above, with LoRA's options
+    trainer = build_trainer(cfg, run_dir)
+    if frozen:
+        freeze_projections(trainer)
+    batch = {k: v.to(trainer.device) for k, v in next(iter(trainer.train_loader)).items()}
+    return Row(label, trainer, batch)
 
 
-def measure_once(row: Row, batch: dict[str, torch.Tensor], device: torch.device) -> None:
+def freeze_projections(trainer: Trainer) -> None:
+    """Freeze what the method's schedule freezes by the end of training (AFLoRA: every PM)."""
+    freeze_all = getattr(trainer.method, "freeze_all", None)
+    if freeze_all is None:
+        raise SystemExit(f"{FROZEN}: method {trainer.method.name} has no freeze_all()")
+    freeze_all(trainer.state)
+    trainer._apply_param_change()
+
+
+def measure_once(row: Row) -> None:
     """FLOPs and memory of one step (after warm-up, so optimizer state exists)."""
-    trainer = row.trainer
+    trainer, batch, device = row.trainer, row.batch, row.trainer.device
     row.flops = efficiency.count_flops(lambda: trainer._forward_backward(batch))
     trainer.optimizer.zero_grad(set_to_none=True)
     if device.type == "cuda":
@@ -138,90 +139,105 @@ def measure_once(row: Row, batch: dict[str, torch.Tensor], device: torch.device)
         torch.cuda.synchronize(device)
         row.memory_bytes = torch.cuda.max_memory_allocated(device) - base
         row.memory_detail = "cuda peak above resident"
-    else:
-        activations = saved_activation_bytes(trainer, batch)
-        grads = sum(p.numel() * p.element_size() for p in trainer.trainable)
-        optim = optimizer_state_bytes(trainer.optimizer)
-        row.memory_bytes = activations + grads + optim
-        row.memory_detail = (
-            f"act {activations / 2**20:.0f} + grad {grads / 2**20:.1f} + adam {optim / 2**20:.1f}"
-        )
+        return
+    param_ptrs = {p.untyped_storage().data_ptr() for p in trainer.model.parameters()}
+    param_ptrs |= {b.untyped_storage().data_ptr() for b in trainer.model.buffers()}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in param_ptrs:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        trainer._train_step(batch)
+    activations = sum(saved.values())
+    grads = sum(p.numel() * p.element_size() for p in trainer.trainable)
+    optim = optimizer_state_bytes(trainer.optimizer)
+    row.memory_bytes = activations + grads + optim
+    row.memory_detail = f"act {activations / 2**20:.0f} + grad {grads / 2**20:.1f} + adam {optim / 2**20:.1f}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--task", default="rte", help="the batch is the first --batch-size training examples")
-    parser.add_argument("--methods", nargs="+", default=["lora", PEFT_ROW, "fft", "head"])
+    parser.add_argument(
+        "--methods", nargs="+", help="rows labelled by method name (default: lora peft-lora fft head)"
+    )
+    parser.add_argument("--row", action="append", default=[], help='"LABEL override ..." (repeatable)')
+    parser.add_argument("--ref", help="row the ratios are relative to (default: the first)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per method")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per row")
     parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds the steps are split into")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the rows here")
-    parser.add_argument("override", nargs="*", help="extra Hydra overrides, e.g. method.rank=16")
+    parser.add_argument("override", nargs="*", help="Hydra overrides for every row, e.g. model.dropout=0")
     args = parser.parse_args()
-    if "lora" not in args.methods:
-        parser.error("--methods must include lora: ratios are given relative to it")
+    specs = [*(args.methods or ([] if args.row else ["lora", PEFT_ROW, "fft", "head"])), *args.row]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    total = args.warmup + args.steps + 4
     with tempfile.TemporaryDirectory() as tmp:
-        rows, batches = [], []
-        for name in args.methods:
-            row, batch = make_row(name, args, total, RunDir(Path(tmp) / name))
-            rows.append(row)
-            batches.append(batch)
-        device = rows[0].trainer.device
-        for row, batch in zip(rows, batches, strict=True):
+        rows = [
+            make_row(spec, args, args.warmup + args.steps + 4, RunDir(Path(tmp) / str(i)))
+            for i, spec in enumerate(specs)
+        ]
+        ref = next((r for r in rows if r.label == args.ref), None) if args.ref else rows[0]
+        if ref is None:
+            parser.error(f"--ref {args.ref!r} is not a row label; labels: {[r.label for r in rows]}")
+        for row in rows:
             for _ in range(args.warmup):
-                row.trainer._train_step(batch)
-            measure_once(row, batch, device)
+                row.trainer._train_step(row.batch)
+            measure_once(row)
         per_round = max(1, args.steps // args.rounds)
         for _ in range(args.rounds):
-            for row, batch in zip(rows, batches, strict=True):
+            for row in rows:
                 for _ in range(per_round):
                     start = time.perf_counter()
-                    row.trainer._train_step(batch)
-                    efficiency.synchronize(device)
+                    row.trainer._train_step(row.batch)
+                    efficiency.synchronize(row.trainer.device)
                     row.times.append(time.perf_counter() - start)
-    tokens = int(batches[0]["attention_mask"].numel())
-    report(rows, args, device, tokens)
+    report(rows, ref, args)
 
 
-def report(rows: list[Row], args: argparse.Namespace, device: torch.device, tokens: int) -> None:
-    ref = next(r for r in rows if r.name == "lora")
+def report(rows: list[Row], ref: Row, args: argparse.Namespace) -> None:
+    device = ref.trainer.device
+    tokens = int(ref.batch["attention_mask"].numel())
     ref_time = statistics.median(ref.times)
     print(
         f"\nmodel={args.model} task={args.task} batch={args.batch_size}x{tokens // args.batch_size} tokens "
-        f"device={device} threads={torch.get_num_threads()} steps={len(ref.times)} per method (median)"
+        f"device={device} threads={torch.get_num_threads()} steps={len(ref.times)} per row (median); "
+        f"ratios to {ref.label}"
     )
-    header = (
-        "| method | trainable | step ms | time / lora | GFLOP/step | GFLOP/s | % of peak "
-        "| train mem MB | mem / lora | memory detail |"
+    print(
+        f"| row | trainable | step ms | time / {ref.label} | GFLOP/step | FLOPs / {ref.label} | GFLOP/s "
+        f"| % of peak | train mem MB | mem / {ref.label} | memory detail |"
     )
-    print(header)
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     out = []
     for row in rows:
         step = statistics.median(row.times)
         gflops = row.flops / step / 1e9
         peak = f"{100 * gflops / efficiency.CPU_PEAK_GFLOPS:.0f}%" if device.type == "cpu" else "n/a"
+        mem_ratio = row.memory_bytes / ref.memory_bytes if ref.memory_bytes else float("nan")
         record = {
-            "method": row.name,
+            "row": row.label,
             "trainable_params": row.trainer.trainable_count,
             "step_s": step,
-            "time_ratio_to_lora": step / ref_time,
+            "time_ratio": step / ref_time,
             "flops_per_step": row.flops,
+            "flops_ratio": row.flops / ref.flops,
             "gflops_per_s": gflops,
             "train_memory_bytes": row.memory_bytes,
-            "memory_ratio_to_lora": row.memory_bytes / ref.memory_bytes,
+            "memory_ratio": mem_ratio,
         }
         out.append(record)
         print(
-            f"| {row.name} | {row.trainer.trainable_count:,} | {1000 * step:.0f} | {step / ref_time:.3f} "
-            f"| {row.flops / 1e9:.1f} | {gflops:.0f} | {peak} | {row.memory_bytes / 2**20:.0f} "
-            f"| {row.memory_bytes / ref.memory_bytes:.3f} | {row.memory_detail} |"
+            f"| {row.label} | {row.trainer.trainable_count:,} | {1000 * step:.0f} | {step / ref_time:.3f} "
+            f"| {row.flops / 1e9:.1f} | {row.flops / ref.flops:.3f} | {gflops:.0f} | {peak} "
+            f"| {row.memory_bytes / 2**20:.0f} | {mem_ratio:.3f} | {row.memory_detail} |"
         )
     if device.type == "cpu":
         print(
@@ -229,7 +245,7 @@ def report(rows: list[Row], args: argparse.Namespace, device: torch.device, toke
             "fp32 matmul ceiling measured on this 2-core machine"
         )
     if args.json:
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
+        args.json.write_text(json.dumps({"ref": ref.label, "rows": out}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -151,8 +151,9 @@ def test_saved_adapter_reloads_to_identical_predictions(tmp_path):
     # the trained model, as the run left it, is rebuilt from its seed + adapter
     torch.manual_seed(cfg.seed)
     model, _ = build_model(cfg.model, 2)
-    build_method(cfg.method).setup(model)
-    load_adapter(model, tmp_path / "train")
+    method = build_method(cfg.method)
+    method.setup(model)
+    load_adapter(model, method, tmp_path / "train")
     model.eval()
     reloaded = model(**batch).logits
     # the same base without the adapter predicts differently (the adapter and head carry training)
@@ -161,8 +162,9 @@ def test_saved_adapter_reloads_to_identical_predictions(tmp_path):
     # reloading twice is deterministic and identical
     torch.manual_seed(cfg.seed)
     again, _ = build_model(cfg.model, 2)
-    build_method(cfg.method).setup(again)
-    load_adapter(again, tmp_path / "train")
+    method = build_method(cfg.method)
+    method.setup(again)
+    load_adapter(again, method, tmp_path / "train")
     assert torch.equal(again.eval()(**batch).logits, reloaded)
 
 

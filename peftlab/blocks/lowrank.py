@@ -9,19 +9,18 @@ Whether A and B are trainable parameters or frozen buffers is the method's choic
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from peftlab.blocks.targeting import TargetSpec, match_targets, replace_module
 from peftlab.errors import ConfigError
 
 
 class LowRankLinear(nn.Module):
     """A frozen ``nn.Linear`` plus a low-rank update; step 0 equals the base layer when B or b is 0."""
-
-    # Names of the tensors that make up the adapter: what is trained and saved (never the base layer).
-    adapter_tensor_names = ("lora_A", "lora_B", "vec_d", "vec_b")
 
     def __init__(
         self,
@@ -43,6 +42,7 @@ class LowRankLinear(nn.Module):
         self.vec_b = nn.Parameter(torch.ones(base_layer.out_features, **factory)) if vectors else None
         # p=0 must not add a copy of the activations: use Identity, as peft does.
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.fixed: FixedProjections | None = None
         self.merged = False
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
 
@@ -58,18 +58,20 @@ class LowRankLinear(nn.Module):
         y = self.base_layer(x)
         if self.merged:
             return y
-        h = F.linear(self.dropout(x), self.lora_A)
+        lora_a, lora_b = self.projections()
+        h = F.linear(self.dropout(x), lora_a)
         if self.vec_d is not None:
             h = h * self.vec_d
-        h = F.linear(h, self.lora_B)
+        h = F.linear(h, lora_b)
         if self.vec_b is not None:
             h = h * self.vec_b
         return torch.add(y, h, alpha=self.scale)
 
     def delta_weight(self) -> torch.Tensor:
         """ΔW = scale · diag(b) B diag(d) A, computed in fp32."""
-        a = self.lora_A.detach().float()
-        b = self.lora_B.detach().float()
+        lora_a, lora_b = self.projections()
+        a = lora_a.detach().float()
+        b = lora_b.detach().float()
         if self.vec_d is not None:
             a = a * self.vec_d.detach().float()[:, None]
         if self.vec_b is not None:
@@ -91,9 +93,41 @@ class LowRankLinear(nn.Module):
             weight.copy_((weight.float() - self.delta_weight()).to(weight.dtype))
             self.merged = False
 
+    def use_fixed_projections(self, fixed: FixedProjections) -> None:
+        """Use frozen projections sliced from ``fixed`` (possibly shared by many layers) instead of A, B."""
+        if fixed.rank != self.rank:
+            raise ValueError(f"fixed projections have rank {fixed.rank}, layer has {self.rank}")
+        del self.lora_A, self.lora_B
+        self.fixed = fixed
+
+    def projections(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, B) as used in forward: own parameters, or slices of the fixed pair."""
+        if self.fixed is not None:
+            return self.fixed.A[:, : self.in_features], self.fixed.B[: self.out_features, :]
+        return self.lora_A, self.lora_B
+
     def extra_repr(self) -> str:
         vectors = self.vec_d is not None
         return f"rank={self.rank}, scale={self.scale:g}, vectors={vectors}, merged={self.merged}"
+
+
+class FixedProjections(nn.Module):
+    """A frozen random pair A (rank x in), B (out x rank), regenerated from a seed (VeRA/ELoRA).
+
+    Layers slice ``A[:, :in]`` and ``B[:out, :]``. The buffers are not saved (``persistent=False``):
+    the seed is the checkpoint.
+    """
+
+    def __init__(self, rank: int, in_features: int, out_features: int, seed: int, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.rank, self.seed = rank, seed
+        generator = torch.Generator().manual_seed(seed)
+        a = torch.empty(rank, in_features, dtype=torch.float32)
+        b = torch.empty(out_features, rank, dtype=torch.float32)
+        nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=generator)
+        nn.init.kaiming_uniform_(b, a=math.sqrt(5), generator=generator)
+        self.register_buffer("A", a.to(dtype), persistent=False)
+        self.register_buffer("B", b.to(dtype), persistent=False)
 
 
 def check_rank(name: str, layer: nn.Linear, rank: int) -> None:
@@ -104,6 +138,25 @@ def check_rank(name: str, layer: nn.Linear, rank: int) -> None:
             f"lora rank={rank} is not allowed for layer {name!r} "
             f"({layer.in_features} -> {layer.out_features}); allowed: 1..{limit}"
         )
+
+
+def init_vectors(layer: LowRankLinear, d: float, b: float) -> None:
+    """ELoRA/AFLoRA vector init: d (rank-sized) to ``d``, b (output-sized) to ``b`` (0: step 0 = base)."""
+    with torch.no_grad():
+        layer.vec_d.fill_(d)
+        layer.vec_b.fill_(b)
+
+
+def wrap_targets(
+    model: nn.Module, targets: TargetSpec, make: Callable[[str, nn.Linear], LowRankLinear]
+) -> list[tuple[str, LowRankLinear]]:
+    """Replace every target linear layer of ``model`` by ``make(name, layer)``; returns the new layers."""
+    wrapped = []
+    for name in match_targets(model, targets):
+        layer = make(name, model.get_submodule(name))
+        replace_module(model, name, layer)
+        wrapped.append((name, layer))
+    return wrapped
 
 
 def low_rank_layers(model: nn.Module) -> list[tuple[str, LowRankLinear]]:
@@ -118,3 +171,26 @@ def merge_all(model: nn.Module) -> None:
 def unmerge_all(model: nn.Module) -> None:
     for _, layer in low_rank_layers(model):
         layer.unmerge()
+
+
+def wrap_with_vectors(
+    model: nn.Module, targets: TargetSpec, rank: int, d_init: float, b_init: float
+) -> list[tuple[str, LowRankLinear]]:
+    """The ELoRA/AFLoRA layer y = W0 x + b ⊙ B(d ⊙ A x) on every target, vectors trainable, scale 1.
+    The caller decides what A and B are and whether they train."""
+    layers = wrap_targets(model, targets, lambda name, layer: LowRankLinear(layer, rank, vectors=True))
+    for _, layer in layers:
+        init_vectors(layer, d_init, b_init)
+        layer.vec_d.requires_grad_(True)
+        layer.vec_b.requires_grad_(True)
+    return layers
+
+
+def low_rank_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter of every low-rank layer except its base layer, plus the head: a full adapter."""
+    state = {}
+    for name, layer in low_rank_layers(model):
+        for pname, param in layer.named_parameters(recurse=False):
+            state[f"{name}.{pname}"] = param.detach()
+    state.update({f"head.{k}": v.detach() for k, v in model.head.named_parameters()})
+    return state

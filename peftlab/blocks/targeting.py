@@ -49,3 +49,34 @@ def _available(candidates: list[str]) -> str:
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     """Put ``new`` where the submodule ``name`` was."""
     model.set_submodule(name, new)
+
+
+# Leaf names of attention projections across the families we support (BERT/RoBERTa, DeBERTa, Llama,
+# BART/ViT); anything else that is adapted inside a block (intermediate/output dense, gate/up/down,
+# fc1/fc2) is part of the feed-forward network.
+ATTENTION_LEAVES = {
+    "query",
+    "key",
+    "value",
+    "query_proj",
+    "key_proj",
+    "value_proj",
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "out_proj",
+    "in_proj",
+    "c_attn",
+}
+ROLES = ("attention", "ffn")
+
+
+def module_role(name: str) -> str:
+    """``attention`` or ``ffn``: the sub-block a linear layer belongs to, from its module name."""
+    parts = name.split(".")
+    if parts[-1] in ATTENTION_LEAVES or any(
+        p in ("attention", "self_attn", "attn", "encoder_attn") for p in parts
+    ):
+        return "attention"
+    return "ffn"

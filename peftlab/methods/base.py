@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -90,11 +91,30 @@ class Method:
     def on_train_end(self, state: TrainState) -> None:
         """Training is over; evaluation and saving follow."""
 
+    def report(self, state: TrainState, step_times: list[float], out_dir: Path) -> dict[str, Any]:
+        """Method-specific results for results.json (``step_times[k - 1]``: seconds of step k); may
+        write figures or traces into ``out_dir``."""
+        return {}
+
     # -- saving ---------------------------------------------------------------------------------
     def adapter_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """Tensors that, loaded into a freshly attached model, reproduce the trained one."""
         params = dict(model.named_parameters())
         return {name: params[name].detach() for name in self._adapter_names if name in params}
+
+    def load_adapter_state_dict(self, model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+        """Put saved tensors into a freshly attached model; every name must exist with the same shape."""
+        own = model.state_dict()
+        unknown = sorted(set(tensors) - set(own))
+        if unknown:
+            raise ConfigError(f"saved tensors {unknown[:5]} do not exist in the rebuilt model")
+        with torch.no_grad():
+            for name, tensor in tensors.items():
+                if own[name].shape != tensor.shape:
+                    raise ConfigError(
+                        f"saved {name} has shape {list(tensor.shape)}, model expects {list(own[name].shape)}"
+                    )
+                own[name].copy_(tensor)
 
     def state_dict(self) -> dict[str, Any]:
         """The method's own state for checkpoints (scores, schedules, masks)."""

@@ -7,9 +7,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from peftlab.blocks.lowrank import LowRankLinear, check_rank
+from peftlab.blocks.lowrank import LowRankLinear, check_rank, wrap_targets
 from peftlab.blocks.params import freeze
-from peftlab.blocks.targeting import match_targets, replace_module
 from peftlab.errors import ConfigError
 from peftlab.methods.base import Method, MethodConfig, register_method
 
@@ -42,13 +41,12 @@ class Lora(Method):
     def attach(self, model: nn.Module) -> None:
         freeze(model)
         cfg = self.config
-        for name in match_targets(model.backbone, cfg.target_modules):
-            layer = model.backbone.get_submodule(name)
+
+        def make(name: str, layer: nn.Linear) -> LowRankLinear:
             check_rank(name, layer, cfg.rank)
-            replace_module(model.backbone, name, LowRankLinear(layer, cfg.rank, cfg.scale, cfg.dropout))
-        # The adapter tensors of LowRankLinear (A, B) and the head are what is trained.
-        for module in model.modules():
-            if isinstance(module, LowRankLinear):
-                module.lora_A.requires_grad_(True)
-                module.lora_B.requires_grad_(True)
+            return LowRankLinear(layer, cfg.rank, cfg.scale, cfg.dropout)
+
+        for _, layer in wrap_targets(model.backbone, cfg.target_modules, make):
+            layer.lora_A.requires_grad_(True)
+            layer.lora_B.requires_grad_(True)
         model.head.requires_grad_(True)

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 class History:
     """What the loop accumulates for results.json."""
 
-    step_times: list[float] = field(default_factory=list)
+    step_times: list[float] = field(default_factory=list)  # step k took step_times[k - 1] seconds
     trainable_param_steps: int = 0  # sum over steps of the trainable count (for the average)
     samples: int = 0
     train_time_s: float = 0.0  # sum of step times, evaluation excluded
@@ -66,6 +66,7 @@ class Trainer:
         self.warmup_steps = math.ceil(self.sched.warmup_ratio * total)
         self.eval_every = self.sched.eval_every_steps or steps_per_epoch
         self.history = History()
+        self.header: dict[str, Any] = {}  # what the run is (method, task, seed, ...), for results.json
         self._set_up_optimizer(None)
         self.trainable_start = self.trainable_count
 
@@ -150,8 +151,7 @@ class Trainer:
                 efficiency.synchronize(self.device)
                 elapsed = time.perf_counter() - start
                 history.train_time_s += elapsed
-                if state.step > 1:  # the first step carries warm-up (and the FLOP counter)
-                    history.step_times.append(elapsed)
+                history.step_times.append(elapsed)
                 history.samples += len(batch["labels"])
                 window += 1
                 bar.update(1)
@@ -215,7 +215,8 @@ class Trainer:
 
     def summary(self, wall_time_s: float) -> dict[str, Any]:
         history, state = self.history, self.state
-        median_step = efficiency.median(history.step_times)
+        # the first step carries warm-up (and the FLOP counter): left out of the median
+        median_step = efficiency.median(history.step_times[1:])
         peak, peak_kind = efficiency.peak_memory(self.device)
         achieved = (
             history.flops_per_step / median_step / 1e9 if history.flops_per_step and median_step else None
@@ -241,6 +242,7 @@ class Trainer:
             "peak_memory_kind": peak_kind,
             "flops_per_step": history.flops_per_step,
             "achieved_gflops": achieved,
+            "method_report": self.method.report(state, history.step_times, self.run_dir.path),
             "fraction_of_cpu_peak": achieved / efficiency.CPU_PEAK_GFLOPS
             if achieved and self.device.type == "cpu"
             else None,

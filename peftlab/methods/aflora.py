@@ -1,0 +1,226 @@
+"""AFLoRA (Liu et al. 2024): adaptive freezing of low-rank adaptation.
+
+    y = W0 x + s_b ⊙ B (s_d ⊙ A x),   A, B kaiming-uniform; s_d = 0.1, s_b = 0 (step 0 = base model)
+
+The projection matrices (PMs) A and B train where ``pm_trainable`` says (default: FFN only; attention
+PMs stay frozen at their random init); the vectors always train. A freezing score per PM (smoothed
+sensitivity, ``blocks/importance.py``) and the cubic schedule (``blocks/schedules.py``) freeze the PMs
+one by one; all are frozen by step T - t_f. A frozen PM leaves autograd and the optimizer (the loop
+rebuilds it), so it costs no gradient, no optimizer state and no weight decay.
+
+Freezing rules: ``code`` (the authors' code, default): every ``delta_t`` steps, the cutoff is the
+k-th smallest element score over all still-trainable PMs, k = int(n * r(t)), and each PM whose mean
+score is below it freezes; ``paper``: freeze the lowest-scoring PMs until a fraction r(t) of all PMs is
+frozen.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from peftlab.blocks.importance import SENSITIVITIES, SmoothedSensitivity
+from peftlab.blocks.lowrank import check_rank, low_rank_state_dict, wrap_with_vectors
+from peftlab.blocks.params import freeze
+from peftlab.blocks.schedules import cubic_fraction
+from peftlab.blocks.targeting import module_role
+from peftlab.errors import ConfigError
+from peftlab.methods.base import Method, MethodConfig, TrainState, register_method
+
+PM_PLACEMENTS = ("ffn", "attention", "both", "none")
+FREEZE_RULES = ("code", "paper")
+
+
+@dataclass
+class AfloraConfig(MethodConfig):
+    rank: int = 4
+    target_modules: list[str] | str = field(default_factory=lambda: ["query", "key", "value", "dense"])
+    pm_trainable: str = "ffn"  # ffn | attention | both | none (none: frozen random PMs, ELoRA-like)
+    freezing: bool = True  # false: trainable PMs are never frozen
+    score: str = "grad"  # grad |g| | weight_grad |p*g| | grad_over_weight |g/p|
+    freeze_pairs: bool = False  # true: A and B of one layer freeze together (paper Table 8)
+    freeze_rule: str = "code"  # code | paper (see module docstring)
+    t_initial: float = 1.0  # t_i: epochs when >= 1, else a fraction of the total steps
+    t_final: float = 0.7  # t_f: epochs when >= 1, else a fraction of the total steps
+    delta_t: int = 10
+    beta1: float = 0.85
+    beta2: float = 0.95
+    d_init: float = 0.1
+    b_init: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (
+            ("pm_trainable", self.pm_trainable, PM_PLACEMENTS),
+            ("score", self.score, SENSITIVITIES),
+            ("freeze_rule", self.freeze_rule, FREEZE_RULES),
+        ):
+            if value not in allowed:
+                raise ConfigError(f"aflora {name}={value!r} is not allowed; allowed: {', '.join(allowed)}")
+        if self.delta_t < 1:
+            raise ConfigError(f"aflora delta_t={self.delta_t} is not allowed; allowed: an integer >= 1")
+
+
+def steps_of(value: float, steps_per_epoch: int, total_steps: int) -> int:
+    """Epochs (>= 1) or a fraction of the run (< 1), as optimizer steps."""
+    return round(value * steps_per_epoch) if value >= 1 else round(value * total_steps)
+
+
+@register_method("aflora")
+class Aflora(Method):
+    config_class = AfloraConfig
+    config: AfloraConfig
+
+    def attach(self, model: nn.Module) -> None:
+        freeze(model)
+        cfg = self.config
+        layers = wrap_with_vectors(model.backbone, cfg.target_modules, cfg.rank, cfg.d_init, cfg.b_init)
+        self.pm_names: list[str] = []
+        pms: list[nn.Parameter] = []
+        for name, layer in layers:
+            check_rank(name, layer.base_layer, cfg.rank)
+            nn.init.kaiming_uniform_(layer.lora_A)
+            nn.init.kaiming_uniform_(layer.lora_B)
+            trainable = cfg.pm_trainable in (module_role(name), "both")
+            for key in ("lora_A", "lora_B"):
+                param = getattr(layer, key)
+                param.requires_grad_(trainable)
+                if trainable:
+                    self.pm_names.append(f"backbone.{name}.{key}")
+                    pms.append(param)
+        model.head.requires_grad_(True)
+        self.scorer = SmoothedSensitivity(pms, cfg.score, cfg.beta1, cfg.beta2, cfg.delta_t)
+        self.frozen_at: dict[str, int] = {}
+        self.scored = cfg.freezing and bool(pms)
+
+    # -- hooks ------------------------------------------------------------------------------------
+    def after_backward(self, state: TrainState) -> None:
+        if self.scored and self.scorer.active:
+            self.scorer.accumulate()
+
+    def after_step(self, state: TrainState) -> None:
+        if not self.scored or not self.scorer.active:
+            return
+        window_closed = self.scorer.window_full()
+        if window_closed:
+            self.scorer.update()
+        cfg = self.config
+        t_i = steps_of(cfg.t_initial, state.steps_per_epoch, state.total_steps)
+        t_f = steps_of(cfg.t_final, state.steps_per_epoch, state.total_steps)
+        fraction = cubic_fraction(state.step, state.total_steps, t_i, t_f)
+        if fraction >= 1.0:
+            self._freeze(list(self.scorer.active), state)
+        elif fraction > 0 and window_closed:
+            self._freeze(self._select(fraction), state)
+
+    def on_train_end(self, state: TrainState) -> None:
+        if self.scored:  # e.g. max_steps cut the schedule short
+            self.freeze_all(state)
+
+    def freeze_all(self, state: TrainState) -> None:
+        """Freeze every PM still trainable (what the schedule has done by step T - t_f)."""
+        self._freeze(list(self.scorer.active), state)
+
+    # -- freezing ---------------------------------------------------------------------------------
+    def _groups(self, active: list[int]) -> list[list[int]]:
+        """Units that freeze together: single PMs, or the A/B pair of one layer."""
+        if not self.config.freeze_pairs:
+            return [[i] for i in active]
+        pairs: dict[int, list[int]] = {}
+        for i in active:
+            pairs.setdefault(i // 2, []).append(i)  # PMs are registered as A, B of each layer in turn
+        return list(pairs.values())
+
+    def _select(self, fraction: float) -> list[int]:
+        active = self.scorer.active
+        groups = self._groups(active)
+        means = self.scorer.scores(active)
+        by_index = dict(zip(active, means.tolist(), strict=True))
+        group_scores = [statistics.fmean(by_index[i] for i in g) for g in groups]
+        if self.config.freeze_rule == "code":
+            elements = torch.cat([self.scorer.element_scores(i).flatten() for i in active])
+            k = int(elements.numel() * fraction)
+            if k < 1:
+                return []
+            cutoff = float(torch.kthvalue(elements, k).values)
+            return [i for g, s in zip(groups, group_scores, strict=True) if s < cutoff for i in g]
+        total = len(self.scorer.params)
+        to_freeze = math.floor(fraction * total) - (total - len(active))
+        chosen: list[int] = []
+        for _, group in sorted(zip(group_scores, groups, strict=True)):
+            if len(chosen) >= to_freeze:
+                break
+            chosen.extend(group)
+        return chosen
+
+    def _freeze(self, indices: list[int], state: TrainState) -> None:
+        if not indices:
+            return
+        for i in indices:
+            param = self.scorer.params[i]
+            param.requires_grad_(False)
+            param.grad = None
+            self.frozen_at[self.pm_names[i]] = state.step
+        self.scorer.set_active([i for i in self.scorer.active if i not in set(indices)])
+        state.params_changed()
+
+    # -- results ----------------------------------------------------------------------------------
+    def adapter_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return low_rank_state_dict(model)  # the frozen random PMs are part of the trained function
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scorer": self.scorer.state_dict(), "frozen_at": dict(self.frozen_at)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.scorer.load_state_dict(state["scorer"])
+        self.frozen_at = dict(state["frozen_at"])
+        for i, param in enumerate(self.scorer.params):
+            param.requires_grad_(i in self.scorer.active)
+
+    def report(self, state: TrainState, step_times: list[float], out_dir: Path) -> dict[str, Any]:
+        trace = {name: self.frozen_at.get(name) for name in self.pm_names}
+        (out_dir / "freeze_trace.json").write_text(json.dumps(trace, indent=2) + "\n")
+        report: dict[str, Any] = {
+            "freeze_trace": "freeze_trace.json",
+            "pms_trainable_at_start": len(trace),
+            "pms_frozen": sum(v is not None for v in trace.values()),
+        }
+        if trace and all(v is not None for v in trace.values()):
+            first, last = min(trace.values()), max(trace.values())
+            before, after = step_times[1:first], step_times[last:]  # step k took step_times[k - 1]
+            report["median_step_time_before_freezing_s"] = statistics.median(before) if before else None
+            report["median_step_time_after_freezing_s"] = statistics.median(after) if after else None
+            report["first_freeze_step"], report["all_frozen_step"] = first, last
+        if any(v is not None for v in trace.values()):
+            report["freeze_heatmap"] = self._heatmap(trace, out_dir).name
+        return report
+
+    @staticmethod
+    def _heatmap(trace: dict[str, int | None], out_dir: Path) -> Path:
+        """Steps before each PM froze, per layer x (module, A/B): the paper's Figure 5."""
+        from peftlab.plots import heatmap
+
+        cells: dict[tuple[int, str], float] = {}
+        for name, step in trace.items():
+            match = re.search(r"\.(\d+)\.(.+)\.lora_([AB])$", name)
+            layer, module, pm = (int(match[1]), match[2], match[3]) if match else (0, name, "")
+            cells[(layer, f"{module.split('.')[0]} {pm}".strip())] = np.nan if step is None else step
+        layers = sorted({k[0] for k in cells})
+        columns = sorted({k[1] for k in cells})
+        values = np.array([[cells.get((r, c), np.nan) for c in columns] for r in layers], dtype=float)
+        return heatmap(
+            values,
+            [f"layer {r}" for r in layers],
+            columns,
+            "AFLoRA: step at which each PM froze",
+            "step",
+            out_dir / "freeze_heatmap.png",
+        )
