@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional  # OmegaConf 2.3 needs Optional[...], not X | None
+from typing import Any, Optional  # OmegaConf 2.3 needs Optional[...], not X | None
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
@@ -34,6 +34,8 @@ class ScheduleSchema:
     max_seq_length: int = 128
     eval_every_steps: Optional[int] = None  # noqa: UP045 - null: after each epoch
     log_every_steps: int = 10
+    # per-task values that presets interpolate, e.g. lr: ${schedule.per_task.${task.name}.lr}
+    per_task: dict[str, Any] = field(default_factory=dict)
 
 
 def register_schemas() -> None:

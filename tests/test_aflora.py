@@ -36,16 +36,25 @@ def test_step0_output_equals_base(tiny_model, batch, build):
 
 
 def trainable_pms(model):
-    return {f"{n}.{k}" for n, layer in low_rank_layers(model) for k in ("lora_A", "lora_B")
-            if getattr(layer, k).requires_grad}
+    return {
+        f"{n}.{k}"
+        for n, layer in low_rank_layers(model)
+        for k in ("lora_A", "lora_B")
+        if getattr(layer, k).requires_grad
+    }
 
 
-@pytest.mark.parametrize(("placement", "expected"), [
-    ("ffn", {"intermediate.dense", "output.dense"}),
-    ("attention", {"attention.self.query", "attention.self.key", "attention.self.value",
-                   "attention.output.dense"}),
-    ("none", set()),
-])
+@pytest.mark.parametrize(
+    ("placement", "expected"),
+    [
+        ("ffn", {"intermediate.dense", "output.dense"}),
+        (
+            "attention",
+            {"attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"},
+        ),
+        ("none", set()),
+    ],
+)
 def test_pm_placement(tiny_model, placement, expected):
     model, _ = tiny_model
     aflora(pm_trainable=placement).setup(model)
@@ -78,9 +87,16 @@ def graph_leaves(loss: torch.Tensor) -> set[int]:
 
 
 def test_a_frozen_pm_costs_nothing(tmp_path):
-    cfg = tiny_config(tmp_path, "method=aflora", "method.delta_t=1", "method.t_initial=0.1",
-                      "method.t_final=0.2", "schedule.max_steps=20", "schedule.weight_decay=0.5",
-                      "task.max_train_samples=160")
+    cfg = tiny_config(
+        tmp_path,
+        "method=aflora",
+        "method.delta_t=1",
+        "method.t_initial=0.1",
+        "method.t_final=0.2",
+        "schedule.max_steps=20",
+        "schedule.weight_decay=0.5",
+        "task.max_train_samples=160",
+    )
     trainer = build_trainer(cfg, RunDir(tmp_path))
     aflora_method = trainer.method
     batches = iter(trainer.train_loader)
@@ -114,9 +130,17 @@ def test_a_frozen_pm_costs_nothing(tmp_path):
 
 
 def run(tmp_path, *overrides):
-    cfg = tiny_config(tmp_path, "method=aflora", "method.delta_t=2", "method.t_initial=0.1",
-                      "method.t_final=0.3", "schedule.max_steps=24", "task.max_train_samples=96",
-                      "schedule.log_every_steps=4", *overrides)
+    cfg = tiny_config(
+        tmp_path,
+        "method=aflora",
+        "method.delta_t=2",
+        "method.t_initial=0.1",
+        "method.t_final=0.3",
+        "schedule.max_steps=24",
+        "task.max_train_samples=96",
+        "schedule.log_every_steps=4",
+        *overrides,
+    )
     results = run_experiment(cfg)
     trace = json.loads((tmp_path / "freeze_trace.json").read_text())
     return results, trace

@@ -25,7 +25,9 @@ def test_sensitivity_variants():
     p.grad = torch.tensor([1.0, 1.0, 3.0])
     torch.testing.assert_close(sensitivity([p], "grad")[0], torch.tensor([1.0, 1.0, 3.0]))
     torch.testing.assert_close(sensitivity([p], "weight_grad")[0], torch.tensor([2.0, 0.5, 0.0]))
-    torch.testing.assert_close(sensitivity([p], "grad_over_weight", eps=1e-3)[0], torch.tensor([0.5, 2.0, 3000.0]))
+    torch.testing.assert_close(
+        sensitivity([p], "grad_over_weight", eps=1e-3)[0], torch.tensor([0.5, 2.0, 3000.0])
+    )
     with pytest.raises(ValueError, match="allowed: grad, weight_grad, grad_over_weight"):
         sensitivity([p], "hessian")
 
@@ -38,7 +40,8 @@ def test_smoothed_score_by_hand():
         scorer.accumulate()
     assert scorer.window_full()
     scorer.update()
-    # I = window mean |g| = [2, 1]; I_bar = .5 I = [1, .5]; U = |I - I_bar| = [1, .5]; U_bar = .5 U = [.5, .25]
+    # I = window mean |g| = [2, 1]; I_bar = .5 I = [1, .5]
+    # U = |I - I_bar| = [1, .5]; U_bar = .5 U = [.5, .25]
     torch.testing.assert_close(scorer.i_bar[0], torch.tensor([1.0, 0.5]))
     torch.testing.assert_close(scorer.u_bar[0], torch.tensor([0.5, 0.25]))
     assert scorer.scores([0]).item() == pytest.approx((1 * 0.5 + 0.5 * 0.25) / 2)
@@ -62,13 +65,16 @@ def test_inactive_tensors_are_not_scored():
     assert scorer.i_bar[0].sum() == 0 and scorer.i_bar[1].sum() == 2
 
 
-@pytest.mark.parametrize(("name", "role"), [
-    ("encoder.layer.0.attention.self.query", "attention"),
-    ("encoder.layer.0.attention.output.dense", "attention"),
-    ("encoder.layer.0.intermediate.dense", "ffn"),
-    ("encoder.layer.0.output.dense", "ffn"),
-    ("model.layers.3.self_attn.o_proj", "attention"),
-    ("model.layers.3.mlp.down_proj", "ffn"),
-])
+@pytest.mark.parametrize(
+    ("name", "role"),
+    [
+        ("encoder.layer.0.attention.self.query", "attention"),
+        ("encoder.layer.0.attention.output.dense", "attention"),
+        ("encoder.layer.0.intermediate.dense", "ffn"),
+        ("encoder.layer.0.output.dense", "ffn"),
+        ("model.layers.3.self_attn.o_proj", "attention"),
+        ("model.layers.3.mlp.down_proj", "ffn"),
+    ],
+)
 def test_module_role(name, role):
     assert module_role(name) == role
