@@ -10,7 +10,7 @@
 
 A row is a label and Hydra overrides; ``@frozen`` freezes every trainable projection matrix of the
 method before timing (AFLoRA after its freezing schedule has run). ``--methods`` is shorthand for rows
-labelled by method name. Every row runs the training loop's own step (``Trainer._train_step``: forward,
+labelled by method name. Every row runs the training loop's own step (``Trainer.train_step``: forward,
 backward, hooks, clipping, AdamW) on a model built as a run builds it (``build_trainer``). Rounds of
 steps are interleaved across rows so that machine noise hits all rows alike. ``peft-lora`` is
 huggingface/peft's LoRA with the same rank, alpha, dropout and targets as our ``lora``.
@@ -123,19 +123,19 @@ def freeze_projections(trainer: Trainer) -> None:
     if freeze_all is None:
         raise SystemExit(f"{FROZEN}: method {trainer.method.name} has no freeze_all()")
     freeze_all(trainer.state)
-    trainer._apply_param_change()
+    trainer.apply_param_change()
 
 
 def measure_once(row: Row) -> None:
     """FLOPs and memory of one step (after warm-up, so optimizer state exists)."""
     trainer, batch, device = row.trainer, row.batch, row.trainer.device
-    row.flops = efficiency.count_flops(lambda: trainer._forward_backward(batch))
+    row.flops = efficiency.count_flops(lambda: trainer.forward_backward(batch))
     trainer.optimizer.zero_grad(set_to_none=True)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
-        trainer._train_step(batch)
+        trainer.train_step(batch)
         torch.cuda.synchronize(device)
         row.memory_bytes = torch.cuda.max_memory_allocated(device) - base
         row.memory_detail = "cuda peak above resident"
@@ -151,7 +151,7 @@ def measure_once(row: Row) -> None:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        trainer._train_step(batch)
+        trainer.train_step(batch)
     activations = sum(saved.values())
     grads = sum(p.numel() * p.element_size() for p in trainer.trainable)
     optim = optimizer_state_bytes(trainer.optimizer)
@@ -189,14 +189,14 @@ def main() -> None:
             parser.error(f"--ref {args.ref!r} is not a row label; labels: {[r.label for r in rows]}")
         for row in rows:
             for _ in range(args.warmup):
-                row.trainer._train_step(row.batch)
+                row.trainer.train_step(row.batch)
             measure_once(row)
         per_round = max(1, args.steps // args.rounds)
         for _ in range(args.rounds):
             for row in rows:
                 for _ in range(per_round):
                     start = time.perf_counter()
-                    row.trainer._train_step(row.batch)
+                    row.trainer.train_step(row.batch)
                     efficiency.synchronize(row.trainer.device)
                     row.times.append(time.perf_counter() - start)
     report(rows, ref, args)

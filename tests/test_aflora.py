@@ -103,7 +103,7 @@ def test_a_frozen_pm_costs_nothing(tmp_path):
     batch = next(batches)
     while len(aflora_method.frozen_at) in (0, len(aflora_method.pm_names)):
         assert trainer.state.step < 20, "nothing froze part-way"
-        trainer._train_step(batch)
+        trainer.train_step(batch)
     frozen_names = set(aflora_method.frozen_at)
     params = dict(trainer.model.named_parameters())
     frozen = [params[n] for n in frozen_names]
@@ -118,7 +118,7 @@ def test_a_frozen_pm_costs_nothing(tmp_path):
         assert not any(id(p) in in_graph for p in frozen)
         assert all(id(p) in in_graph for p in live if p.requires_grad)  # (more may freeze meanwhile)
         trainer.optimizer.zero_grad(set_to_none=True)
-        trainer._train_step(batch)
+        trainer.train_step(batch)
         assert all(p.grad is None and not p.requires_grad for p in frozen)
     # 2. no optimizer state, not in any parameter group
     in_groups = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}

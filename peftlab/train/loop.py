@@ -79,7 +79,7 @@ class Trainer:
         self.trainable = [p for _, p in trainable_named_parameters(self.model)]
         self.trainable_count = sum(p.numel() for p in self.trainable)
 
-    def _apply_param_change(self) -> None:
+    def apply_param_change(self) -> None:
         """A hook froze, unfroze or replaced parameters: rebuild the optimizer over what is trained now."""
         self.state.rebuild_requested = False
         before = self.trainable_count
@@ -92,7 +92,7 @@ class Trainer:
         )
 
     # -- one step ---------------------------------------------------------------------------------
-    def _forward_backward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward_backward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         loss = self.model(**batch).loss
         extra = self.method.extra_loss(self.model, batch)
         if extra is not None:
@@ -100,17 +100,17 @@ class Trainer:
         loss.backward()
         return loss.detach()
 
-    def _train_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def train_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         state = self.state
         set_lr(self.optimizer, lr_factor(state.step, state.total_steps, self.warmup_steps))
         if state.step == 0 and self.cfg.measure.flops:
             loss_box: list[torch.Tensor] = []
             self.history.flops_per_step = efficiency.count_flops(
-                lambda: loss_box.append(self._forward_backward(batch))
+                lambda: loss_box.append(self.forward_backward(batch))
             )
             loss = loss_box[0]
         else:
-            loss = self._forward_backward(batch)
+            loss = self.forward_backward(batch)
         self.method.after_backward(state)
         if self.sched.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.trainable, self.sched.max_grad_norm, foreach=True)
@@ -119,7 +119,7 @@ class Trainer:
         state.step += 1
         self.method.after_step(state)
         if state.rebuild_requested:
-            self._apply_param_change()
+            self.apply_param_change()
         return loss
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -146,7 +146,7 @@ class Trainer:
             for batch in self.train_loader:
                 start = time.perf_counter()
                 batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-                loss_sum += self._train_step(batch)
+                loss_sum += self.train_step(batch)
                 history.trainable_param_steps += self.trainable_count
                 efficiency.synchronize(self.device)
                 elapsed = time.perf_counter() - start
@@ -167,7 +167,7 @@ class Trainer:
         bar.close()
         self.method.on_train_end(state)
         if self.state.rebuild_requested:
-            self._apply_param_change()
+            self.apply_param_change()
         return history
 
     def _log_train(self, mean_loss_tensor: torch.Tensor, window: int) -> float:
