@@ -146,8 +146,8 @@ class Trainer:
             for batch in self.train_loader:
                 start = time.perf_counter()
                 batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+                history.trainable_param_steps += self.trainable_count  # what this step trains
                 loss_sum += self.train_step(batch)
-                history.trainable_param_steps += self.trainable_count
                 efficiency.synchronize(self.device)
                 elapsed = time.perf_counter() - start
                 history.train_time_s += elapsed
