@@ -111,6 +111,7 @@ def make_row(spec: str, args: argparse.Namespace, steps: int, run_dir: RunDir) -
     if peft_peer:
         cfg.method.name = PEFT_ROW  # the bench-only method above, with LoRA's options
     trainer = build_trainer(cfg, run_dir)
+    trainer.model.train()  # as Trainer.fit does: dropout on (from_pretrained returns eval mode)
     if frozen:
         freeze_projections(trainer)
     batch = {k: v.to(trainer.device) for k, v in next(iter(trainer.train_loader)).items()}

@@ -16,8 +16,12 @@ def job(root: Path, name: str, method: str, task: str, seed: int, score: float |
     (folder / "config.yaml").write_text(f"method:\n  name: {method}\ntask:\n  name: {task}\nseed: {seed}\n")
     if score is not None:
         metric = "matthews_correlation" if task == "cola" else "accuracy"
-        results = {"status": "completed", "main_metric": metric, "final_eval": {metric: score},
-                   "trainable_params": {"mean_over_steps": params}}
+        results = {
+            "status": "completed",
+            "main_metric": metric,
+            "final_eval": {metric: score},
+            "trainable_params": {"mean_over_steps": params},
+        }
         (folder / "results.json").write_text(json.dumps(results))
 
 
@@ -27,8 +31,12 @@ def test_table_mean_std_params_and_missing_jobs(tmp_path):
     job(tmp_path, "2", "lora", "cola", 1, 0.50, 1e6)
     job(tmp_path, "3", "aflora", "rte", 1, 0.65, 0.5e6)
     job(tmp_path, "4", "aflora", "cola", 1, None, 0.5e6)  # killed: no results.json
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "table.py"), str(tmp_path)],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "table.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     lines = out.splitlines()
     assert lines[0] == "| | #params | cola | rte | Avg |"
     # lora: rte mean 65, sample std of (60, 70) = 7.07; cola 50 (one seed); avg (50 + 65) / 2 = 57.5
