@@ -20,7 +20,7 @@ from peftlab.loggers import build_logger
 from peftlab.methods.base import build_method
 from peftlab.models import build_model, resolve_device
 from peftlab.registry import TASKS
-from peftlab.tasks.base import Example, Task
+from peftlab.tasks.base import Task
 from peftlab.train.loop import Trainer
 from peftlab.train.run_dir import RunDir
 
@@ -33,22 +33,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_trainer(cfg: DictConfig, run_dir: RunDir, train_examples: list[Example] | None = None) -> Trainer:
-    """Task, model + method, data loaders and optimizer of a run, ready to ``fit``.
+def build_trainer(cfg: DictConfig, run_dir: RunDir, adapter_from: Path | None = None) -> Trainer:
+    """Task, model + method, data loaders and optimizer of a run, ready to ``fit`` or ``evaluate``.
 
     Every input is checked (task, method options, device, data files) before the model is built.
+    ``adapter_from``: load that run folder's adapter into the attached model and skip the training data.
     """
     task: Task = TASKS.get(cfg.task.name)(cfg.task, cfg.data_root)
     method = build_method(cfg.method)
     device = resolve_device(cfg.model.device)
-    if train_examples is None:
-        train_examples = task.load_split("train")
+    train_examples = [] if adapter_from else task.load_split("train")
     eval_examples = {split: task.load_split(split) for split in task.eval_splits}
 
     seed_everything(cfg.seed)
     model, tokenizer = build_model(cfg.model, task.num_labels)
     params = count_parameters(model)
     method.setup(model)
+    if adapter_from:
+        load_adapter(model, method, adapter_from)
     model.to(device)
     trainable = count_parameters(model, trainable_only=True)
     log.info(
@@ -63,14 +65,16 @@ def build_trainer(cfg: DictConfig, run_dir: RunDir, train_examples: list[Example
 
     sched = cfg.schedule
     generator = torch.Generator().manual_seed(cfg.seed)
-    train_loader = task.build_loader(
-        train_examples, tokenizer, sched.batch_size, sched.max_seq_length, generator
+    train_loader = (
+        task.build_loader(train_examples, tokenizer, sched.batch_size, sched.max_seq_length, generator)
+        if train_examples
+        else []
     )
     eval_loaders = {
         split: task.build_loader(ex, tokenizer, sched.eval_batch_size, sched.max_seq_length)
         for split, ex in eval_examples.items()
     }
-    trainer = Trainer(cfg, model, method, task, train_loader, eval_loaders, device, run_dir)
+    trainer = Trainer(cfg, model, method, task, train_loader, eval_loaders, device, run_dir)  # type: ignore[arg-type]
     trainer.header = {
         "peftlab_version": __version__,
         "method": method.name,
@@ -145,31 +149,15 @@ def evaluate_saved(cfg: DictConfig, run_dir: RunDir) -> dict[str, Any]:
             cfg[key] = saved[key]
         cfg.task.name = saved.task.name
     run_dir.path.mkdir(parents=True, exist_ok=True)
-    task: Task = TASKS.get(cfg.task.name)(cfg.task, cfg.data_root)
-    method = build_method(cfg.method)
-    device = resolve_device(cfg.model.device)
-    eval_examples = {split: task.load_split(split) for split in task.eval_splits}
-    seed_everything(cfg.seed)
-    model, tokenizer = build_model(cfg.model, task.num_labels)
-    method.setup(model)
-    load_adapter(model, method, source)
-    model.to(device)
-    metrics: dict[str, float] = {}
-    for split, examples in eval_examples.items():
-        loader = task.build_loader(
-            examples, tokenizer, cfg.schedule.eval_batch_size, cfg.schedule.max_seq_length
-        )
-        for name, value in task.evaluate(model, loader, device).items():
-            metrics[task.metric_key(split, name)] = value
+    trainer = build_trainer(cfg, run_dir, adapter_from=source)
+    metrics = trainer.evaluate()
     results = {
+        **trainer.header,
         "status": "completed",
         "eval_only": True,
         "load_from": str(source),
-        "method": method.name,
-        "model": cfg.model.name,
-        "task": cfg.task.name,
         "eval": metrics,
-        "main_metric": task.main_metric,
+        "main_metric": trainer.task.main_metric,
     }
     run_dir.write_results(results, name="eval_results.json")
     log.info("eval of %s: %s", source, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))

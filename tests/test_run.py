@@ -16,6 +16,7 @@ from conftest import tiny_config
 from peftlab.errors import ConfigError, TrainingDiverged
 from peftlab.experiment import run_experiment
 from peftlab.models.heads import ModelOutput, SequenceClassifier
+from peftlab.tasks._data_root import data_root_candidates
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = [
@@ -204,3 +205,21 @@ def test_wandb_logger_writes_an_offline_run(tmp_path, monkeypatch):
     for needle in (b"tiny_bert", b"train_loss", b"eval_accuracy", b"median_step_time_s"):
         assert needle in data, needle
     assert results["status"] == "completed"
+
+
+def test_eval_only_needs_no_training_data(tmp_path):
+    run_experiment(tiny_config(tmp_path / "run", "task=rte"))
+    only_dev = tmp_path / "data" / "glue" / "RTE"
+    only_dev.mkdir(parents=True)
+    (only_dev / "dev.tsv").symlink_to(Path(data_root_candidates(None)[0]) / "glue" / "RTE" / "dev.tsv")
+    cfg = tiny_config(
+        tmp_path / "eval",
+        "eval_only=true",
+        f"load_from={tmp_path / 'run'}",
+        f"data_root={tmp_path / 'data'}",
+        "task.hub_fallback=false",
+    )
+    results = run_experiment(cfg)
+    assert results["train_examples"] == 0 and results["eval_examples"] == {"validation": 24}
+    final = json.loads((tmp_path / "run" / "results.json").read_text())["final_eval"]
+    assert results["eval"]["accuracy"] == final["accuracy"]

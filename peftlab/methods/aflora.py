@@ -169,7 +169,8 @@ class Aflora(Method):
             param.requires_grad_(False)
             param.grad = None
             self.frozen_at[self.pm_names[i]] = state.step
-        self.scorer.set_active([i for i in self.scorer.active if i not in set(indices)])
+        frozen = set(indices)
+        self.scorer.set_active([i for i in self.scorer.active if i not in frozen])
         state.params_changed()
 
     # -- results ----------------------------------------------------------------------------------
