@@ -36,6 +36,8 @@ class ScheduleSchema:
     log_every_steps: int = 10
     # per-task values that presets interpolate, e.g. lr: ${schedule.per_task.${task.name}.lr}
     per_task: dict[str, Any] = field(default_factory=dict)
+    # per-method values likewise, e.g. lr: ${schedule.per_method.${method.name}.lr}
+    per_method: dict[str, Any] = field(default_factory=dict)
 
 
 def register_schemas() -> None:

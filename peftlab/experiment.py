@@ -11,13 +11,14 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
+from torch.utils.data import DataLoader
 
 from peftlab import __version__
 from peftlab.artifacts import load_adapter, save_adapter
 from peftlab.blocks.params import count_parameters
 from peftlab.errors import ConfigError, TrainingDiverged
 from peftlab.loggers import build_logger
-from peftlab.methods.base import build_method
+from peftlab.methods.base import CalibrationData, build_method
 from peftlab.models import build_model, resolve_device
 from peftlab.registry import TASKS
 from peftlab.tasks.base import Task
@@ -25,6 +26,10 @@ from peftlab.train.loop import Trainer
 from peftlab.train.run_dir import RunDir
 
 log = logging.getLogger(__name__)
+
+# The calibration loader shuffles with its own generator (seed + this), so the training order of a seed
+# is the same for every method, whether or not it reads calibration batches.
+CALIBRATION_SEED_OFFSET = 7919
 
 
 def seed_everything(seed: int) -> None:
@@ -48,7 +53,20 @@ def build_trainer(cfg: DictConfig, run_dir: RunDir, adapter_from: Path | None = 
     seed_everything(cfg.seed)
     model, tokenizer = build_model(cfg.model, task.num_labels)
     params = count_parameters(model)
-    method.setup(model)
+    model.to(device)
+    sched = cfg.schedule
+    generator = torch.Generator().manual_seed(cfg.seed)
+    train_loader = (
+        task.build_loader(train_examples, tokenizer, sched.batch_size, sched.max_seq_length, generator)
+        if train_examples
+        else None
+    )
+    calibration = None
+    if train_loader is not None:  # for methods that score the model on training data before attaching
+        calibration = CalibrationData(
+            _reshuffled(train_loader, cfg.seed + CALIBRATION_SEED_OFFSET), device, task.num_labels
+        )
+    method.setup(model, calibration)
     if adapter_from:
         load_adapter(model, method, adapter_from)
     model.to(device)
@@ -63,18 +81,11 @@ def build_trainer(cfg: DictConfig, run_dir: RunDir, adapter_from: Path | None = 
         100 * trainable / params,
     )
 
-    sched = cfg.schedule
-    generator = torch.Generator().manual_seed(cfg.seed)
-    train_loader = (
-        task.build_loader(train_examples, tokenizer, sched.batch_size, sched.max_seq_length, generator)
-        if train_examples
-        else []
-    )
     eval_loaders = {
         split: task.build_loader(ex, tokenizer, sched.eval_batch_size, sched.max_seq_length)
         for split, ex in eval_examples.items()
     }
-    trainer = Trainer(cfg, model, method, task, train_loader, eval_loaders, device, run_dir)  # type: ignore[arg-type]
+    trainer = Trainer(cfg, model, method, task, train_loader or [], eval_loaders, device, run_dir)  # type: ignore[arg-type]
     trainer.header = {
         "peftlab_version": __version__,
         "method": method.name,
@@ -86,6 +97,17 @@ def build_trainer(cfg: DictConfig, run_dir: RunDir, adapter_from: Path | None = 
         "eval_examples": {k: len(v) for k, v in eval_examples.items()},
     }
     return trainer
+
+
+def _reshuffled(loader: DataLoader, seed: int) -> DataLoader:
+    """The same examples and batching as ``loader`` with its own shuffling generator."""
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+        collate_fn=loader.collate_fn,
+    )
 
 
 def run_experiment(cfg: DictConfig) -> dict[str, Any]:

@@ -16,10 +16,11 @@ steps are interleaved across rows so that machine noise hits all rows alike. ``p
 huggingface/peft's LoRA with the same rank, alpha, dropout and targets as our ``lora``.
 
 Columns: median step time and its ratio to the reference row; FLOPs per step (torch's counter,
-forward and backward) and the achieved fraction of the machine's fp32 peak; memory: on CUDA the peak
-allocated during a step above the resident model; on CPU the bytes a step adds (tensors autograd saves
-for backward, gradients, optimizer state), counted exactly, since a process's RSS cannot be split
-between rows that share one process.
+forward and backward) and the achieved fraction of the machine's fp32 peak; memory as the SPSFT paper
+defines "mem" (training memory minus inference memory): on CUDA the peak allocated during a training
+step minus the peak of a no-grad forward before training; on CPU the bytes a step adds (tensors
+autograd saves for backward, gradients, optimizer state), counted exactly, since a process's RSS cannot
+be split between rows that share one process.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ class Row:
     flops: int = 0
     memory_bytes: int = 0
     memory_detail: str = ""
+    inference_peak: int = 0  # CUDA only
 
 
 def make_row(spec: str, args: argparse.Namespace, steps: int, run_dir: RunDir) -> Row:
@@ -115,7 +117,21 @@ def make_row(spec: str, args: argparse.Namespace, steps: int, run_dir: RunDir) -
     if frozen:
         freeze_projections(trainer)
     batch = {k: v.to(trainer.device) for k, v in next(iter(trainer.train_loader)).items()}
-    return Row(label, trainer, batch)
+    return Row(label, trainer, batch, inference_peak=inference_peak(trainer, batch))
+
+
+def inference_peak(trainer: Trainer, batch: dict[str, torch.Tensor]) -> int:
+    """CUDA peak of a no-grad forward of the batch before any training step (the SPSFT paper's mem_M:
+    model + inference activations, no gradients or optimizer state yet); 0 on CPU."""
+    device = trainer.device
+    if device.type != "cuda":
+        return 0
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    with torch.no_grad():
+        trainer.model(**batch)
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device)
 
 
 def freeze_projections(trainer: Trainer) -> None:
@@ -134,12 +150,11 @@ def measure_once(row: Row) -> None:
     trainer.optimizer.zero_grad(set_to_none=True)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-        base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
         trainer.train_step(batch)
         torch.cuda.synchronize(device)
-        row.memory_bytes = torch.cuda.max_memory_allocated(device) - base
-        row.memory_detail = "cuda peak above resident"
+        row.memory_bytes = torch.cuda.max_memory_allocated(device) - row.inference_peak
+        row.memory_detail = "cuda train-step peak - inference peak"
         return
     param_ptrs = {p.untyped_storage().data_ptr() for p in trainer.model.parameters()}
     param_ptrs |= {b.untyped_storage().data_ptr() for b in trainer.model.buffers()}
@@ -160,15 +175,31 @@ def measure_once(row: Row) -> None:
     row.memory_detail = f"act {activations / 2**20:.0f} + grad {grads / 2**20:.1f} + adam {optim / 2**20:.1f}"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def run_rows(specs: list[str], args: argparse.Namespace, workdir: Path) -> list[Row]:
+    """Build every row, warm it up, measure FLOPs and memory, then time interleaved rounds of steps."""
+    rows = [
+        make_row(spec, args, args.warmup + args.steps + 4, RunDir(workdir / str(i)))
+        for i, spec in enumerate(specs)
+    ]
+    for row in rows:
+        for _ in range(args.warmup):
+            row.trainer.train_step(row.batch)
+        measure_once(row)
+    per_round = max(1, args.steps // args.rounds)
+    for _ in range(args.rounds):
+        for row in rows:
+            for _ in range(per_round):
+                start = time.perf_counter()
+                row.trainer.train_step(row.batch)
+                efficiency.synchronize(row.trainer.device)
+                row.times.append(time.perf_counter() - start)
+    return rows
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """Model, batch and timing options shared with scripts that build rows the same way."""
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--task", default="rte", help="the batch is the first --batch-size training examples")
-    parser.add_argument(
-        "--methods", nargs="+", help="rows labelled by method name (default: lora peft-lora fft head)"
-    )
-    parser.add_argument("--row", action="append", default=[], help='"LABEL override ..." (repeatable)')
-    parser.add_argument("--ref", help="row the ratios are relative to (default: the first)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--steps", type=int, default=20, help="timed steps per row")
@@ -176,30 +207,24 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("override", nargs="*", help="Hydra overrides for every row, e.g. model.dropout=0")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--methods", nargs="+", help="rows labelled by method name (default: lora peft-lora fft head)"
+    )
+    parser.add_argument("--row", action="append", default=[], help='"LABEL override ..." (repeatable)')
+    parser.add_argument("--ref", help="row the ratios are relative to (default: the first)")
+    add_common_args(parser)
     args = parser.parse_args()
     specs = [*(args.methods or ([] if args.row else ["lora", PEFT_ROW, "fft", "head"])), *args.row]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [
-            make_row(spec, args, args.warmup + args.steps + 4, RunDir(Path(tmp) / str(i)))
-            for i, spec in enumerate(specs)
-        ]
-        ref = next((r for r in rows if r.label == args.ref), None) if args.ref else rows[0]
-        if ref is None:
-            parser.error(f"--ref {args.ref!r} is not a row label; labels: {[r.label for r in rows]}")
-        for row in rows:
-            for _ in range(args.warmup):
-                row.trainer.train_step(row.batch)
-            measure_once(row)
-        per_round = max(1, args.steps // args.rounds)
-        for _ in range(args.rounds):
-            for row in rows:
-                for _ in range(per_round):
-                    start = time.perf_counter()
-                    row.trainer.train_step(row.batch)
-                    efficiency.synchronize(row.trainer.device)
-                    row.times.append(time.perf_counter() - start)
+        rows = run_rows(specs, args, Path(tmp))
+    ref = next((r for r in rows if r.label == args.ref), None) if args.ref else rows[0]
+    if ref is None:
+        parser.error(f"--ref {args.ref!r} is not a row label; labels: {[r.label for r in rows]}")
     report(rows, ref, args)
 
 

@@ -45,16 +45,15 @@ def test_yaml_and_registries_agree():
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_experiment_presets_compose_for_every_swept_value(experiment):
     """Each preset's sweep parameters name real options, and every combination's config composes."""
-    cfg = compose_config([f"experiment={experiment}"])
-    assert cfg.schedule.name == "aflora_glue"
+    compose_config([f"experiment={experiment}"])
     params = OmegaConf.load(conf_dir() / "experiment" / f"{experiment}.yaml").hydra.sweeper.params
-    assert {"task", "seed"} <= set(params)
+    assert "seed" in params
     for key, values in params.items():
         for value in str(values).split(","):
             composed = compose_config([f"experiment={experiment}", f"{key}={value}"])
             build_method(composed.method)
-            if key == "task":  # the Table 7 schedule has an entry for every swept task
-                assert composed.schedule.epochs > 0 and composed.schedule.lr > 0
+            # per-task / per-method schedules have an entry for every swept value
+            assert composed.schedule.epochs > 0 and composed.schedule.lr > 0
 
 
 def test_schedule_is_type_checked_at_composition():

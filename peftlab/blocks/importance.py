@@ -95,3 +95,67 @@ class SmoothedSensitivity:
                 own.copy_(saved)
         self.steps_in_window, self.updates = state["steps_in_window"], state["updates"]
         self.set_active(state["active"])
+
+
+# -- per-row (output neuron) scores: which rows of a weight matter, before any training ---------------
+
+
+def l2_row_scores(weight: torch.Tensor) -> torch.Tensor:
+    """||w_i||_2 of every output row i (a conv's output channel counts as a row)."""
+    return weight.detach().flatten(1).float().norm(dim=1)
+
+
+def taylor_row_scores(
+    weight: torch.Tensor,
+    grad: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    bias_grad: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """First-order Taylor importance of every row: sum_j |w_ij g_ij| (+ |b_i g_i| when there is a bias),
+    as Torch-Pruning's TaylorImportance scores an output channel."""
+    scores = (weight.detach() * grad).abs().flatten(1).float().sum(1)
+    if bias is not None and bias_grad is not None:
+        scores = scores + (bias.detach() * bias_grad).abs().float()
+    return scores
+
+
+QUANTILE_LEVELS = 11  # 0%, 10%, ..., 100%
+
+
+def quantile_mean(per_class: torch.Tensor) -> torch.Tensor:
+    """SPSFT's Quantile-Mean aggregation (Eq. 7): per_class is (classes, rows); returns, per row, the mean
+    of the 0,10,...,100% quantiles (linear interpolation, as torch/numpy) over the classes."""
+    levels = torch.linspace(0, 1, QUANTILE_LEVELS, dtype=per_class.dtype, device=per_class.device)
+    return torch.quantile(per_class, levels, dim=0).mean(0)
+
+
+def mean_gradients(
+    model: torch.nn.Module, params: list[torch.Tensor], batches: list[dict[str, torch.Tensor]]
+) -> list[torch.Tensor]:
+    """d(mean loss over every example of ``batches``)/d p for each p in ``params``.
+
+    Runs the model in eval mode (no dropout) with only ``params`` requiring grad, so nothing else gets a
+    gradient; requires_grad flags, ``.grad`` and the train/eval mode are restored afterwards.
+    """
+    flags = {p: p.requires_grad for p in model.parameters()}
+    was_training = model.training
+    model.eval()
+    model.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+        p.grad = None
+    examples = 0
+    try:
+        for batch in batches:
+            n = len(batch["labels"])
+            (model(**batch).loss * n).backward()
+            examples += n
+        if examples == 0:
+            raise ValueError("no examples to compute gradients on")
+        return [p.grad / examples if p.grad is not None else torch.zeros_like(p) for p in params]
+    finally:
+        for p in params:
+            p.grad = None
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+        model.train(was_training)

@@ -10,6 +10,8 @@ from torch import nn
 from peftlab.errors import ConfigError
 
 TargetSpec = str | Sequence[str]
+ALL_LINEAR = "all-linear"  # every linear layer of the adapted module
+FFN_LINEAR = "ffn-linear"  # every linear layer outside attention (the SPSFT paper's "FA" setting)
 
 
 def _matches(name: str, key: str) -> bool:
@@ -21,11 +23,20 @@ def match_targets(
 ) -> list[str]:
     """Names of the modules of ``layer_types`` in ``model`` selected by ``targets``.
 
-    As in peft: a string is a regex that must fullmatch the module name; a list selects names equal to
-    an entry or ending in ``.<entry>``. Unlike peft, every list entry must match something, so a typo
-    in one of several keys fails loudly instead of silently training fewer layers.
+    As in peft: ``"all-linear"`` selects every such layer (methods adapt the backbone, so the
+    classification head is never among them), ``"ffn-linear"`` those outside attention (see
+    ``module_role``); another string is a regex that must fullmatch the
+    module name; a list selects names equal to an entry or ending in ``.<entry>``. Unlike peft, every
+    list entry must match something, so a typo in one of several keys fails loudly instead of
+    silently training fewer layers.
     """
     candidates = [name for name, module in model.named_modules() if isinstance(module, layer_types)]
+    if targets in (ALL_LINEAR, FFN_LINEAR):
+        if targets == FFN_LINEAR:
+            candidates = [name for name in candidates if module_role(name) == "ffn"]
+        if not candidates:
+            raise ConfigError(f"target_modules={targets!r}: the model has no such {layer_types} layer")
+        return candidates
     if isinstance(targets, str):
         selected = [name for name in candidates if re.fullmatch(targets, name)]
         if not selected:
@@ -43,7 +54,10 @@ def match_targets(
 def _available(candidates: list[str]) -> str:
     leaves = sorted({name.rsplit(".", 1)[-1] for name in candidates})
     example = candidates[0] if candidates else "none"
-    return f"allowed: layer names or suffixes such as {leaves} (e.g. {example!r}), or a regex string"
+    return (
+        f"allowed: layer names or suffixes such as {leaves} (e.g. {example!r}), a regex string, "
+        f"{ALL_LINEAR!r} or {FFN_LINEAR!r}"
+    )
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:

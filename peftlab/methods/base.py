@@ -1,6 +1,7 @@
 """The method protocol: how a PEFT method plugs into the one training loop.
 
-The loop calls, in order: ``attach`` (wrap layers, choose trainable params) -> per step
+Before training, ``prepare`` may look at training batches (importance scores). The loop calls, in
+order: ``attach`` (wrap layers, choose trainable params) -> per step
 ``extra_loss`` -> backward -> ``after_backward`` (gradients are there) -> optimizer step ->
 ``after_step`` -> ... -> ``on_train_end``. A hook that freezes, unfreezes or replaces parameters
 calls ``state.params_changed()``; the loop then rebuilds the optimizer from ``param_groups`` and
@@ -10,7 +11,9 @@ keeps the optimizer state only of the parameters that are still trained.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -50,6 +53,21 @@ class TrainState:
         self.rebuild_requested = True
 
 
+@dataclass
+class CalibrationData:
+    """Training batches a method may look at before training (importance scores, never eval data).
+
+    ``loader`` has its own shuffling generator, so reading it does not change the training order."""
+
+    loader: Iterable[dict[str, torch.Tensor]]
+    device: torch.device
+    num_labels: int
+
+    def batches(self, limit: int) -> list[dict[str, torch.Tensor]]:
+        """The first ``limit`` batches, on the device."""
+        return [{k: v.to(self.device) for k, v in b.items()} for b in islice(self.loader, limit)]
+
+
 class Method:
     """A PEFT method. Subclasses set ``config_class`` and override the hooks they need."""
 
@@ -64,8 +82,15 @@ class Method:
         """Modify ``model`` in place and set ``requires_grad``. The head (``model.head``) is trained."""
         raise NotImplementedError
 
-    def setup(self, model: nn.Module) -> None:
-        """Attach, then remember which tensors form the adapter (what is saved)."""
+    def prepare(self, model: nn.Module, data: CalibrationData) -> None:
+        """Look at training data before ``attach`` (e.g. score rows to train). Not called when a saved
+        adapter is loaded instead of training; default: nothing."""
+
+    def setup(self, model: nn.Module, data: CalibrationData | None = None) -> None:
+        """Prepare (with training data, when training), attach, then remember which tensors form the
+        adapter (what is saved)."""
+        if data is not None:
+            self.prepare(model, data)
         self.attach(model)
         self._adapter_names = [name for name, _ in trainable_named_parameters(model)]
         if not self._adapter_names:

@@ -1,0 +1,171 @@
+"""A frozen layer plus trainable rows: W_hat = W + M W_f (SPSFT), M a fixed selection of r output rows.
+
+``y = base(x)`` with ``x W_f^T (+ b_f)`` added into the r selected output positions by ``index_add``;
+M is never built as a matrix. The backward is written by hand so that autograd keeps only the input x
+(the base weight and W_f are parameters, already resident): the r-dim intermediate x W_f^T is not
+cached, which is where SPSFT saves memory over LoRA (which caches A x to compute dL/dB).
+Linear layers and 1x1 convolutions (channels are rows) are supported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.grad import conv2d_input, conv2d_weight
+
+from peftlab.errors import ConfigError
+
+SparseRowsBase = nn.Linear | nn.Conv2d
+
+
+def is_pointwise_conv(layer: nn.Module) -> bool:
+    """A 1x1, ungrouped, unpadded, undilated convolution: a linear map over channels per position."""
+    return (
+        isinstance(layer, nn.Conv2d)
+        and layer.kernel_size == (1, 1)
+        and layer.groups == 1
+        and layer.padding in ((0, 0), "valid")
+        and layer.dilation == (1, 1)
+    )
+
+
+def row_shape(layer: nn.Module) -> tuple[int, int]:
+    """(rows, row length) of a supported layer: (out, in) features or channels."""
+    if isinstance(layer, nn.Linear):
+        return layer.out_features, layer.in_features
+    if is_pointwise_conv(layer):
+        return layer.out_channels, layer.in_channels
+    raise ConfigError(
+        f"SPSFT cannot adapt {type(layer).__name__} {layer}; allowed: nn.Linear and 1x1 nn.Conv2d "
+        "(groups=1, no padding or dilation)"
+    )
+
+
+class _SparseRowsLinear(torch.autograd.Function):
+    """out = x W^T + b, then out[..., index] += x W_f^T + b_f. Saves only x (plus resident parameters)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, rows_weight, rows_bias, index):  # type: ignore[override]
+        out = F.linear(x, weight, bias)
+        out.index_add_(-1, index, F.linear(x, rows_weight, rows_bias))
+        ctx.save_for_backward(x, weight, rows_weight, index)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        x, weight, rows_weight, index = ctx.saved_tensors
+        _check_base_frozen(ctx)
+        grad_rows = grad_out.index_select(-1, index)  # (..., r): dL/d(x W_f^T)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.matmul(grad_out, weight).add_(torch.matmul(grad_rows, rows_weight))
+        if ctx.needs_input_grad[3]:
+            grad_w = grad_rows.reshape(-1, grad_rows.shape[-1]).T @ x.reshape(-1, x.shape[-1])
+        if ctx.needs_input_grad[4]:
+            grad_b = grad_rows.reshape(-1, grad_rows.shape[-1]).sum(0)
+        return grad_x, None, None, grad_w, grad_b, None
+
+
+class _SparseRowsConv1x1(torch.autograd.Function):
+    """The same for a 1x1 convolution (rows are output channels); saves only x."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, rows_weight, rows_bias, index, stride):  # type: ignore[override]
+        out = F.conv2d(x, weight, bias, stride)
+        rows_kernel = rows_weight[:, :, None, None]
+        out.index_add_(1, index, F.conv2d(x, rows_kernel, rows_bias, stride))
+        ctx.save_for_backward(x, weight, rows_weight, index)
+        ctx.stride = stride
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        x, weight, rows_weight, index = ctx.saved_tensors
+        _check_base_frozen(ctx)
+        grad_rows = grad_out.index_select(1, index)  # (N, r, H', W')
+        rows_kernel = rows_weight[:, :, None, None]
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = conv2d_input(x.shape, weight, grad_out, ctx.stride)
+            grad_x.add_(conv2d_input(x.shape, rows_kernel, grad_rows, ctx.stride))
+        if ctx.needs_input_grad[3]:
+            grad_w = conv2d_weight(x, rows_kernel.shape, grad_rows, ctx.stride).flatten(1)
+        if ctx.needs_input_grad[4]:
+            grad_b = grad_rows.sum((0, 2, 3))
+        return grad_x, None, None, grad_w, grad_b, None, None
+
+
+def _check_base_frozen(ctx) -> None:
+    if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+        raise RuntimeError("SparseRowsLayer trains only its rows; its base layer must be frozen")
+
+
+class SparseRowsLayer(nn.Module):
+    """``base_layer`` (frozen) + trainable rows ``rows_weight`` (r x d_in, zero-initialised, so the
+    layer starts equal to the base) at output positions ``rows_index``, optional ``rows_bias``."""
+
+    def __init__(self, base_layer: SparseRowsBase, index: torch.Tensor, train_bias: bool = False) -> None:
+        super().__init__()
+        rows, row_len = row_shape(base_layer)
+        index = torch.as_tensor(index, dtype=torch.long).flatten()
+        if index.numel() == 0 or index.numel() != index.unique().numel():
+            raise ConfigError(f"SPSFT needs 1 or more distinct rows, got index {index.tolist()[:10]}")
+        if int(index.min()) < 0 or int(index.max()) >= rows:
+            raise ConfigError(f"SPSFT row index out of range 0..{rows - 1}: {index.tolist()[:10]}")
+        self.base_layer = base_layer
+        self.base_layer.requires_grad_(False)
+        weight = base_layer.weight
+        factory = {"device": weight.device, "dtype": weight.dtype}
+        self.register_buffer("rows_index", index.to(weight.device))
+        self.rows_weight = nn.Parameter(torch.zeros(index.numel(), row_len, **factory))
+        self.rows_bias = nn.Parameter(torch.zeros(index.numel(), **factory)) if train_bias else None
+
+    @property
+    def rank(self) -> int:
+        return self.rows_index.numel()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        base = self.base_layer
+        if isinstance(base, nn.Linear):
+            return _SparseRowsLinear.apply(
+                x, base.weight, base.bias, self.rows_weight, self.rows_bias, self.rows_index
+            )
+        return _SparseRowsConv1x1.apply(
+            x, base.weight, base.bias, self.rows_weight, self.rows_bias, self.rows_index, base.stride
+        )
+
+    def delta_weight(self) -> torch.Tensor:
+        """M W_f as a dense (d_out x d_in) matrix: for tests and merging, never in the forward."""
+        rows, row_len = row_shape(self.base_layer)
+        delta = self.rows_weight.new_zeros(rows, row_len)
+        return delta.index_add_(0, self.rows_index, self.rows_weight)
+
+    @torch.no_grad()
+    def merged(self) -> SparseRowsBase:
+        """The base layer with W_f (and b_f) added into its selected rows: a plain layer for inference."""
+        base = self.base_layer
+        base.weight.view(base.weight.shape[0], -1).index_add_(0, self.rows_index, self.rows_weight)
+        if self.rows_bias is not None:
+            if base.bias is None:
+                base.bias = nn.Parameter(self.rows_bias.new_zeros(base.weight.shape[0]), requires_grad=False)
+            base.bias.index_add_(0, self.rows_index, self.rows_bias)
+        return base
+
+    def extra_repr(self) -> str:
+        rows, row_len = row_shape(self.base_layer)
+        return f"rows={self.rank}/{rows}, row_len={row_len}, bias={self.rows_bias is not None}"
+
+
+def sparse_rows_layers(model: nn.Module) -> Iterator[tuple[str, SparseRowsLayer]]:
+    return ((n, m) for n, m in model.named_modules() if isinstance(m, SparseRowsLayer))
+
+
+def merge_sparse_rows(model: nn.Module) -> int:
+    """Replace every SparseRowsLayer by its merged base layer; returns how many were merged."""
+    layers = list(sparse_rows_layers(model))
+    for name, layer in layers:
+        model.set_submodule(name, layer.merged())
+    return len(layers)

@@ -1,0 +1,285 @@
+"""SPSFT: structured-pruning-based sparse fine-tuning (W_hat = W + M W_f on the most important rows).
+
+Before training, every output row (neuron) of each target layer is scored with a structured-pruning
+importance (l2 norm, Taylor, or class-aware Quantile-Mean Taylor); the top rows per layer (or over all
+layers) get a trainable zero-initialised W_f. The classification head trains fully. The selection is
+made once, logged, written to ``spsft_rows.json`` / ``spsft_importance.safetensors`` and saved with the
+weights (the ``rows_index`` buffers), so a saved adapter rebuilds the same layers without data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from peftlab.blocks.importance import l2_row_scores, mean_gradients, quantile_mean, taylor_row_scores
+from peftlab.blocks.params import freeze
+from peftlab.blocks.sparse_rows import (
+    SparseRowsLayer,
+    is_pointwise_conv,
+    merge_sparse_rows,
+    row_shape,
+    sparse_rows_layers,
+)
+from peftlab.blocks.targeting import ALL_LINEAR, FFN_LINEAR, match_targets, module_role
+from peftlab.errors import ConfigError
+from peftlab.methods.base import CalibrationData, Method, MethodConfig, TrainState, register_method
+
+log = logging.getLogger(__name__)
+
+IMPORTANCES = ("l2", "taylor", "qm_taylor")
+SELECTIONS = ("layer", "global")
+INDEX = ".rows_index"
+
+
+@dataclass
+class SpsftConfig(MethodConfig):
+    ratio: float = 0.05  # fraction of each layer's rows to train (paper's GLUE/vision runs: 5%)
+    rank: int | None = None  # rows per layer (r of the paper's LLM tables); when set, ratio is unused
+    selection: str = "layer"  # layer: top rows of each layer | global: top rows over all target layers
+    importance: str = "taylor"  # l2 | taylor | qm_taylor
+    importance_batches: int = 50  # training batches whose gradients Taylor scores use
+    target_modules: list[str] | str = ALL_LINEAR  # or names / a regex, as lora's target_modules
+    freeze_attention: bool = False  # "FA": adapt only feed-forward (MLP) layers among the targets
+    train_bias: bool = False  # also train a bias for the selected rows
+    merge_after_training: bool = False  # fold W_f into the base weights before the final evaluation
+
+    def __post_init__(self) -> None:
+        if self.importance not in IMPORTANCES:
+            raise ConfigError(f"spsft importance={self.importance!r}; allowed: {', '.join(IMPORTANCES)}")
+        if self.selection not in SELECTIONS:
+            raise ConfigError(f"spsft selection={self.selection!r}; allowed: {', '.join(SELECTIONS)}")
+        if self.rank is not None and self.rank < 1:
+            raise ConfigError(f"spsft rank={self.rank} is not allowed; allowed: null or an integer >= 1")
+        if self.rank is None and not 0 < self.ratio <= 1:
+            raise ConfigError(f"spsft ratio={self.ratio} is not allowed; allowed: 0 < ratio <= 1")
+        if self.importance_batches < 1:
+            raise ConfigError(f"spsft importance_batches={self.importance_batches}; allowed: >= 1")
+
+
+def select_rows(
+    scores: dict[str, torch.Tensor], rank: int | None, ratio: float, scope: str
+) -> dict[str, torch.Tensor]:
+    """Indices (sorted) of the rows to train in each layer: the top ``rank`` (or ``ratio`` of the rows)
+    of each layer, or, with ``scope="global"``, the same total taken over all layers after dividing each
+    layer's scores by their mean (so layers of different scale compete fairly). Layers that get no row
+    are left out."""
+    sizes = {name: s.numel() for name, s in scores.items()}
+    if rank is not None:
+        too_big = {name: n for name, n in sizes.items() if rank > n}
+        if too_big:
+            name, n = next(iter(too_big.items()))
+            raise ConfigError(f"spsft rank={rank} is larger than layer {name!r} ({n} rows); allowed: 1..{n}")
+    per_layer = {name: rank if rank is not None else max(1, round(ratio * n)) for name, n in sizes.items()}
+    if scope == "layer":
+        return {name: torch.topk(s, per_layer[name]).indices.sort().values for name, s in scores.items()}
+    names = list(scores)
+    flat = torch.cat([scores[n] / scores[n].mean().clamp_min(1e-12) for n in names])
+    owner = torch.cat([torch.full((sizes[n],), i) for i, n in enumerate(names)])
+    offset = torch.tensor([0, *torch.tensor([sizes[n] for n in names]).cumsum(0)[:-1].tolist()])
+    top = torch.topk(flat, sum(per_layer.values())).indices
+    chosen = {}
+    for i, name in enumerate(names):
+        rows = top[owner[top] == i] - offset[i]
+        if rows.numel():
+            chosen[name] = rows.sort().values
+    return chosen
+
+
+@register_method("spsft")
+class Spsft(Method):
+    config_class = SpsftConfig
+    config: SpsftConfig
+
+    def __init__(self, config: SpsftConfig) -> None:
+        super().__init__(config)
+        self.scores: dict[str, torch.Tensor] = {}
+        self.rows: dict[str, torch.Tensor] = {}  # backbone module name -> selected row indices
+        self._merged_adapter: dict[str, torch.Tensor] | None = None
+
+    # -- selecting rows -------------------------------------------------------------------------------
+    def target_layers(self, backbone: nn.Module) -> dict[str, nn.Module]:
+        targets = self.config.target_modules
+        names = match_targets(backbone, targets, (nn.Linear, nn.Conv2d))
+        if targets in (ALL_LINEAR, FFN_LINEAR):  # every linear map: linear layers and 1x1 convolutions
+            names = [
+                n
+                for n in names
+                if not isinstance(backbone.get_submodule(n), nn.Conv2d)
+                or is_pointwise_conv(backbone.get_submodule(n))
+            ]
+        if self.config.freeze_attention:
+            names = [n for n in names if module_role(n) == "ffn"]
+            if not names:
+                raise ConfigError(
+                    "spsft freeze_attention=true left no target layer: every target is attention"
+                )
+        layers = {name: backbone.get_submodule(name) for name in names}
+        for layer in layers.values():
+            row_shape(layer)  # a clear error for layers SPSFT cannot adapt
+        return layers
+
+    def prepare(self, model: nn.Module, data: CalibrationData) -> None:
+        kind = self.config.importance
+        if kind == "l2":
+            return  # needs no data; attach scores it (so a saved run rebuilds it the same way)
+        layers = self.target_layers(model.backbone)
+        batches = data.batches(self.config.importance_batches)
+        if kind == "taylor":
+            self._choose(taylor_scores(model, layers, batches))
+            return
+        if data.num_labels < 2:
+            raise ConfigError(
+                "spsft importance=qm_taylor needs a classification task (per-class scores); this task "
+                "has a single output; allowed here: l2, taylor"
+            )
+        self._choose(class_quantile_mean_scores(model, layers, batches, data.num_labels))
+
+    def _choose(self, scores: dict[str, torch.Tensor]) -> None:
+        cfg = self.config
+        self.scores = scores
+        self.rows = select_rows(scores, cfg.rank, cfg.ratio, cfg.selection)
+        log.info(
+            "spsft: %s importance over %d layers; training %d of %d rows in %d layers",
+            cfg.importance,
+            len(scores),
+            sum(r.numel() for r in self.rows.values()),
+            sum(s.numel() for s in scores.values()),
+            len(self.rows),
+        )
+
+    # -- attaching ----------------------------------------------------------------------------------
+    def attach(self, model: nn.Module) -> None:
+        freeze(model)
+        if not self.rows and self.config.importance == "l2":
+            layers = self.target_layers(model.backbone)
+            self._choose({name: l2_row_scores(layer.weight) for name, layer in layers.items()})
+        for name, index in self.rows.items():
+            self._wrap(model.backbone, name, index)
+        model.head.requires_grad_(True)
+
+    def _wrap(self, root: nn.Module, name: str, index: torch.Tensor) -> None:
+        layer = SparseRowsLayer(root.get_submodule(name), index, self.config.train_bias)
+        root.set_submodule(name, layer)
+
+    # -- end of training ----------------------------------------------------------------------------
+    def on_train_end(self, state: TrainState) -> None:
+        if self.config.merge_after_training:
+            self._merged_adapter = {k: v.clone() for k, v in self.adapter_state_dict(state.model).items()}
+            count = merge_sparse_rows(state.model)
+            log.info("spsft: merged W_f into %d base layers for evaluation", count)
+
+    def report(self, state: TrainState, step_times: list[float], out_dir: Path) -> dict[str, Any]:
+        layers = {}
+        for name, index in self.rows.items():
+            scores = self.scores.get(name)
+            entry: dict[str, Any] = {"rows": index.numel(), "of": None, "index": index.tolist()}
+            if scores is not None:
+                entry["of"] = scores.numel()
+                entry["min_kept_score"] = float(scores[index].min())
+                entry["mean_score"] = float(scores.mean())
+            layers[name] = entry
+        (out_dir / "spsft_rows.json").write_text(json.dumps(layers, indent=1) + "\n")
+        if self.scores:
+            save_file(
+                {k: v.contiguous().cpu() for k, v in self.scores.items()},
+                str(out_dir / "spsft_importance.safetensors"),
+            )
+        rows = sum(e["rows"] for e in layers.values())
+        return {
+            "importance": self.config.importance,
+            "layers_adapted": len(layers),
+            "rows_trained": rows,
+            "rows_total": sum(e["of"] or 0 for e in layers.values()),
+            "merged": self._merged_adapter is not None,
+        }
+
+    # -- saving -------------------------------------------------------------------------------------
+    def adapter_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """W_f (+ b_f) and the row indices of every adapted layer, and the head."""
+        if self._merged_adapter is not None:
+            return self._merged_adapter
+        state = {f"head.{k}": v.detach() for k, v in model.head.named_parameters()}
+        for name, layer in sparse_rows_layers(model):
+            state[name + INDEX] = layer.rows_index
+            state[f"{name}.rows_weight"] = layer.rows_weight.detach()
+            if layer.rows_bias is not None:
+                state[f"{name}.rows_bias"] = layer.rows_bias.detach()
+        return state
+
+    def load_adapter_state_dict(self, model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+        """Rebuild the adapted layers from the saved indices (no data needed), then load the weights."""
+        prefix = "backbone."
+        for key, index in tensors.items():
+            if not key.endswith(INDEX):
+                continue
+            name = key[: -len(INDEX)]
+            if not name.startswith(prefix):
+                raise ConfigError(f"saved tensor {key} is not inside the backbone")
+            module = model.get_submodule(name)
+            if isinstance(module, SparseRowsLayer):
+                if not torch.equal(module.rows_index.cpu(), index.cpu()):
+                    raise ConfigError(f"saved rows of {name} differ from the rows this model selected")
+                continue
+            self._wrap(model.backbone, name[len(prefix) :], index)
+            self.rows[name[len(prefix) :]] = index
+        super().load_adapter_state_dict(model, tensors)
+
+
+def _weights_and_biases(layers: dict[str, nn.Module]) -> list[torch.Tensor]:
+    params = []
+    for layer in layers.values():
+        params.append(layer.weight)
+        if layer.bias is not None:
+            params.append(layer.bias)
+    return params
+
+
+def _row_scores_from_grads(
+    layers: dict[str, nn.Module], grads: list[torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    scores, it = {}, iter(grads)
+    for name, layer in layers.items():
+        weight_grad = next(it)
+        bias_grad = next(it) if layer.bias is not None else None
+        scores[name] = taylor_row_scores(layer.weight, weight_grad, layer.bias, bias_grad)
+    return scores
+
+
+def taylor_scores(
+    model: nn.Module, layers: dict[str, nn.Module], batches: list[dict[str, torch.Tensor]]
+) -> dict[str, torch.Tensor]:
+    """Taylor importance of every row, from the mean gradient over ``batches``."""
+    grads = mean_gradients(model, _weights_and_biases(layers), batches)
+    return _row_scores_from_grads(layers, grads)
+
+
+def class_quantile_mean_scores(
+    model: nn.Module, layers: dict[str, nn.Module], batches: list[dict[str, torch.Tensor]], num_labels: int
+) -> dict[str, torch.Tensor]:
+    """Class-aware Quantile-Mean Taylor (Eq. 7): a Taylor score per class from the gradient of that
+    class's mean loss, then per row the mean of the 0,10,...,100% quantiles over the classes present.
+    One class at a time, so memory holds one set of gradients whatever the number of classes."""
+    per_class: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    for label in range(num_labels):
+        subsets = [_rows_with_label(b, label) for b in batches]
+        subsets = [b for b in subsets if len(b["labels"])]
+        if not subsets:
+            continue
+        for name, scores in taylor_scores(model, layers, subsets).items():
+            per_class[name].append(scores)
+    if not per_class or not next(iter(per_class.values())):
+        raise ConfigError("spsft importance=qm_taylor: the calibration batches hold no labelled example")
+    return {name: quantile_mean(torch.stack(rows)) for name, rows in per_class.items()}
+
+
+def _rows_with_label(batch: dict[str, torch.Tensor], label: int) -> dict[str, torch.Tensor]:
+    keep = batch["labels"] == label
+    return {k: v[keep] for k, v in batch.items()}
