@@ -45,6 +45,25 @@ def random_rows(layer: SparseRowsLayer, seed: int = 0) -> None:
 # -- the layer ------------------------------------------------------------------------------------------
 
 
+def check_against_reference(layer: SparseRowsLayer, x: torch.Tensor, reference) -> None:
+    """layer(x) and the gradients of x, W_f and b_f equal those of ``reference(x, W_f, b_f)``, a dense
+    computation on copies; the frozen base gets no gradient."""
+    x_ref = x.detach().clone().requires_grad_(True)
+    w_f = layer.rows_weight.detach().clone().requires_grad_(True)
+    bias = layer.rows_bias if layer.rows_bias is not None else torch.zeros(layer.rank, dtype=x.dtype)
+    b_f = bias.detach().clone().requires_grad_(True)
+    out, expected = layer(x), reference(x_ref, w_f, b_f)
+    torch.testing.assert_close(out, expected)
+    upstream = torch.randn_like(out)
+    out.backward(upstream)
+    expected.backward(upstream)
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    torch.testing.assert_close(layer.rows_weight.grad, w_f.grad)
+    if layer.rows_bias is not None:
+        torch.testing.assert_close(layer.rows_bias.grad, b_f.grad)
+    assert all(p.grad is None for p in layer.base_layer.parameters())
+
+
 @pytest.mark.parametrize("train_bias", [False, True])
 def test_linear_forward_and_grads_equal_dense_reference(train_bias):
     torch.manual_seed(0)
@@ -52,25 +71,13 @@ def test_linear_forward_and_grads_equal_dense_reference(train_bias):
     index = torch.tensor([7, 1, 4])  # unsorted on purpose
     layer = SparseRowsLayer(base, index, train_bias=train_bias)
     random_rows(layer)
-    x = torch.randn(3, 5, 12, dtype=torch.double, requires_grad=True)
-    x_ref = x.detach().clone().requires_grad_(True)
-    w_f = layer.rows_weight.detach().clone().requires_grad_(True)
-    b_f = torch.zeros(3, dtype=torch.double, requires_grad=True)
-    if train_bias:
-        b_f = layer.rows_bias.detach().clone().requires_grad_(True)
     mask = torch.zeros(10, 3, dtype=torch.double)  # the dense selection matrix M of the paper
     mask[index, torch.arange(3)] = 1.0
-    reference = F.linear(x_ref, base.weight + mask @ w_f, base.bias + mask @ b_f)
-    out = layer(x)
-    torch.testing.assert_close(out, reference)
-    upstream = torch.randn_like(out)
-    out.backward(upstream)
-    reference.backward(upstream)
-    torch.testing.assert_close(x.grad, x_ref.grad)
-    torch.testing.assert_close(layer.rows_weight.grad, w_f.grad)
-    if train_bias:
-        torch.testing.assert_close(layer.rows_bias.grad, b_f.grad)
-    assert base.weight.grad is None and base.bias.grad is None
+
+    def reference(x, w_f, b_f):
+        return F.linear(x, base.weight + mask @ w_f, base.bias + mask @ b_f)
+
+    check_against_reference(layer, torch.randn(3, 5, 12, dtype=torch.double, requires_grad=True), reference)
 
 
 def test_pointwise_conv_forward_and_grads_equal_dense_reference():
@@ -79,21 +86,13 @@ def test_pointwise_conv_forward_and_grads_equal_dense_reference():
     index = torch.tensor([0, 5])
     layer = SparseRowsLayer(base, index, train_bias=True)
     random_rows(layer)
-    x = torch.randn(2, 6, 7, 7, dtype=torch.double, requires_grad=True)
-    x_ref = x.detach().clone().requires_grad_(True)
-    w_f = layer.rows_weight.detach().clone().requires_grad_(True)
-    b_f = layer.rows_bias.detach().clone().requires_grad_(True)
-    delta = torch.zeros(8, 6, dtype=torch.double).index_add(0, index, w_f)
-    bias = base.bias + torch.zeros(8, dtype=torch.double).index_add(0, index, b_f)
-    reference = F.conv2d(x_ref, base.weight + delta[:, :, None, None], bias, stride=2)
-    out = layer(x)
-    torch.testing.assert_close(out, reference)
-    upstream = torch.randn_like(out)
-    out.backward(upstream)
-    reference.backward(upstream)
-    torch.testing.assert_close(x.grad, x_ref.grad)
-    torch.testing.assert_close(layer.rows_weight.grad, w_f.grad)
-    torch.testing.assert_close(layer.rows_bias.grad, b_f.grad)
+
+    def reference(x, w_f, b_f):
+        delta = torch.zeros(8, 6, dtype=torch.double).index_add(0, index, w_f)
+        bias = base.bias + torch.zeros(8, dtype=torch.double).index_add(0, index, b_f)
+        return F.conv2d(x, base.weight + delta[:, :, None, None], bias, stride=2)
+
+    check_against_reference(layer, torch.randn(2, 6, 7, 7, dtype=torch.double, requires_grad=True), reference)
 
 
 def test_layer_starts_equal_to_base_and_rejects_bad_rows():
