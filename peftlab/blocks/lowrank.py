@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,8 @@ from torch import nn
 
 from peftlab.blocks.targeting import TargetSpec, match_targets, replace_module
 from peftlab.errors import ConfigError
+
+Wrapped = TypeVar("Wrapped", bound=nn.Module)
 
 
 class LowRankLinear(nn.Module):
@@ -130,12 +133,12 @@ class FixedProjections(nn.Module):
         self.register_buffer("B", b.to(dtype), persistent=False)
 
 
-def check_rank(name: str, layer: nn.Linear, rank: int) -> None:
+def check_rank(name: str, layer: nn.Linear, rank: int, option: str = "lora rank") -> None:
     """A rank must be at least 1 and at most min(in, out) of the layer it adapts."""
     limit = min(layer.in_features, layer.out_features)
     if not 1 <= rank <= limit:
         raise ConfigError(
-            f"lora rank={rank} is not allowed for layer {name!r} "
+            f"{option}={rank} is not allowed for layer {name!r} "
             f"({layer.in_features} -> {layer.out_features}); allowed: 1..{limit}"
         )
 
@@ -148,9 +151,10 @@ def init_vectors(layer: LowRankLinear, d: float, b: float) -> None:
 
 
 def wrap_targets(
-    model: nn.Module, targets: TargetSpec, make: Callable[[str, nn.Linear], LowRankLinear]
-) -> list[tuple[str, LowRankLinear]]:
-    """Replace every target linear layer of ``model`` by ``make(name, layer)``; returns the new layers."""
+    model: nn.Module, targets: TargetSpec, make: Callable[[str, nn.Linear], Wrapped]
+) -> list[tuple[str, Wrapped]]:
+    """Replace every target linear layer of ``model`` by ``make(name, layer)`` (a low-rank layer, an
+    adapter, ...); returns the new layers."""
     wrapped = []
     for name in match_targets(model, targets):
         layer = make(name, model.get_submodule(name))

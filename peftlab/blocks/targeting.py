@@ -12,6 +12,8 @@ from peftlab.errors import ConfigError
 TargetSpec = str | Sequence[str]
 ALL_LINEAR = "all-linear"  # every linear layer of the adapted module
 FFN_LINEAR = "ffn-linear"  # every linear layer outside attention (the SPSFT paper's "FA" setting)
+SUBLAYER_OUTPUTS = "sublayer-outputs"  # the projections that write attention / FFN back to the residual
+KEYWORDS = (ALL_LINEAR, FFN_LINEAR, SUBLAYER_OUTPUTS)
 
 
 def _matches(name: str, key: str) -> bool:
@@ -25,15 +27,18 @@ def match_targets(
 
     As in peft: ``"all-linear"`` selects every such layer (methods adapt the backbone, so the
     classification head is never among them), ``"ffn-linear"`` those outside attention (see
-    ``module_role``); another string is a regex that must fullmatch the
+    ``module_role``), ``"sublayer-outputs"`` the attention-output and FFN-output projections (see
+    ``is_sublayer_output``); another string is a regex that must fullmatch the
     module name; a list selects names equal to an entry or ending in ``.<entry>``. Unlike peft, every
     list entry must match something, so a typo in one of several keys fails loudly instead of
     silently training fewer layers.
     """
     candidates = [name for name, module in model.named_modules() if isinstance(module, layer_types)]
-    if targets in (ALL_LINEAR, FFN_LINEAR):
+    if targets in KEYWORDS:
         if targets == FFN_LINEAR:
             candidates = [name for name in candidates if module_role(name) == "ffn"]
+        elif targets == SUBLAYER_OUTPUTS:
+            candidates = [name for name in candidates if is_sublayer_output(name)]
         if not candidates:
             raise ConfigError(f"target_modules={targets!r}: the model has no such {layer_types} layer")
         return candidates
@@ -56,7 +61,7 @@ def _available(candidates: list[str]) -> str:
     example = candidates[0] if candidates else "none"
     return (
         f"allowed: layer names or suffixes such as {leaves} (e.g. {example!r}), a regex string, "
-        f"{ALL_LINEAR!r} or {FFN_LINEAR!r}"
+        f"or one of {list(KEYWORDS)}"
     )
 
 
@@ -94,3 +99,17 @@ def module_role(name: str) -> str:
     ):
         return "attention"
     return "ffn"
+
+
+# Leaf names of the projections that close a sublayer (write back to the residual stream): Llama/OPT/BART
+# attention out and FFN out, GPT-2's c_proj. BERT/RoBERTa/DeBERTa name both ``...output.dense``.
+SUBLAYER_OUTPUT_LEAVES = {"o_proj", "out_proj", "down_proj", "fc2", "c_proj"}
+
+
+def is_sublayer_output(name: str) -> bool:
+    """Whether a linear layer's output is added to the residual stream (attention or FFN output)."""
+    return (
+        name.rsplit(".", 1)[-1] in SUBLAYER_OUTPUT_LEAVES
+        or name == "output.dense"
+        or name.endswith(".output.dense")
+    )

@@ -28,7 +28,7 @@ from peftlab.blocks.sparse_rows import (
     row_shape,
     sparse_rows_layers,
 )
-from peftlab.blocks.targeting import ALL_LINEAR, FFN_LINEAR, match_targets, module_role
+from peftlab.blocks.targeting import ALL_LINEAR, KEYWORDS, match_targets, module_role
 from peftlab.errors import ConfigError
 from peftlab.methods.base import CalibrationData, Method, MethodConfig, TrainState, register_method
 
@@ -108,7 +108,7 @@ class Spsft(Method):
     def target_layers(self, backbone: nn.Module) -> dict[str, nn.Module]:
         targets = self.config.target_modules
         names = match_targets(backbone, targets, (nn.Linear, nn.Conv2d))
-        if targets in (ALL_LINEAR, FFN_LINEAR):  # every linear map: linear layers and 1x1 convolutions
+        if targets in KEYWORDS:  # every linear map: linear layers and 1x1 convolutions
             names = [
                 n
                 for n in names

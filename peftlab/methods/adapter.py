@@ -1,0 +1,49 @@
+"""Adapter (Houlsby et al. 2019): a bottleneck h + up(act(down(h))) after the attention output and the
+FFN output of every block, up zero-initialised (step 0 = base model); the head trains too."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from peftlab.blocks.adapter import ACTIVATIONS, BottleneckAdapter
+from peftlab.blocks.lowrank import check_rank, wrap_targets
+from peftlab.blocks.params import freeze
+from peftlab.blocks.targeting import SUBLAYER_OUTPUTS
+from peftlab.errors import ConfigError
+from peftlab.methods.base import Method, MethodConfig, register_method
+
+
+@dataclass
+class AdapterConfig(MethodConfig):
+    bottleneck: int = 64
+    activation: str = "relu"
+    scale: float = 1.0
+    # the attention-output and FFN-output projections; or names / a regex as in lora
+    target_modules: list[str] | str = SUBLAYER_OUTPUTS
+
+    def __post_init__(self) -> None:
+        if self.bottleneck < 1:
+            raise ConfigError(f"adapter bottleneck={self.bottleneck}; allowed: an integer >= 1")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"adapter activation={self.activation!r}; allowed: {', '.join(ACTIVATIONS)}")
+
+
+@register_method("adapter")
+class Adapter(Method):
+    config_class = AdapterConfig
+    config: AdapterConfig
+
+    def attach(self, model: nn.Module) -> None:
+        freeze(model)
+        cfg = self.config
+
+        def make(name: str, layer: nn.Linear) -> BottleneckAdapter:
+            check_rank(name, layer, cfg.bottleneck, option="adapter bottleneck")
+            return BottleneckAdapter(layer, cfg.bottleneck, cfg.activation, cfg.scale)
+
+        for _, layer in wrap_targets(model.backbone, cfg.target_modules, make):
+            layer.adapter_down.requires_grad_(True)
+            layer.adapter_up.requires_grad_(True)
+        model.head.requires_grad_(True)
