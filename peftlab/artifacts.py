@@ -25,7 +25,7 @@ def save_adapter(out_dir: Path, method: Method, model: nn.Module, meta: dict[str
         **meta,
         "method": method.describe(),
         "num_tensors": len(tensors),
-        "num_params": sum(t.numel() for t in tensors.values()),
+        "num_params": sum(t.numel() for t in tensors.values() if t.is_floating_point()),
         "tensors": {k: list(t.shape) for k, t in tensors.items()},
     }
     (out_dir / META).write_text(json.dumps(description, indent=2) + "\n")
@@ -40,6 +40,7 @@ def load_adapter(model: nn.Module, method: Method, run_dir: Path) -> dict[str, A
             f"load_from={run_dir}: no {WEIGHTS} there (was the run finished with save_adapter=true?)"
         )
     try:
+        method.restore(model, run_dir)
         method.load_adapter_state_dict(model, load_file(str(weights)))
     except ConfigError as err:
         raise ConfigError(f"load_from={run_dir}: {err}") from None

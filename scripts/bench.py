@@ -9,7 +9,8 @@
         --row "aflora-frozen method=aflora @frozen"
 
 A row is a label and Hydra overrides; ``@frozen`` freezes every trainable projection matrix of the
-method before timing (AFLoRA after its freezing schedule has run). ``--methods`` is shorthand for rows
+method before timing (AFLoRA after its freezing schedule has run); ``@pruned`` trains on the batch
+until the method has pruned (Light-PEFT after its estimation steps). ``--methods`` is shorthand for rows
 labelled by method name. Every row runs the training loop's own step (``Trainer.train_step``: forward,
 backward, hooks, clipping, AdamW) on a model built as a run builds it (``build_trainer``). Rounds of
 steps are interleaved across rows so that machine noise hits all rows alike. ``peft-lora`` is
@@ -51,6 +52,7 @@ from peftlab.train.run_dir import RunDir  # noqa: E402
 
 PEFT_ROW = "peft-lora"
 FROZEN = "@frozen"
+PRUNED = "@pruned"
 
 
 @register_method(PEFT_ROW)
@@ -86,13 +88,15 @@ class Row:
     memory_bytes: int = 0
     memory_detail: str = ""
     inference_peak: int = 0  # CUDA only
+    infer_times: list[float] = field(default_factory=list)
+    infer_memory_bytes: int = 0
 
 
 def make_row(spec: str, args: argparse.Namespace, steps: int, run_dir: RunDir) -> Row:
     """A trainer built exactly as a run builds it, and its one batch (the first --batch-size examples)."""
     label, *overrides = shlex.split(spec)
-    frozen = FROZEN in overrides
-    overrides = [o for o in overrides if o != FROZEN] or [f"method={label}"]
+    frozen, pruned = FROZEN in overrides, PRUNED in overrides
+    overrides = [o for o in overrides if o not in (FROZEN, PRUNED)] or [f"method={label}"]
     peft_peer = "method=" + PEFT_ROW in overrides
     overrides = ["method=lora" if o == "method=" + PEFT_ROW else o for o in overrides]
     cfg = compose_config(
@@ -117,6 +121,8 @@ def make_row(spec: str, args: argparse.Namespace, steps: int, run_dir: RunDir) -
     if frozen:
         freeze_projections(trainer)
     batch = {k: v.to(trainer.device) for k, v in next(iter(trainer.train_loader)).items()}
+    if pruned:
+        prune_early(trainer, batch)
     return Row(label, trainer, batch, inference_peak=inference_peak(trainer, batch))
 
 
@@ -141,6 +147,14 @@ def freeze_projections(trainer: Trainer) -> None:
         raise SystemExit(f"{FROZEN}: method {trainer.method.name} has no freeze_all()")
     freeze_all(trainer.state)
     trainer.apply_param_change()
+
+
+def prune_early(trainer: Trainer, batch: dict[str, torch.Tensor]) -> None:
+    """Train on the batch until the method has pruned (Light-PEFT after its estimation steps)."""
+    if not hasattr(trainer.method, "record"):
+        raise SystemExit(f"{PRUNED}: method {trainer.method.name} does not prune")
+    while trainer.method.record is None:
+        trainer.train_step(batch)
 
 
 def measure_once(row: Row) -> None:
@@ -193,7 +207,39 @@ def run_rows(specs: list[str], args: argparse.Namespace, workdir: Path) -> list[
                 row.trainer.train_step(row.batch)
                 efficiency.synchronize(row.trainer.device)
                 row.times.append(time.perf_counter() - start)
+    if getattr(args, "inference", False):
+        time_inference(rows, args)
     return rows
+
+
+def time_inference(rows: list[Row], args: argparse.Namespace) -> None:
+    """Eval-mode, no-grad forwards of the batch, interleaved like the training steps. Memory: on CUDA the
+    peak allocated during a forward; on CPU the bytes of the model's parameters and buffers (what a
+    pruned model saves), since activations are freed as a forward goes."""
+    for row in rows:
+        model, device = row.trainer.model, row.trainer.device
+        model.eval()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            with torch.no_grad():
+                model(**row.batch)
+            torch.cuda.synchronize(device)
+            row.infer_memory_bytes = torch.cuda.max_memory_allocated(device)
+        else:
+            tensors = [*model.parameters(), *model.buffers()]
+            row.infer_memory_bytes = sum(t.numel() * t.element_size() for t in tensors)
+    per_round = max(1, args.steps // args.rounds)
+    with torch.no_grad():
+        for _ in range(args.rounds):
+            for row in rows:
+                for _ in range(per_round):
+                    start = time.perf_counter()
+                    row.trainer.model(**row.batch)
+                    efficiency.synchronize(row.trainer.device)
+                    row.infer_times.append(time.perf_counter() - start)
+    for row in rows:
+        row.trainer.model.train()
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -216,6 +262,8 @@ def main() -> None:
     )
     parser.add_argument("--row", action="append", default=[], help='"LABEL override ..." (repeatable)')
     parser.add_argument("--ref", help="row the ratios are relative to (default: the first)")
+    parser.add_argument("--inference", action="store_true", help="also time eval-mode forwards of each row")
+    parser.add_argument("--inference-ref", help="row the inference ratios are relative to (default: --ref)")
     add_common_args(parser)
     args = parser.parse_args()
     specs = [*(args.methods or ([] if args.row else ["lora", PEFT_ROW, "fft", "head"])), *args.row]
@@ -270,6 +318,20 @@ def report(rows: list[Row], ref: Row, args: argparse.Namespace) -> None:
             f"% of peak: achieved GFLOP/s over the {efficiency.CPU_PEAK_GFLOPS:.0f} GFLOP/s "
             "fp32 matmul ceiling measured on this 2-core machine"
         )
+    if ref.infer_times:
+        base = next((r for r in rows if r.label == args.inference_ref), ref)
+        base_time = statistics.median(base.infer_times)
+        kind = "peak allocated" if device.type == "cuda" else "weights"
+        print(f"\ninference (eval mode, no grad, same batch); memory: {kind}; ratios to {base.label}")
+        print(f"| row | forward ms | time / {base.label} | inference mem MB | mem / {base.label} |")
+        print("|---|---:|---:|---:|---:|")
+        for row, record in zip(rows, out, strict=True):
+            step, mem = statistics.median(row.infer_times), row.infer_memory_bytes
+            record.update({"inference_s": step, "inference_memory_bytes": mem})
+            print(
+                f"| {row.label} | {1000 * step:.0f} | {step / base_time:.3f} | {mem / 2**20:.1f} "
+                f"| {mem / base.infer_memory_bytes:.3f} |"
+            )
     if args.json:
         args.json.write_text(json.dumps({"ref": ref.label, "rows": out}, indent=2) + "\n")
 

@@ -109,6 +109,23 @@ class LowRankLinear(nn.Module):
             return self.fixed.A[:, : self.in_features], self.fixed.B[: self.out_features, :]
         return self.lora_A, self.lora_B
 
+    def low_rank_pair(self) -> tuple[nn.Parameter, nn.Parameter]:
+        """(A, B): (rank x in) and (out x rank)."""
+        if self.fixed is not None:
+            raise ValueError("a layer with fixed projections has no trainable (A, B) pair")
+        return self.lora_A, self.lora_B
+
+    def keep_ranks(self, keep: torch.Tensor) -> None:
+        """Keep only ranks ``keep`` (rows of A, columns of B, entries of d); the scale is unchanged, as in
+        Light-PEFT's code (alpha / the original rank)."""
+        a, b = self.low_rank_pair()
+        self.lora_A = nn.Parameter(a.detach().index_select(0, keep).clone(), requires_grad=a.requires_grad)
+        self.lora_B = nn.Parameter(b.detach().index_select(1, keep).clone(), requires_grad=b.requires_grad)
+        if self.vec_d is not None:
+            d = self.vec_d
+            self.vec_d = nn.Parameter(d.detach().index_select(0, keep).clone(), requires_grad=d.requires_grad)
+        self.rank = int(keep.numel())
+
     def extra_repr(self) -> str:
         vectors = self.vec_d is not None
         return f"rank={self.rank}, scale={self.scale:g}, vectors={vectors}, merged={self.merged}"

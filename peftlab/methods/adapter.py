@@ -17,15 +17,18 @@ from peftlab.methods.base import Method, MethodConfig, register_method
 
 @dataclass
 class AdapterConfig(MethodConfig):
-    bottleneck: int = 64
+    bottleneck: int = 8
     activation: str = "relu"
     scale: float = 1.0
+    dropout: float = 0.1  # on the adapter's input
     # the attention-output and FFN-output projections; or names / a regex as in lora
     target_modules: list[str] | str = SUBLAYER_OUTPUTS
 
     def __post_init__(self) -> None:
         if self.bottleneck < 1:
             raise ConfigError(f"adapter bottleneck={self.bottleneck}; allowed: an integer >= 1")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"adapter dropout={self.dropout} is not allowed; allowed: 0 <= dropout < 1")
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"adapter activation={self.activation!r}; allowed: {', '.join(ACTIVATIONS)}")
 
@@ -41,7 +44,7 @@ class Adapter(Method):
 
         def make(name: str, layer: nn.Linear) -> BottleneckAdapter:
             check_rank(name, layer, cfg.bottleneck, option="adapter bottleneck")
-            return BottleneckAdapter(layer, cfg.bottleneck, cfg.activation, cfg.scale)
+            return BottleneckAdapter(layer, cfg.bottleneck, cfg.activation, cfg.scale, cfg.dropout)
 
         for _, layer in wrap_targets(model.backbone, cfg.target_modules, make):
             layer.adapter_down.requires_grad_(True)

@@ -127,6 +127,10 @@ class Method:
         params = dict(model.named_parameters())
         return {name: params[name].detach() for name in self._adapter_names if name in params}
 
+    def restore(self, model: nn.Module, run_dir: Path) -> None:
+        """Before a saved adapter is loaded: rebuild from ``run_dir``'s files what training changed in the
+        model's structure (e.g. pruning); default: nothing."""
+
     def load_adapter_state_dict(self, model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
         """Put saved tensors into a freshly attached model; every name must exist with the same shape."""
         own = model.state_dict()

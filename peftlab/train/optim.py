@@ -19,7 +19,8 @@ from peftlab.blocks.params import trainable_named_parameters
 def default_param_groups(model: nn.Module) -> list[dict[str, Any]]:
     """Groups by part (head: own LR) and decay (no weight decay on biases and norms, i.e. 1-D tensors).
 
-    A method may return other groups; a group may set ``lr`` or ``weight_decay`` itself.
+    A method may return other groups; a group may set ``lr``, ``lr_scale`` (times the schedule's LR) or
+    ``weight_decay`` itself.
     """
     head_ids = {id(p) for p in model.head.parameters()}
     groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
@@ -33,7 +34,7 @@ def build_optimizer(groups: list[dict[str, Any]], sched: DictConfig) -> torch.op
     torch_groups = []
     for group in groups:
         default_lr = sched.head_lr if group.get("part") == "head" and sched.head_lr else sched.lr
-        lr = group.get("lr", default_lr)
+        lr = group.get("lr", default_lr * group.get("lr_scale", 1.0))
         weight_decay = group.get("weight_decay", sched.weight_decay if group.get("decay", True) else 0.0)
         torch_groups.append(
             {

@@ -1,0 +1,199 @@
+"""Where a backbone keeps its attention heads and FFN channels, and how to remove them physically.
+
+Known layouts: BERT / RoBERTa (``encoder.layer.N.attention.self.{query,key,value}``,
+``attention.output.dense``, ``intermediate.dense``, ``output.dense``) and Llama-style decoders
+(``layers.N.self_attn.{q,k,v,o}_proj``, ``mlp.{gate,up,down}_proj``; Mistral and Qwen2 share it).
+In a Llama-style model with grouped KV heads, the unit of head pruning is a whole KV group (its key and
+value head and the query heads that read them), so every remaining group keeps the same number of query
+heads, as the attention code requires.
+
+Pruning works on wrapped layers too: a LoRA layer loses the matching rows of B (output rows) or
+columns of A (input columns), an adapter on an output projection is unaffected by input columns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from peftlab.errors import ConfigError
+
+BERT_LIKE = ("bert", "roberta")
+LLAMA_LIKE = ("llama", "mistral", "qwen2")
+
+
+@dataclass
+class Block:
+    """One transformer block's prunable parts, as module names relative to the backbone."""
+
+    attention: str  # the module holding the head-count attributes
+    qkv: tuple[str, str, str]
+    out: str  # attention output projection
+    ffn_in: tuple[str, ...]  # intermediate (BERT) | gate + up (Llama)
+    ffn_out: str
+    head_dim: int
+    heads_per_unit: int  # query heads per prunable unit (1, or the KV group size)
+    kv_heads_per_unit: int  # key/value heads per unit (1 in both layouts)
+
+
+def model_type(backbone: nn.Module) -> str:
+    return getattr(getattr(backbone, "config", None), "model_type", type(backbone).__name__)
+
+
+def blocks(backbone: nn.Module) -> list[Block]:
+    """The blocks of a known layout; a clear error for any other."""
+    kind = model_type(backbone)
+    config = backbone.config
+    if kind in BERT_LIKE:
+        head_dim = config.hidden_size // config.num_attention_heads
+        return [
+            Block(
+                attention=f"encoder.layer.{i}.attention.self",
+                qkv=tuple(f"encoder.layer.{i}.attention.self.{p}" for p in ("query", "key", "value")),  # type: ignore[arg-type]
+                out=f"encoder.layer.{i}.attention.output.dense",
+                ffn_in=(f"encoder.layer.{i}.intermediate.dense",),
+                ffn_out=f"encoder.layer.{i}.output.dense",
+                head_dim=head_dim,
+                heads_per_unit=1,
+                kv_heads_per_unit=1,
+            )
+            for i in range(config.num_hidden_layers)
+        ]
+    if kind in LLAMA_LIKE:
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        group = config.num_attention_heads // config.num_key_value_heads
+        return [
+            Block(
+                attention=f"layers.{i}.self_attn",
+                qkv=tuple(f"layers.{i}.self_attn.{p}_proj" for p in "qkv"),  # type: ignore[arg-type]
+                out=f"layers.{i}.self_attn.o_proj",
+                ffn_in=(f"layers.{i}.mlp.gate_proj", f"layers.{i}.mlp.up_proj"),
+                ffn_out=f"layers.{i}.mlp.down_proj",
+                head_dim=head_dim,
+                heads_per_unit=group,
+                kv_heads_per_unit=1,
+            )
+            for i in range(config.num_hidden_layers)
+        ]
+    raise ConfigError(
+        f"head/FFN pruning does not know the architecture {kind!r}; allowed: "
+        f"{', '.join(BERT_LIKE + LLAMA_LIKE)}"
+    )
+
+
+def linear(backbone: nn.Module, name: str) -> nn.Linear:
+    """The ``nn.Linear`` at ``name``, looking through a wrapper (LoRA, adapter) to its base layer."""
+    module = backbone.get_submodule(name)
+    module = getattr(module, "base_layer", module)
+    if not isinstance(module, nn.Linear):
+        raise ConfigError(f"{name} is a {type(module).__name__}, expected a linear layer")
+    return module
+
+
+def num_units(backbone: nn.Module, block: Block) -> int:
+    """Prunable head units left in ``block`` (heads, or KV groups)."""
+    return linear(backbone, block.qkv[1]).out_features // (block.head_dim * block.kv_heads_per_unit)
+
+
+def num_channels(backbone: nn.Module, block: Block) -> int:
+    return linear(backbone, block.ffn_out).in_features
+
+
+# -- physical pruning ---------------------------------------------------------------------------------
+
+
+def _sliced(layer: nn.Linear, rows: torch.Tensor | None, cols: torch.Tensor | None) -> nn.Linear:
+    weight = layer.weight.detach()
+    if rows is not None:
+        weight = weight.index_select(0, rows)
+    if cols is not None:
+        weight = weight.index_select(1, cols)
+    new = nn.Linear(
+        weight.shape[1],
+        weight.shape[0],
+        bias=layer.bias is not None,
+        device=weight.device,
+        dtype=weight.dtype,
+    )
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if layer.bias is not None:
+            new.bias.copy_(layer.bias.detach() if rows is None else layer.bias.detach().index_select(0, rows))
+    new.requires_grad_(layer.weight.requires_grad)
+    return new
+
+
+def _keep(param: nn.Parameter, dim: int, index: torch.Tensor) -> nn.Parameter:
+    return nn.Parameter(param.detach().index_select(dim, index).clone(), requires_grad=param.requires_grad)
+
+
+def prune_rows(backbone: nn.Module, name: str, keep: torch.Tensor) -> None:
+    """Keep only output rows ``keep`` of the layer at ``name`` (and of a LoRA update on it)."""
+    module = backbone.get_submodule(name)
+    if hasattr(module, "base_layer"):
+        if hasattr(module, "adapter_up"):
+            raise ConfigError(f"cannot remove output rows of {name}: an adapter reads all of them")
+        if getattr(module, "rows_index", None) is not None:
+            raise ConfigError(f"cannot prune {name}: SPSFT rows are not supported by structural pruning")
+        module.base_layer = _sliced(module.base_layer, keep, None)
+        if getattr(module, "lora_B", None) is not None:
+            module.lora_B = _keep(module.lora_B, 0, keep)
+        if getattr(module, "vec_b", None) is not None:
+            module.vec_b = _keep(module.vec_b, 0, keep)
+        return
+    backbone.set_submodule(name, _sliced(module, keep, None))
+
+
+def prune_columns(backbone: nn.Module, name: str, keep: torch.Tensor) -> None:
+    """Keep only input columns ``keep`` of the layer at ``name`` (and of a LoRA update on it)."""
+    module = backbone.get_submodule(name)
+    if hasattr(module, "base_layer"):
+        if getattr(module, "rows_index", None) is not None:
+            raise ConfigError(f"cannot prune {name}: SPSFT rows are not supported by structural pruning")
+        module.base_layer = _sliced(module.base_layer, None, keep)
+        if getattr(module, "lora_A", None) is not None:
+            module.lora_A = _keep(module.lora_A, 1, keep)
+        return
+    backbone.set_submodule(name, _sliced(module, None, keep))
+
+
+def unit_index(units: torch.Tensor, width: int) -> torch.Tensor:
+    """Feature indices of the kept units (each ``width`` consecutive features)."""
+    return (units[:, None] * width + torch.arange(width, device=units.device)).flatten()
+
+
+def prune_heads(backbone: nn.Module, block: Block, keep_units: torch.Tensor) -> None:
+    """Keep only head units ``keep_units`` of ``block``: q rows, k/v rows, output-projection columns;
+    the attention module's head counts follow."""
+    keep_units = keep_units.sort().values
+    if keep_units.numel() == 0:
+        raise ConfigError(f"pruning would remove every head of {block.attention}; keep at least one")
+    q_width = block.heads_per_unit * block.head_dim
+    kv_width = block.kv_heads_per_unit * block.head_dim
+    q_keep = unit_index(keep_units, q_width)
+    prune_rows(backbone, block.qkv[0], q_keep)
+    for name in block.qkv[1:]:
+        prune_rows(backbone, name, unit_index(keep_units, kv_width))
+    prune_columns(backbone, block.out, q_keep)
+    attention = backbone.get_submodule(block.attention)
+    heads = keep_units.numel() * block.heads_per_unit
+    for attr, value in (
+        ("num_attention_heads", heads),  # BERT
+        ("all_head_size", heads * block.head_dim),
+        ("num_heads", heads),  # Llama-style, where present
+        ("num_key_value_heads", keep_units.numel() * block.kv_heads_per_unit),
+    ):
+        if hasattr(attention, attr):
+            setattr(attention, attr, value)
+
+
+def prune_channels(backbone: nn.Module, block: Block, keep: torch.Tensor) -> None:
+    """Keep only FFN channels ``keep``: rows of the input projection(s), columns of the output one."""
+    keep = keep.sort().values
+    if keep.numel() == 0:
+        raise ConfigError(f"pruning would remove every FFN channel of {block.ffn_out}; keep at least one")
+    for name in block.ffn_in:
+        prune_rows(backbone, name, keep)
+    prune_columns(backbone, block.ffn_out, keep)
