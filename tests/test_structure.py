@@ -17,10 +17,17 @@ from peftlab.errors import ConfigError
 from peftlab.methods.base import build_method
 from peftlab.models import build_model
 
+MODELS = {
+    "bert": ["model=tiny_bert"],
+    "deberta": ["model=tiny_deberta"],
+    "deberta-own-pos-proj": ["model=tiny_deberta", "model.config.share_att_key=false"],
+    "llama": ["model=tiny_llama"],
+}
 
-def tiny(model_name: str, lora: bool):
+
+def tiny(model: str, lora: bool):
     torch.manual_seed(0)
-    model, tokenizer = build_model(compose_config([f"model={model_name}"]).model, num_labels=2)
+    model, tokenizer = build_model(compose_config(MODELS[model]).model, num_labels=2)
     if lora:
         build_method(OmegaConf.create({"name": "lora", "rank": 4, "target_modules": "all-linear"})).setup(
             model
@@ -36,7 +43,7 @@ def tiny(model_name: str, lora: bool):
     return model, dict(enc)
 
 
-@pytest.mark.parametrize("model_name", ["tiny_bert", "tiny_llama"])
+@pytest.mark.parametrize("model_name", list(MODELS))
 @pytest.mark.parametrize("lora", [False, True])
 def test_pruned_model_equals_masked_model(model_name, lora):
     model, batch = tiny(model_name, lora)
@@ -82,13 +89,14 @@ def test_pruned_model_equals_masked_model(model_name, lora):
         gone_units = units - heads.numel()
         q_cols = gone_units * q_per_unit
         kv = gone_units * kv_per_unit
-        bias = 1 if model_name == "tiny_bert" else 0
-        removed += (
-            q_cols * (hidden + bias) + 2 * kv * (hidden + bias) + q_cols * hidden
-        )  # q, k, v rows; o columns
-        removed += rank * (q_cols + 2 * kv + q_cols)  # LoRA B rows of q/k/v, A columns of o
+        bias = 0 if model_name == "llama" else 1
+        # q, k, v rows and o columns, with the LoRA B rows of q/k/v and A columns of o
+        removed += q_cols * (hidden + bias) + 2 * kv * (hidden + bias) + q_cols * hidden
+        removed += rank * (q_cols + 2 * kv + q_cols)
+        extra = len(parts[0].per_head_extra)  # DeBERTa's own pos_key_proj / pos_query_proj, if any
+        removed += extra * q_cols * (hidden + bias + rank)
         gone = channels - ffn.numel()
-        n_in = 1 if model_name == "tiny_bert" else 2
+        n_in = 2 if model_name == "llama" else 1
         removed += n_in * gone * (hidden + bias) + gone * hidden + rank * gone * (n_in + 1)
     assert params_before - sum(p.numel() for p in backbone.parameters()) == removed
     assert [num_units(backbone, b) for b in parts] == [h.numel() for h in keep_heads]
@@ -101,7 +109,7 @@ def test_unknown_architecture_and_empty_layers_fail_clearly():
 
     with pytest.raises(ConfigError, match="does not know the architecture 'gpt2'; allowed: bert"):
         blocks(Other())
-    model, _ = tiny("tiny_bert", lora=False)
+    model, _ = tiny("bert", lora=False)
     block = blocks(model.backbone)[0]
     with pytest.raises(ConfigError, match="every head"):
         prune_heads(model.backbone, block, torch.tensor([], dtype=torch.long))

@@ -1,7 +1,8 @@
 """Where a backbone keeps its attention heads and FFN channels, and how to remove them physically.
 
 Known layouts: BERT / RoBERTa (``encoder.layer.N.attention.self.{query,key,value}``,
-``attention.output.dense``, ``intermediate.dense``, ``output.dense``) and Llama-style decoders
+``attention.output.dense``, ``intermediate.dense``, ``output.dense``), DeBERTa-v2/v3 (the same with
+``{query,key,value}_proj``, plus ``pos_{key,query}_proj`` when keys are not shared) and Llama-style decoders
 (``layers.N.self_attn.{q,k,v,o}_proj``, ``mlp.{gate,up,down}_proj``; Mistral and Qwen2 share it).
 In a Llama-style model with grouped KV heads, the unit of head pruning is a whole KV group (its key and
 value head and the query heads that read them), so every remaining group keeps the same number of query
@@ -21,6 +22,7 @@ from torch import nn
 from peftlab.errors import ConfigError
 
 BERT_LIKE = ("bert", "roberta")
+DEBERTA_LIKE = ("deberta-v2",)
 LLAMA_LIKE = ("llama", "mistral", "qwen2")
 
 
@@ -35,7 +37,8 @@ class Block:
     ffn_out: str
     head_dim: int
     heads_per_unit: int  # query heads per prunable unit (1, or the KV group size)
-    kv_heads_per_unit: int  # key/value heads per unit (1 in both layouts)
+    kv_heads_per_unit: int  # key/value heads per unit (1 in every layout here)
+    per_head_extra: tuple[str, ...] = ()  # more projections with one slice per query head (DeBERTa's pos_*)
 
 
 def model_type(backbone: nn.Module) -> str:
@@ -61,6 +64,32 @@ def blocks(backbone: nn.Module) -> list[Block]:
             )
             for i in range(config.num_hidden_layers)
         ]
+    if kind in DEBERTA_LIKE:
+        head_dim = (
+            getattr(config, "attention_head_size", None) or config.hidden_size // config.num_attention_heads
+        )
+        result = []
+        for i in range(config.num_hidden_layers):
+            attention = f"encoder.layer.{i}.attention.self"
+            extra = tuple(  # relative-position projections of their own, when keys are not shared
+                f"{attention}.{p}"
+                for p in ("pos_key_proj", "pos_query_proj")
+                if _has(backbone, f"{attention}.{p}")
+            )
+            result.append(
+                Block(
+                    attention=attention,
+                    qkv=tuple(f"{attention}.{p}_proj" for p in ("query", "key", "value")),  # type: ignore[arg-type]
+                    out=f"encoder.layer.{i}.attention.output.dense",
+                    ffn_in=(f"encoder.layer.{i}.intermediate.dense",),
+                    ffn_out=f"encoder.layer.{i}.output.dense",
+                    head_dim=head_dim,
+                    heads_per_unit=1,
+                    kv_heads_per_unit=1,
+                    per_head_extra=extra,
+                )
+            )
+        return result
     if kind in LLAMA_LIKE:
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         group = config.num_attention_heads // config.num_key_value_heads
@@ -79,8 +108,16 @@ def blocks(backbone: nn.Module) -> list[Block]:
         ]
     raise ConfigError(
         f"head/FFN pruning does not know the architecture {kind!r}; allowed: "
-        f"{', '.join(BERT_LIKE + LLAMA_LIKE)}"
+        f"{', '.join(BERT_LIKE + DEBERTA_LIKE + LLAMA_LIKE)}"
     )
+
+
+def _has(root: nn.Module, name: str) -> bool:
+    try:
+        root.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
 
 
 def linear(backbone: nn.Module, name: str) -> nn.Linear:
@@ -174,6 +211,8 @@ def prune_heads(backbone: nn.Module, block: Block, keep_units: torch.Tensor) -> 
     kv_width = block.kv_heads_per_unit * block.head_dim
     q_keep = unit_index(keep_units, q_width)
     prune_rows(backbone, block.qkv[0], q_keep)
+    for name in block.per_head_extra:
+        prune_rows(backbone, name, q_keep)
     for name in block.qkv[1:]:
         prune_rows(backbone, name, unit_index(keep_units, kv_width))
     prune_columns(backbone, block.out, q_keep)
