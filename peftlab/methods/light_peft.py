@@ -88,6 +88,22 @@ def lowest(scores: torch.Tensor, count: int) -> torch.Tensor:
     )
 
 
+def keep_highest(scores: list[torch.Tensor], ratio: float, never_empty: bool) -> list[torch.Tensor]:
+    """Over all groups together, drop the floor(ratio x total) lowest scores; per group, the indices kept.
+    ``never_empty``: a group that would lose everything keeps its best entry."""
+    flat = torch.cat(scores) if scores else torch.zeros(0)
+    dropped = torch.zeros(flat.numel(), dtype=torch.bool)
+    dropped[lowest(flat, math.floor(ratio * flat.numel()))] = True
+    kept, offset = [], 0
+    for group in scores:
+        keep = (~dropped[offset : offset + group.numel()]).nonzero().flatten()
+        if never_empty and keep.numel() == 0:
+            keep = group.argmax().view(1)
+        kept.append(keep)
+        offset += group.numel()
+    return kept
+
+
 def complement(n: int, drop: torch.Tensor) -> torch.Tensor:
     keep = torch.ones(n, dtype=torch.bool)
     keep[drop.cpu()] = False
@@ -212,53 +228,28 @@ class LightPeft(Method):
         assert masks is not None
         before = count_parameters(model) - masks.head.numel() - masks.ffn.numel()
         head, ffn = masks.head.detach().cpu(), masks.ffn.detach().cpu()
-        units, channels = head.shape[1], ffn.shape[1]
-        heads = {
-            i: complement(units, lowest(head[i], math.floor(cfg.head_ratio * units)))
-            for i in range(len(head))
-        }
-        drop = lowest(ffn.flatten(), math.floor(cfg.ffn_ratio * ffn.numel()))
-        kept_ffn = torch.ones_like(ffn, dtype=torch.bool).flatten()
-        kept_ffn[drop] = False
-        kept_ffn = kept_ffn.view_as(ffn)
-        for i in range(len(ffn)):
-            if not kept_ffn[i].any():  # never empty a layer: keep its best channel
-                kept_ffn[i, ffn[i].argmax()] = True
-        channels_kept = {i: kept_ffn[i].nonzero().flatten() for i in range(len(ffn))}
+        heads = [complement(len(row), lowest(row, math.floor(cfg.head_ratio * len(row)))) for row in head]
+        channels = keep_highest(list(ffn), cfg.ffn_ratio, never_empty=True)
 
         layers = dict(peft_layers(model))
         steps = max(self.recorded_steps, 1)
-        module_scores = {n: float(self.module_sums.get(n, 0)) / steps for n in layers}
-        names = sorted(layers)
-        gone = lowest(
-            torch.tensor([module_scores[n] for n in names]), math.floor(cfg.module_ratio * len(names))
-        )
+        module_scores = {n: float(self.module_sums.get(n, 0)) / steps for n in sorted(layers)}
+        names = list(module_scores)
+        gone = lowest(torch.tensor(list(module_scores.values())), math.floor(cfg.module_ratio * len(names)))
         removed = {names[i] for i in gone.tolist()}
         kept = [n for n in names if n not in removed]
-        rank_scores = {n: (self.rank_sums.get(n, torch.zeros(layers[n].rank)) / steps).cpu() for n in kept}
-        ranks: dict[str, list[int]] = {}
-        if kept:
-            flat = torch.cat([rank_scores[n] for n in kept])
-            drop_ranks = torch.zeros_like(flat, dtype=torch.bool)
-            drop_ranks[lowest(flat, math.floor(cfg.rank_ratio * flat.numel()))] = True
-            offset = 0
-            for n in kept:
-                r = rank_scores[n].numel()
-                keep = (~drop_ranks[offset : offset + r]).nonzero().flatten()
-                offset += r
-                if keep.numel():
-                    ranks[n] = keep.tolist()
-                else:
-                    removed.add(n)
+        rank_scores = [(self.rank_sums.get(n, torch.zeros(layers[n].rank)) / steps).cpu() for n in kept]
+        ranks = dict(zip(kept, keep_highest(rank_scores, cfg.rank_ratio, never_empty=False), strict=True))
         self.final_masks = {"head": head, "ffn": ffn}
         self.record = {
-            "heads": {str(i): v.tolist() for i, v in heads.items()},
-            "ffn_channels": {str(i): v.tolist() for i, v in channels_kept.items()},
-            "removed_modules": sorted(removed),
-            "ranks": ranks,
+            "heads": {str(i): v.tolist() for i, v in enumerate(heads)},
+            "ffn_channels": {str(i): v.tolist() for i, v in enumerate(channels)},
+            # a module whose every rank went is removed too
+            "removed_modules": sorted(set(names) - {n for n, r in ranks.items() if r.numel()}),
+            "ranks": {n: r.tolist() for n, r in ranks.items() if r.numel()},
             "module_scores": module_scores,
-            "head_units_per_layer": units,
-            "ffn_channels_per_layer": channels,
+            "head_units_per_layer": head.shape[1],
+            "ffn_channels_per_layer": ffn.shape[1],
         }
         self._drop_masks(model)
         self._apply(model, self.record)
@@ -269,11 +260,11 @@ class LightPeft(Method):
             "params %d -> %d",
             self.estimation_steps,
             head.numel(),
-            sum(len(v) for v in heads.values()),
+            sum(len(v) for v in heads),
             ffn.numel(),
-            sum(len(v) for v in channels_kept.values()),
+            sum(len(v) for v in channels),
             len(names),
-            len(names) - len(removed),
+            len(self.record["ranks"]),
             before,
             after,
         )
