@@ -3,6 +3,7 @@ a saved adapter reloads to identical predictions; bad input fails before work is
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -109,6 +110,33 @@ def test_cli_multirun_one_dir_per_job(tmp_path):
     assert "0_lora_rte_seed1" in done and "7_head_mrpc_seed2" in done
     for path in tmp_path.glob("*/results.json"):
         assert json.loads(path.read_text())["status"] == "completed"
+    summary = (tmp_path / "summary.md").read_text()
+    assert summary.count("| completed |") == 8 and "8 jobs, 8 completed, 0 not completed" in summary
+
+
+def test_cli_multirun_failed_job_does_not_stop_the_others(tmp_path):
+    proc = cli(
+        "-m",
+        *QUICK,
+        "method=lora",
+        "method.rank=4,4096",  # the second job's rank is larger than the layers
+        "task=rte,mrpc",
+        f"hydra.sweep.dir={tmp_path}",
+        "schedule.max_steps=2",
+        "save_adapter=false",
+        cwd=ROOT,
+    )
+    assert proc.returncode == 1  # the sweep ran to the end, then said that jobs failed
+    rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
+    assert [(r["task"], r["status"]) for r in rows] == [
+        ("rte", "completed"),
+        ("mrpc", "completed"),
+        ("rte", "failed"),
+        ("mrpc", "failed"),
+    ]
+    assert all("rank=4096 is not allowed" in r["error"] for r in rows if r["status"] == "failed")
+    assert "rank=4096 is not allowed" in (tmp_path / "summary.md").read_text()
+    assert all(r["value"] for r in rows if r["status"] == "completed")
 
 
 @pytest.mark.parametrize(
