@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Any, Protocol
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from peftlab.errors import ConfigError
@@ -28,17 +30,29 @@ class NullLogger:
         pass
 
 
+def sweep_group(cfg: DictConfig) -> str | None:
+    """The W&B group of a job: ``logger.group`` if set, else the sweep folder's name in a multirun."""
+    if cfg.logger.get("group"):
+        return str(cfg.logger.group)
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return Path(HydraConfig.get().sweep.dir).name
+    return None
+
+
 class WandbLogger:
-    """One W&B run per job; offline (``wandb sync`` later) when no API key is configured."""
+    """One W&B run per job (named method/task/seed; the jobs of a sweep share a group); offline
+    (``wandb sync`` later) when no API key is configured. The run folder's figures go up at the end."""
 
     def __init__(self, cfg: DictConfig, run_path: Path) -> None:
         import wandb
 
+        self.wandb, self.run_path = wandb, run_path
         mode = cfg.logger.mode or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
         self.run = wandb.init(
             project=cfg.logger.project,
             mode=mode,
             dir=str(run_path),
+            group=sweep_group(cfg),
             name=f"{cfg.method.name}/{cfg.task.name}/seed{cfg.seed}",
             config=OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
             reinit="finish_previous",
@@ -53,6 +67,9 @@ class WandbLogger:
                 self.run.summary[key] = value
 
     def finish(self) -> None:
+        figures = sorted(self.run_path.glob("*.png"))  # e.g. AFLoRA's freeze heatmap
+        if figures:
+            self.run.log({f"figures/{png.stem}": self.wandb.Image(str(png)) for png in figures})
         self.run.finish()
 
 

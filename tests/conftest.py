@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a forgotten download fails fast instead of hanging
 
@@ -14,6 +17,20 @@ from peftlab.config import compose_config  # noqa: E402
 from peftlab.models import build_model  # noqa: E402
 
 TINY = ["model=tiny_bert", "schedule=quick", "progress_bar=false"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """``python -m peftlab ARGS`` in a subprocess, offline."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "peftlab", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def tiny_config(tmp_path, *overrides: str) -> DictConfig:

@@ -5,21 +5,17 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import ROOT, cli, tiny_config
 
 from peftlab.errors import ConfigError, TrainingDiverged
 from peftlab.experiment import run_experiment
 from peftlab.models.heads import ModelOutput, SequenceClassifier
 from peftlab.tasks._data_root import data_root_candidates
 
-ROOT = Path(__file__).resolve().parents[1]
 QUICK = [
     "model=tiny_bert",
     "schedule=quick",
@@ -27,18 +23,6 @@ QUICK = [
     "task.max_eval_samples=24",
     "progress_bar=false",
 ]
-
-
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "peftlab", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def test_cli_run_writes_every_output(tmp_path):
@@ -233,6 +217,25 @@ def test_wandb_logger_writes_an_offline_run(tmp_path, monkeypatch):
     for needle in (b"tiny_bert", b"train_loss", b"eval_accuracy", b"median_step_time_s"):
         assert needle in data, needle
     assert results["status"] == "completed"
+
+
+def test_wandb_sweep_jobs_share_a_group_and_upload_figures(tmp_path):
+    proc = cli(
+        "-m",
+        *QUICK,
+        "logger=wandb",
+        "method=aflora",  # writes freeze_heatmap.png
+        "seed=1,2",
+        "schedule.max_steps=4",
+        f"hydra.sweep.dir={tmp_path / 'sweep7'}",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs = sorted(tmp_path.glob("sweep7/*/wandb/offline-run-*"))
+    assert len(runs) == 2
+    for run in runs:
+        data = next(run.glob("run-*.wandb")).read_bytes()
+        assert b"sweep7" in data and b"aflora/rte/seed" in data  # group and run name
+        assert list(run.glob("files/media/images/figures/freeze_heatmap*.png")), "figure not uploaded"
 
 
 def test_eval_only_needs_no_training_data(tmp_path):
