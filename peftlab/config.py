@@ -34,6 +34,7 @@ class ScheduleSchema:
     max_seq_length: int = 128
     eval_every_steps: Optional[int] = None  # noqa: UP045 - null: after each epoch
     log_every_steps: int = 10
+    precision: str = "fp32"  # fp32 | bf16 (autocast for forward passes; parameters and optimizer stay fp32)
     # per-task values that presets interpolate, e.g. lr: ${schedule.per_task.${task.name}.lr}
     per_task: dict[str, Any] = field(default_factory=dict)
     # per-method values likewise, e.g. lr: ${schedule.per_method.${method.name}.lr}

@@ -332,3 +332,22 @@ def test_calibration_batches_limit_and_device():
     loader = [{"labels": torch.tensor([i])} for i in range(5)]
     data = CalibrationData(loader, torch.device("cpu"), num_labels=2)
     assert [int(b["labels"]) for b in data.batches(3)] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("conv", [False, True])
+def test_bf16_autocast_keeps_fp32_gradients_close_to_fp32(conv):
+    torch.manual_seed(0)
+    base = nn.Conv2d(8, 6, kernel_size=1) if conv else nn.Linear(8, 6)
+    layer = SparseRowsLayer(base, torch.tensor([1, 4]), train_bias=True)
+    random_rows(layer)
+    x = torch.randn(2, 8, 3, 3) if conv else torch.randn(4, 5, 8)
+    grads = []
+    for enabled in (False, True):
+        layer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+            out = layer(x)
+        out.float().square().sum().backward()
+        grads.append((layer.rows_weight.grad.clone(), layer.rows_bias.grad.clone()))
+    for fp32, bf16 in zip(grads[0], grads[1], strict=True):
+        assert bf16.dtype == torch.float32
+        torch.testing.assert_close(bf16, fp32, rtol=0.05, atol=0.05 * fp32.abs().max().item())

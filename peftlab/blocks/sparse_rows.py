@@ -58,14 +58,19 @@ class _SparseRowsLinear(torch.autograd.Function):
     def backward(ctx, grad_out):  # type: ignore[override]
         x, weight, rows_weight, index = ctx.saved_tensors
         _check_base_frozen(ctx)
+        dtype = grad_out.dtype  # bf16 under autocast: compute in it, return grads in the inputs' dtypes
         grad_rows = grad_out.index_select(-1, index)  # (..., r): dL/d(x W_f^T)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.matmul(grad_out, weight).add_(torch.matmul(grad_rows, rows_weight))
+            grad_x = torch.matmul(grad_out, weight.to(dtype)).add_(
+                torch.matmul(grad_rows, rows_weight.to(dtype))
+            )
+            grad_x = grad_x.to(x.dtype)
         if ctx.needs_input_grad[3]:
-            grad_w = grad_rows.reshape(-1, grad_rows.shape[-1]).T @ x.reshape(-1, x.shape[-1])
+            flat = grad_rows.reshape(-1, grad_rows.shape[-1])
+            grad_w = (flat.T @ x.reshape(-1, x.shape[-1]).to(dtype)).to(rows_weight.dtype)
         if ctx.needs_input_grad[4]:
-            grad_b = grad_rows.reshape(-1, grad_rows.shape[-1]).sum(0)
+            grad_b = grad_rows.reshape(-1, grad_rows.shape[-1]).sum(0).to(rows_weight.dtype)
         return grad_x, None, None, grad_w, grad_b, None
 
 
@@ -85,16 +90,18 @@ class _SparseRowsConv1x1(torch.autograd.Function):
     def backward(ctx, grad_out):  # type: ignore[override]
         x, weight, rows_weight, index = ctx.saved_tensors
         _check_base_frozen(ctx)
+        dtype = grad_out.dtype
         grad_rows = grad_out.index_select(1, index)  # (N, r, H', W')
-        rows_kernel = rows_weight[:, :, None, None]
+        rows_kernel = rows_weight[:, :, None, None].to(dtype)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = conv2d_input(x.shape, weight, grad_out, ctx.stride)
-            grad_x.add_(conv2d_input(x.shape, rows_kernel, grad_rows, ctx.stride))
+            grad_x = conv2d_input(x.shape, weight.to(dtype), grad_out, ctx.stride)
+            grad_x = grad_x.add_(conv2d_input(x.shape, rows_kernel, grad_rows, ctx.stride)).to(x.dtype)
         if ctx.needs_input_grad[3]:
-            grad_w = conv2d_weight(x, rows_kernel.shape, grad_rows, ctx.stride).flatten(1)
+            grad_w = conv2d_weight(x.to(dtype), rows_kernel.shape, grad_rows, ctx.stride).flatten(1)
+            grad_w = grad_w.to(rows_weight.dtype)
         if ctx.needs_input_grad[4]:
-            grad_b = grad_rows.sum((0, 2, 3))
+            grad_b = grad_rows.sum((0, 2, 3)).to(rows_weight.dtype)
         return grad_x, None, None, grad_w, grad_b, None, None
 
 

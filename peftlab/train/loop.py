@@ -7,6 +7,7 @@ points (every ``log_every_steps``) and evaluation.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -19,7 +20,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from peftlab.blocks.params import count_parameters, trainable_named_parameters
-from peftlab.errors import TrainingDiverged
+from peftlab.errors import ConfigError, TrainingDiverged
 from peftlab.methods.base import Method, TrainState
 from peftlab.tasks.base import Task
 from peftlab.train import efficiency
@@ -27,6 +28,8 @@ from peftlab.train.optim import build_optimizer, lr_factor, rebuild_optimizer, s
 from peftlab.train.run_dir import RunDir
 
 log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -57,6 +60,10 @@ class Trainer:
         run_dir: RunDir,
     ) -> None:
         self.cfg, self.sched = cfg, cfg.schedule
+        if self.sched.precision not in PRECISIONS:
+            raise ConfigError(
+                f"schedule.precision={self.sched.precision!r}; allowed: {', '.join(PRECISIONS)}"
+            )
         self.model, self.method, self.task = model, method, task
         self.train_loader, self.eval_loaders = train_loader, eval_loaders
         self.device, self.run_dir = device, run_dir
@@ -92,11 +99,18 @@ class Trainer:
         )
 
     # -- one step ---------------------------------------------------------------------------------
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast of a forward pass when ``schedule.precision=bf16``; nothing for fp32."""
+        if self.sched.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
     def forward_backward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        loss = self.model(**batch).loss
-        extra = self.method.extra_loss(self.model, batch)
-        if extra is not None:
-            loss = loss + extra
+        with self.autocast():
+            loss = self.model(**batch).loss
+            extra = self.method.extra_loss(self.model, batch)
+            if extra is not None:
+                loss = loss + extra
         loss.backward()
         return loss.detach()
 
@@ -193,7 +207,9 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         metrics: dict[str, float] = {}
         for split, loader in self.eval_loaders.items():
-            for name, value in self.task.evaluate(self.model, loader, self.device).items():
+            with self.autocast():
+                scores = self.task.evaluate(self.model, loader, self.device)
+            for name, value in scores.items():
                 metrics[self.task.metric_key(split, name)] = value
         loss_keys = [k for k in metrics if k.startswith("loss")]
         if any(not math.isfinite(metrics[k]) for k in loss_keys):
