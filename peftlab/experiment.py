@@ -22,6 +22,7 @@ from peftlab.methods.base import CalibrationData, build_method
 from peftlab.models import build_model, resolve_device
 from peftlab.registry import TASKS
 from peftlab.tasks.base import Task
+from peftlab.train.checkpoint import latest_checkpoint
 from peftlab.train.loop import Trainer
 from peftlab.train.run_dir import RunDir
 
@@ -115,6 +116,8 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
     run_dir = RunDir(cfg.output_dir)
     if cfg.eval_only:
         return evaluate_saved(cfg, run_dir)
+    if cfg.resume:
+        return resume_run(cfg)
     run_dir.claim(overwrite=cfg.overwrite)
     trainer = build_trainer(cfg, run_dir)
     run_dir.save_config(cfg)
@@ -125,11 +128,38 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
         run_dir.logger.finish()
 
 
-def _train(cfg: DictConfig, trainer: Trainer) -> dict[str, Any]:
+def resume_run(cfg: DictConfig) -> dict[str, Any]:
+    """Continue a killed run from its newest checkpoint, with the config it was started with (data
+    location and progress bar from this command)."""
+    folder = Path(cfg.output_dir if cfg.resume is True else cfg.resume)
+    if not (folder / "config.yaml").exists():
+        raise ConfigError(f"resume: {folder} holds no config.yaml; expected the folder of a started run")
+    checkpoint = latest_checkpoint(folder)
+    if checkpoint is None:
+        raise ConfigError(
+            f"resume: no checkpoint in {folder / 'checkpoints'}; a run writes them when "
+            "checkpoint.every_steps is set"
+        )
+    run_dir = RunDir(folder)
+    if run_dir.finished_status() == "completed":
+        raise ConfigError(f"resume: {folder} already holds a finished run (results.json); nothing to resume")
+    saved = OmegaConf.load(folder / "config.yaml")
+    with open_dict(saved):
+        saved.output_dir, saved.resume = str(folder), True
+        saved.progress_bar, saved.data_root = cfg.progress_bar, cfg.data_root
+    trainer = build_trainer(saved, run_dir)
+    run_dir.logger = build_logger(saved, run_dir.path)
+    try:
+        return _train(saved, trainer, resume_from=checkpoint)
+    finally:
+        run_dir.logger.finish()
+
+
+def _train(cfg: DictConfig, trainer: Trainer, resume_from: Path | None = None) -> dict[str, Any]:
     run_dir, task = trainer.run_dir, trainer.task
     start = time.perf_counter()
     try:
-        trainer.fit()
+        trainer.fit(resume_from)
     except TrainingDiverged as err:
         summary = trainer.summary(time.perf_counter() - start)
         run_dir.write_results({**trainer.header, "status": "failed", "error": str(err), **summary})

@@ -180,7 +180,7 @@ class Aflora(Method):
     def state_dict(self) -> dict[str, Any]:
         return {"scorer": self.scorer.state_dict(), "frozen_at": dict(self.frozen_at)}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], model: nn.Module) -> None:
         self.scorer.load_state_dict(state["scorer"])
         self.frozen_at = dict(state["frozen_at"])
         for i, param in enumerate(self.scorer.params):

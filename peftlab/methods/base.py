@@ -149,8 +149,10 @@ class Method:
         """The method's own state for checkpoints (scores, schedules, masks)."""
         return {}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        del state
+    def load_state_dict(self, state: dict[str, Any], model: nn.Module) -> None:
+        """Restore ``state_dict()`` into a freshly attached ``model`` (resuming a run), before its
+        adapter tensors are loaded: structure first (frozen sets, pruning), then values."""
+        del state, model
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, **dataclasses.asdict(self.config)}

@@ -127,6 +127,7 @@ class LightPeft(Method):
         self.final_masks: dict[str, torch.Tensor] = {}
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._attention_mask: torch.Tensor | None = None
+        self.importance_on = False  # module-importance hooks are recording (second half of estimation)
 
     @property
     def estimating(self) -> bool:
@@ -199,11 +200,15 @@ class LightPeft(Method):
         if not self.estimating:
             return
         if state.step == self.estimation_steps // 2:  # the next forward starts the second half
-            for name, layer in peft_layers(state.model):
-                self._hooks.append(layer.register_forward_hook(self._module_importance(name)))
+            self._start_importance(state.model)
         if state.step == self.estimation_steps:
             self.prune(state.model)
             state.params_changed()
+
+    def _start_importance(self, model: nn.Module) -> None:
+        for name, layer in peft_layers(model):
+            self._hooks.append(layer.register_forward_hook(self._module_importance(name)))
+        self.importance_on = True
 
     def _module_importance(self, name: str):
         def hook(module: PeftLayer, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
@@ -322,6 +327,36 @@ class LightPeft(Method):
             for n, p in model.named_parameters()
             if p.requires_grad and not n.startswith(MASKS + ".")
         }
+
+    def state_dict(self) -> dict[str, Any]:
+        masks = self.masks
+        return {
+            "estimation_steps": self.estimation_steps,
+            "recorded_steps": self.recorded_steps,
+            "module_sums": dict(self.module_sums),
+            "rank_sums": dict(self.rank_sums),
+            "importance_on": self.importance_on,
+            "masks": None
+            if masks is None
+            else {"head": masks.head.detach().clone(), "ffn": masks.ffn.detach().clone()},
+            "record": self.record,
+            "final_masks": self.final_masks,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], model: nn.Module) -> None:
+        self.estimation_steps, self.recorded_steps = state["estimation_steps"], state["recorded_steps"]
+        self.module_sums, self.rank_sums = state["module_sums"], state["rank_sums"]
+        self.record, self.final_masks = state["record"], state["final_masks"]
+        if self.record is not None:  # pruned before the checkpoint: prune the fresh model the same way
+            self._drop_masks(model)
+            self._apply(model, self.record)
+            return
+        assert self.masks is not None
+        with torch.no_grad():
+            self.masks.head.copy_(state["masks"]["head"])
+            self.masks.ffn.copy_(state["masks"]["ffn"])
+        if state["importance_on"]:
+            self._start_importance(model)
 
     def restore(self, model: nn.Module, run_dir: Path) -> None:
         path = run_dir / PRUNING_FILE

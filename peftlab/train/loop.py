@@ -12,6 +12,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,6 +25,7 @@ from peftlab.errors import ConfigError, TrainingDiverged
 from peftlab.methods.base import Method, TrainState
 from peftlab.tasks.base import Task
 from peftlab.train import efficiency
+from peftlab.train.checkpoint import load_checkpoint, save_checkpoint
 from peftlab.train.optim import build_optimizer, lr_factor, rebuild_optimizer, set_lr
 from peftlab.train.run_dir import RunDir
 
@@ -137,8 +139,15 @@ class Trainer:
         return loss
 
     # -- the loop ---------------------------------------------------------------------------------
-    def fit(self) -> History:
+    def fit(self, resume_from: Path | None = None) -> History:
+        """Train to ``total_steps``; from a checkpoint of this run when ``resume_from`` is given."""
         state, history, sched = self.state, self.history, self.sched
+        loop: dict[str, Any] = {"epoch_generator": None, "consumed": 0, "loss_sum": 0.0, "window": 0}
+        if resume_from is not None:
+            loop = load_checkpoint(self, resume_from)
+            history = self.history
+            self.run_dir.truncate_metrics(after_step=state.step)
+            log.info("resumed from %s at step %d", resume_from, state.step)
         log.info(
             "training %d steps (%d per epoch, warmup %d), %d trainable params",
             state.total_steps,
@@ -147,17 +156,30 @@ class Trainer:
             self.trainable_count,
         )
         efficiency.reset_peak_memory(self.device)
-        loss_sum = torch.zeros((), device=self.device)
-        window = 0
+        loss_sum = torch.tensor(loop["loss_sum"], device=self.device)
+        window = loop["window"]
+        every, keep = self.cfg.checkpoint.every_steps, self.cfg.checkpoint.keep
+        generator = getattr(getattr(self.train_loader, "sampler", None), "generator", None)
         self.model.train()
         bar = tqdm(
             total=state.total_steps,
+            initial=state.step,
             desc=f"{self.method.name}/{self.cfg.task.name}",
             disable=not self.cfg.progress_bar,
             dynamic_ncols=True,
         )
+        skip = loop["consumed"]  # batches of the current epoch already trained on (when resuming)
         while state.step < state.total_steps:
+            if generator is not None:  # the data order of this epoch comes from this state
+                if loop["epoch_generator"] is not None and skip:
+                    generator.set_state(loop["epoch_generator"])
+                epoch_generator = generator.get_state()
+            consumed = 0
             for batch in self.train_loader:
+                consumed += 1
+                if skip:
+                    skip -= 1
+                    continue
                 start = time.perf_counter()
                 batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
                 history.trainable_param_steps += self.trainable_count  # what this step trains
@@ -176,6 +198,14 @@ class Trainer:
                     window = 0
                 if state.step % self.eval_every == 0 or state.step == state.total_steps:
                     self.evaluate()
+                if every and state.step % every == 0 and state.step < state.total_steps:
+                    loop = {
+                        "epoch_generator": epoch_generator if generator is not None else None,
+                        "consumed": consumed,
+                        "loss_sum": float(loss_sum),
+                        "window": window,
+                    }
+                    save_checkpoint(self, loop, keep)
                 if state.step >= state.total_steps:
                     break
         bar.close()

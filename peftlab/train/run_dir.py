@@ -82,6 +82,17 @@ class RunDir:
             handle.write(json.dumps(_jsonable(row)) + "\n")
         self.logger.log(row)
 
+    def truncate_metrics(self, after_step: int) -> None:
+        """Drop the rows logged after ``after_step`` (a resumed run logs them again)."""
+        path = self.path / "metrics.jsonl"
+        if path.exists():
+            rows = [
+                line
+                for line in path.read_text().splitlines()
+                if json.loads(line).get("step", 0) <= after_step
+            ]
+            path.write_text("".join(row + "\n" for row in rows))
+
     def write_results(self, results: dict[str, Any], name: str = RESULTS) -> None:
         write_json_atomic(self.path / name, results)
         self.logger.summary(results)
