@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -23,6 +24,8 @@ register_schemas()
 def main(cfg: DictConfig) -> float | None:
     from peftlab.experiment import run_experiment
 
+    if int(os.environ.get("RANK", "0")) > 0:  # under torchrun only rank 0 logs progress
+        logging.getLogger("peftlab").setLevel(logging.WARNING)
     try:
         results = run_experiment(cfg)
     except Exception as err:

@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader
 
-from peftlab import __version__
+from peftlab import __version__, distributed
 from peftlab.artifacts import load_adapter, save_adapter
 from peftlab.blocks.params import count_parameters
 from peftlab.errors import ConfigError, TrainingDiverged
@@ -47,7 +47,8 @@ def build_trainer(cfg: DictConfig, run_dir: RunDir, adapter_from: Path | None = 
     """
     task: Task = TASKS.get(cfg.task.name)(cfg.task, cfg.data_root)
     method = build_method(cfg.method)
-    device = resolve_device(cfg.model.device)
+    device = distributed.init_from_env(resolve_device(cfg.model.device))
+    distributed.check_batch_size(cfg.schedule.batch_size)
     train_examples = [] if adapter_from else task.load_split("train")
     eval_examples = {split: task.load_split(split) for split in task.eval_splits}
 
@@ -113,7 +114,11 @@ def _reshuffled(loader: DataLoader, seed: int) -> DataLoader:
 
 def run_experiment(cfg: DictConfig) -> dict[str, Any]:
     """Train (or, with ``eval_only``, evaluate) and write the run folder. Returns results.json's content."""
-    run_dir = RunDir(cfg.output_dir)
+    distributed.init_from_env(resolve_device(cfg.model.device))
+    if distributed.enabled():  # every rank works in rank 0's run folder; only rank 0 writes there
+        with open_dict(cfg):
+            cfg.output_dir = distributed.broadcast_object(str(cfg.output_dir))
+    run_dir = RunDir(cfg.output_dir, writes=distributed.is_main())
     if cfg.eval_only:
         return evaluate_saved(cfg, run_dir)
     if cfg.resume:
@@ -121,7 +126,8 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
     run_dir.claim(overwrite=cfg.overwrite)
     trainer = build_trainer(cfg, run_dir)
     run_dir.save_config(cfg)
-    run_dir.logger = build_logger(cfg, run_dir.path)
+    if run_dir.writes:
+        run_dir.logger = build_logger(cfg, run_dir.path)
     try:
         return _train(cfg, trainer)
     finally:
@@ -140,7 +146,7 @@ def resume_run(cfg: DictConfig) -> dict[str, Any]:
             f"resume: no checkpoint in {folder / 'checkpoints'}; a run writes them when "
             "checkpoint.every_steps is set"
         )
-    run_dir = RunDir(folder)
+    run_dir = RunDir(folder, writes=distributed.is_main())
     if run_dir.finished_status() == "completed":
         raise ConfigError(f"resume: {folder} already holds a finished run (results.json); nothing to resume")
     saved = OmegaConf.load(folder / "config.yaml")
@@ -148,7 +154,8 @@ def resume_run(cfg: DictConfig) -> dict[str, Any]:
         saved.output_dir, saved.resume = str(folder), True
         saved.progress_bar, saved.data_root = cfg.progress_bar, cfg.data_root
     trainer = build_trainer(saved, run_dir)
-    run_dir.logger = build_logger(saved, run_dir.path)
+    if run_dir.writes:
+        run_dir.logger = build_logger(saved, run_dir.path)
     try:
         return _train(saved, trainer, resume_from=checkpoint)
     finally:
@@ -161,11 +168,20 @@ def _train(cfg: DictConfig, trainer: Trainer, resume_from: Path | None = None) -
     try:
         trainer.fit(resume_from)
     except TrainingDiverged as err:
-        summary = trainer.summary(time.perf_counter() - start)
-        run_dir.write_results({**trainer.header, "status": "failed", "error": str(err), **summary})
+        if distributed.is_main():
+            summary = trainer.summary(time.perf_counter() - start)
+            run_dir.write_results({**trainer.header, "status": "failed", "error": str(err), **summary})
         raise
     if trainer.history.last_eval_step != trainer.state.step:
         trainer.evaluate()
+    if not distributed.is_main():  # rank 0 reports and saves
+        return {
+            **trainer.header,
+            "status": "completed",
+            "rank": distributed.rank(),
+            "final_eval": trainer.history.last_eval,
+            "main_metric": task.main_metric,
+        }
     results = {**trainer.header, "status": "completed", **trainer.summary(time.perf_counter() - start)}
     if cfg.save_adapter:
         meta = {"model": cfg.model.name, "task": cfg.task.name, "num_labels": task.num_labels}

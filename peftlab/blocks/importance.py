@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from peftlab import distributed
+
 SENSITIVITIES = ("grad", "weight_grad", "grad_over_weight")
 
 
@@ -148,11 +150,16 @@ def mean_gradients(
     try:
         for batch in batches:
             n = len(batch["labels"])
-            (model(**batch).loss * n).backward()
+            if n:
+                (model(**batch).loss * n).backward()
             examples += n
-        if examples == 0:
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        total = distributed.all_reduce_sum(torch.tensor(float(examples)))  # data-parallel: every rank's share
+        if not total:
             raise ValueError("no examples to compute gradients on")
-        return [p.grad / examples if p.grad is not None else torch.zeros_like(p) for p in params]
+        for grad in grads:
+            distributed.all_reduce_sum(grad)
+        return [grad / total for grad in grads]
     finally:
         for p in params:
             p.grad = None

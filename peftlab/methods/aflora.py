@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from peftlab import distributed
 from peftlab.blocks.importance import SENSITIVITIES, SmoothedSensitivity
 from peftlab.blocks.lowrank import check_rank, low_rank_state_dict, wrap_with_vectors
 from peftlab.blocks.params import freeze
@@ -162,6 +163,7 @@ class Aflora(Method):
         return chosen
 
     def _freeze(self, indices: list[int], state: TrainState) -> None:
+        distributed.assert_ranks_agree(f"AFLoRA PMs to freeze at step {state.step}", sorted(indices))
         if not indices:
             return
         for i in indices:

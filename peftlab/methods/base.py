@@ -21,6 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from peftlab import distributed
 from peftlab.blocks.params import trainable_named_parameters
 from peftlab.errors import ConfigError
 from peftlab.registry import METHODS
@@ -64,8 +65,11 @@ class CalibrationData:
     num_labels: int
 
     def batches(self, limit: int) -> list[dict[str, torch.Tensor]]:
-        """The first ``limit`` batches, on the device."""
-        return [{k: v.to(self.device) for k, v in b.items()} for b in islice(self.loader, limit)]
+        """The first ``limit`` batches (this rank's share of each, when data-parallel), on the device."""
+        return [
+            {k: v.to(self.device) for k, v in distributed.shard(b).items()}
+            for b in islice(self.loader, limit)
+        ]
 
 
 class Method:

@@ -30,6 +30,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import save_file
 from torch import nn
 
+from peftlab import distributed
 from peftlab.blocks.adapter import BottleneckAdapter
 from peftlab.blocks.lowrank import LowRankLinear
 from peftlab.blocks.masks import StructureMasks
@@ -238,7 +239,9 @@ class LightPeft(Method):
 
         layers = dict(peft_layers(model))
         steps = max(self.recorded_steps, 1)
-        module_scores = {n: float(self.module_sums.get(n, 0)) / steps for n in sorted(layers)}
+        sums = torch.tensor([float(self.module_sums.get(n, 0)) for n in sorted(layers)])
+        sums = distributed.all_reduce_mean(sums)  # activations differ between ranks' shares of a batch
+        module_scores = {n: float(v) / steps for n, v in zip(sorted(layers), sums, strict=True)}
         names = list(module_scores)
         gone = lowest(torch.tensor(list(module_scores.values())), math.floor(cfg.module_ratio * len(names)))
         removed = {names[i] for i in gone.tolist()}
@@ -256,6 +259,9 @@ class LightPeft(Method):
             "head_units_per_layer": head.shape[1],
             "ffn_channels_per_layer": ffn.shape[1],
         }
+        distributed.assert_ranks_agree(
+            "Light-PEFT pruning", {k: v for k, v in self.record.items() if k != "module_scores"}
+        )
         self._drop_masks(model)
         self._apply(model, self.record)
         after = count_parameters(model)

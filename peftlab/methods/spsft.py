@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from peftlab import distributed
 from peftlab.blocks.importance import l2_row_scores, mean_gradients, quantile_mean, taylor_row_scores
 from peftlab.blocks.params import freeze
 from peftlab.blocks.sparse_rows import (
@@ -146,6 +147,7 @@ class Spsft(Method):
         cfg = self.config
         self.scores = scores
         self.rows = select_rows(scores, cfg.rank, cfg.ratio, cfg.selection)
+        distributed.assert_ranks_agree("SPSFT rows", {k: v.tolist() for k, v in self.rows.items()})
         log.info(
             "spsft: %s importance over %d layers; training %d of %d rows in %d layers",
             cfg.importance,
@@ -271,7 +273,8 @@ def class_quantile_mean_scores(
     for label in range(num_labels):
         subsets = [_rows_with_label(b, label) for b in batches]
         subsets = [b for b in subsets if len(b["labels"])]
-        if not subsets:
+        present = distributed.all_reduce_sum(torch.tensor(float(sum(len(b["labels"]) for b in subsets))))
+        if not present:  # the class is absent from every rank's share of the batches
             continue
         for name, scores in taylor_scores(model, layers, subsets).items():
             per_class[name].append(scores)

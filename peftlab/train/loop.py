@@ -17,9 +17,11 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from peftlab import distributed
 from peftlab.blocks.params import count_parameters, trainable_named_parameters
 from peftlab.errors import ConfigError, TrainingDiverged
 from peftlab.methods.base import Method, TrainState
@@ -81,12 +83,21 @@ class Trainer:
 
     # -- optimizer --------------------------------------------------------------------------------
     def _set_up_optimizer(self, old: torch.optim.Optimizer | None) -> None:
+        self.forward_model = self._data_parallel()
         groups = self.method.param_groups(self.model)
         self.optimizer = (
             build_optimizer(groups, self.sched) if old is None else rebuild_optimizer(old, groups, self.sched)
         )
         self.trainable = [p for _, p in trainable_named_parameters(self.model)]
         self.trainable_count = sum(p.numel() for p in self.trainable)
+
+    def _data_parallel(self) -> torch.nn.Module:
+        """The model the training forward goes through: DDP around it under torchrun (rebuilt whenever
+        the trained parameters change), the model itself in one process."""
+        if not distributed.enabled():
+            return self.model
+        device_ids = [self.device] if self.device.type == "cuda" else None
+        return DistributedDataParallel(self.model, device_ids=device_ids)
 
     def apply_param_change(self) -> None:
         """A hook froze, unfroze or replaced parameters: rebuild the optimizer over what is trained now."""
@@ -109,7 +120,7 @@ class Trainer:
 
     def forward_backward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         with self.autocast():
-            loss = self.model(**batch).loss
+            loss = self.forward_model(**batch).loss
             extra = self.method.extra_loss(self.model, batch)
             if extra is not None:
                 loss = loss + extra
@@ -181,14 +192,14 @@ class Trainer:
                     skip -= 1
                     continue
                 start = time.perf_counter()
-                batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+                batch = {k: v.to(self.device, non_blocking=True) for k, v in distributed.shard(batch).items()}
                 history.trainable_param_steps += self.trainable_count  # what this step trains
                 loss_sum += self.train_step(batch)
                 efficiency.synchronize(self.device)
                 elapsed = time.perf_counter() - start
                 history.train_time_s += elapsed
                 history.step_times.append(elapsed)
-                history.samples += len(batch["labels"])
+                history.samples += len(batch["labels"]) * distributed.world_size()
                 window += 1
                 bar.update(1)
                 if state.step % sched.log_every_steps == 0 or state.step == state.total_steps:
@@ -198,7 +209,12 @@ class Trainer:
                     window = 0
                 if state.step % self.eval_every == 0 or state.step == state.total_steps:
                     self.evaluate()
-                if every and state.step % every == 0 and state.step < state.total_steps:
+                if (
+                    every
+                    and state.step % every == 0
+                    and state.step < state.total_steps
+                    and distributed.is_main()
+                ):
                     loop = {
                         "epoch_generator": epoch_generator if generator is not None else None,
                         "consumed": consumed,
@@ -215,7 +231,7 @@ class Trainer:
         return history
 
     def _log_train(self, mean_loss_tensor: torch.Tensor, window: int) -> float:
-        mean_loss = float(mean_loss_tensor)
+        mean_loss = float(distributed.all_reduce_mean(mean_loss_tensor.detach().clone()))
         if not math.isfinite(mean_loss):
             raise TrainingDiverged(
                 f"train loss is {mean_loss} over steps {self.state.step - window + 1}..{self.state.step}; "

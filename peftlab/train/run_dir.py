@@ -44,9 +44,10 @@ def _jsonable(value: Any) -> Any:
 class RunDir:
     """The run folder; every row and result written here is also sent to ``logger`` (W&B, or nothing)."""
 
-    def __init__(self, path: str | Path, logger: MetricsLogger | None = None) -> None:
+    def __init__(self, path: str | Path, logger: MetricsLogger | None = None, writes: bool = True) -> None:
         self.path = Path(path)
         self.logger: MetricsLogger = logger or NullLogger()
+        self.writes = writes  # False on data-parallel ranks other than 0: they read, never write
 
     def finished_status(self) -> str | None:
         results = self.path / RESULTS
@@ -65,6 +66,8 @@ class RunDir:
                 f"output dir {self.path} already holds a finished run ({RESULTS}); choose another "
                 f"hydra.run.dir or pass overwrite=true"
             )
+        if not self.writes:
+            return
         self.path.mkdir(parents=True, exist_ok=True)
         if overwrite:
             for name in (RESULTS, "metrics.jsonl"):
@@ -72,18 +75,24 @@ class RunDir:
 
     def save_config(self, cfg: DictConfig) -> None:
         """The resolved config, and the command-line overrides when run through Hydra."""
+        if not self.writes:
+            return
         (self.path / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         if HydraConfig.initialized():
             overrides = list(HydraConfig.get().overrides.task)
             (self.path / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(overrides)))
 
     def log_metrics(self, row: dict[str, Any]) -> None:
+        if not self.writes:
+            return
         with (self.path / "metrics.jsonl").open("a") as handle:
             handle.write(json.dumps(_jsonable(row)) + "\n")
         self.logger.log(row)
 
     def truncate_metrics(self, after_step: int) -> None:
         """Drop the rows logged after ``after_step`` (a resumed run logs them again)."""
+        if not self.writes:
+            return
         path = self.path / "metrics.jsonl"
         if path.exists():
             rows = [
@@ -94,5 +103,7 @@ class RunDir:
             path.write_text("".join(row + "\n" for row in rows))
 
     def write_results(self, results: dict[str, Any], name: str = RESULTS) -> None:
+        if not self.writes:
+            return
         write_json_atomic(self.path / name, results)
         self.logger.summary(results)

@@ -1,0 +1,96 @@
+"""Data-parallel training with torch DDP under ``torchrun``: one process per device, gloo on CPU.
+
+Every rank reads the same (seeded) global batches and trains on its contiguous share of each, so N
+ranks see exactly the examples one process would see in one step, and DDP's averaged gradient is the
+single-process gradient (given a batch size divisible by N). Only rank 0 writes files, logs metrics
+and talks to W&B. Decisions that methods take from gradients or activations (which rows SPSFT trains,
+which PMs AFLoRA freezes, what Light-PEFT prunes) are checked to be identical on every rank.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from peftlab.errors import ConfigError
+
+
+def enabled() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if enabled() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if enabled() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init_from_env(device: torch.device) -> torch.device:
+    """Join the process group that ``torchrun`` describes (WORLD_SIZE > 1); returns this rank's device."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return device
+    if not enabled():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    return device
+
+
+def check_batch_size(batch_size: int) -> None:
+    if batch_size % world_size():
+        raise ConfigError(
+            f"schedule.batch_size={batch_size} is not divisible by the {world_size()} processes; "
+            f"allowed: a multiple of {world_size()}"
+        )
+
+
+def shard(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """This rank's contiguous share of a global batch (all of it in one process)."""
+    if world_size() == 1:
+        return batch
+    return {k: v.tensor_split(world_size())[rank()] for k, v in batch.items()}
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    if enabled():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    if enabled():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        tensor /= world_size()
+    return tensor
+
+
+def broadcast_object(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank."""
+    if not enabled():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def assert_ranks_agree(what: str, value: Any) -> None:
+    """Raise if ``value`` (anything JSON can write) differs between ranks."""
+    if not enabled():
+        return
+    digest = hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+    digests: list[str | None] = [None] * world_size()
+    dist.all_gather_object(digests, digest)
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"ranks disagree on {what}: {digests}")
