@@ -21,8 +21,12 @@ from torch import nn
 
 from peftlab.errors import ConfigError
 
-BERT_LIKE = ("bert", "roberta")
-DEBERTA_LIKE = ("deberta-v2",)
+# query/key/value projection names of the encoder layouts (BERT, RoBERTa: query; DeBERTa-v2/v3: query_proj)
+ENCODER_QKV = {
+    "bert": ("query", "key", "value"),
+    "roberta": ("query", "key", "value"),
+    "deberta-v2": ("query_proj", "key_proj", "value_proj"),
+}
 LLAMA_LIKE = ("llama", "mistral", "qwen2")
 
 
@@ -49,47 +53,8 @@ def blocks(backbone: nn.Module) -> list[Block]:
     """The blocks of a known layout; a clear error for any other."""
     kind = model_type(backbone)
     config = backbone.config
-    if kind in BERT_LIKE:
-        head_dim = config.hidden_size // config.num_attention_heads
-        return [
-            Block(
-                attention=f"encoder.layer.{i}.attention.self",
-                qkv=tuple(f"encoder.layer.{i}.attention.self.{p}" for p in ("query", "key", "value")),  # type: ignore[arg-type]
-                out=f"encoder.layer.{i}.attention.output.dense",
-                ffn_in=(f"encoder.layer.{i}.intermediate.dense",),
-                ffn_out=f"encoder.layer.{i}.output.dense",
-                head_dim=head_dim,
-                heads_per_unit=1,
-                kv_heads_per_unit=1,
-            )
-            for i in range(config.num_hidden_layers)
-        ]
-    if kind in DEBERTA_LIKE:
-        head_dim = (
-            getattr(config, "attention_head_size", None) or config.hidden_size // config.num_attention_heads
-        )
-        result = []
-        for i in range(config.num_hidden_layers):
-            attention = f"encoder.layer.{i}.attention.self"
-            extra = tuple(  # relative-position projections of their own, when keys are not shared
-                f"{attention}.{p}"
-                for p in ("pos_key_proj", "pos_query_proj")
-                if _has(backbone, f"{attention}.{p}")
-            )
-            result.append(
-                Block(
-                    attention=attention,
-                    qkv=tuple(f"{attention}.{p}_proj" for p in ("query", "key", "value")),  # type: ignore[arg-type]
-                    out=f"encoder.layer.{i}.attention.output.dense",
-                    ffn_in=(f"encoder.layer.{i}.intermediate.dense",),
-                    ffn_out=f"encoder.layer.{i}.output.dense",
-                    head_dim=head_dim,
-                    heads_per_unit=1,
-                    kv_heads_per_unit=1,
-                    per_head_extra=extra,
-                )
-            )
-        return result
+    if kind in ENCODER_QKV:
+        return _encoder_blocks(backbone, ENCODER_QKV[kind])
     if kind in LLAMA_LIKE:
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         group = config.num_attention_heads // config.num_key_value_heads
@@ -108,8 +73,37 @@ def blocks(backbone: nn.Module) -> list[Block]:
         ]
     raise ConfigError(
         f"head/FFN pruning does not know the architecture {kind!r}; allowed: "
-        f"{', '.join(BERT_LIKE + DEBERTA_LIKE + LLAMA_LIKE)}"
+        f"{', '.join((*ENCODER_QKV, *LLAMA_LIKE))}"
     )
+
+
+def _encoder_blocks(backbone: nn.Module, qkv: tuple[str, str, str]) -> list[Block]:
+    config = backbone.config
+    head_dim = (
+        getattr(config, "attention_head_size", None) or config.hidden_size // config.num_attention_heads
+    )
+    result = []
+    for i in range(config.num_hidden_layers):
+        attention = f"encoder.layer.{i}.attention.self"
+        extra = tuple(  # DeBERTa's relative-position projections of their own, when keys are not shared
+            f"{attention}.{p}"
+            for p in ("pos_key_proj", "pos_query_proj")
+            if _has(backbone, f"{attention}.{p}")
+        )
+        result.append(
+            Block(
+                attention=attention,
+                qkv=tuple(f"{attention}.{p}" for p in qkv),  # type: ignore[arg-type]
+                out=f"encoder.layer.{i}.attention.output.dense",
+                ffn_in=(f"encoder.layer.{i}.intermediate.dense",),
+                ffn_out=f"encoder.layer.{i}.output.dense",
+                head_dim=head_dim,
+                heads_per_unit=1,
+                kv_heads_per_unit=1,
+                per_head_extra=extra,
+            )
+        )
+    return result
 
 
 def _has(root: nn.Module, name: str) -> bool:
