@@ -12,6 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from peftlab import distributed
 from peftlab.config import conf_dir, register_schemas
 from peftlab.errors import ConfigError, TrainingDiverged
 from peftlab.sweep import record_failure
@@ -28,6 +29,7 @@ def main(cfg: DictConfig) -> float | None:
         logging.getLogger("peftlab").setLevel(logging.WARNING)
     try:
         results = run_experiment(cfg)
+        distributed.shutdown()
     except Exception as err:
         if HydraConfig.get().mode == RunMode.MULTIRUN:  # record it and let the other jobs run
             if isinstance(err, ConfigError | TrainingDiverged):

@@ -48,6 +48,14 @@ def init_from_env(device: torch.device) -> torch.device:
     return device
 
 
+def shutdown() -> None:
+    """Wait for every rank, then leave the process group: a rank that exits while gloo's threads still
+    run aborts ("terminate called without an active exception")."""
+    if enabled():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def check_batch_size(batch_size: int) -> None:
     if batch_size % world_size():
         raise ConfigError(
