@@ -144,12 +144,6 @@ class SparseRowsLayer(nn.Module):
             x, base.weight, base.bias, self.rows_weight, self.rows_bias, self.rows_index, base.stride
         )
 
-    def delta_weight(self) -> torch.Tensor:
-        """M W_f as a dense (d_out x d_in) matrix: for tests and merging, never in the forward."""
-        rows, row_len = row_shape(self.base_layer)
-        delta = self.rows_weight.new_zeros(rows, row_len)
-        return delta.index_add_(0, self.rows_index, self.rows_weight)
-
     @torch.no_grad()
     def merged(self) -> SparseRowsBase:
         """The base layer with W_f (and b_f) added into its selected rows: a plain layer for inference."""
