@@ -53,7 +53,9 @@ def build_trainer(cfg: DictConfig, run_dir: RunDir, adapter_from: Path | None = 
     eval_examples = {split: task.load_split(split) for split in task.eval_splits}
 
     seed_everything(cfg.seed)
-    model, tokenizer = build_model(cfg.model, task.num_labels)
+    model, tokenizer = build_model(cfg.model, task.num_labels, task.model_head)
+    task.use_model(model)
+    task.progress_bar = cfg.progress_bar
     params = count_parameters(model)
     model.to(device)
     sched = cfg.schedule

@@ -23,11 +23,12 @@ Wrapped = TypeVar("Wrapped", bound=nn.Module)
 
 
 class LowRankLinear(nn.Module):
-    """A frozen ``nn.Linear`` plus a low-rank update; step 0 equals the base layer when B or b is 0."""
+    """A frozen ``nn.Linear`` (or 1x1 ``nn.Conv2d``, a linear map over channels) plus a low-rank update;
+    step 0 equals the base layer when B or b is 0."""
 
     def __init__(
         self,
-        base_layer: nn.Linear,
+        base_layer: nn.Linear | nn.Conv2d,
         rank: int,
         scale: float = 1.0,
         dropout: float = 0.0,
@@ -35,14 +36,15 @@ class LowRankLinear(nn.Module):
     ) -> None:
         super().__init__()
         self.base_layer = base_layer
+        self.conv = isinstance(base_layer, nn.Conv2d)  # pointwise: A and B act on the channel dim
         self.rank = rank
         self.scale = float(scale)
         weight = base_layer.weight
         factory = {"device": weight.device, "dtype": weight.dtype}
-        self.lora_A = nn.Parameter(torch.empty(rank, base_layer.in_features, **factory))
-        self.lora_B = nn.Parameter(torch.zeros(base_layer.out_features, rank, **factory))
+        self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, **factory))
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, **factory))
         self.vec_d = nn.Parameter(torch.ones(rank, **factory)) if vectors else None
-        self.vec_b = nn.Parameter(torch.ones(base_layer.out_features, **factory)) if vectors else None
+        self.vec_b = nn.Parameter(torch.ones(self.out_features, **factory)) if vectors else None
         # p=0 must not add a copy of the activations: use Identity, as peft does.
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fixed: FixedProjections | None = None
@@ -51,17 +53,25 @@ class LowRankLinear(nn.Module):
 
     @property
     def in_features(self) -> int:
-        return self.base_layer.in_features
+        return self.base_layer.in_channels if self.conv else self.base_layer.in_features
 
     @property
     def out_features(self) -> int:
-        return self.base_layer.out_features
+        return self.base_layer.out_channels if self.conv else self.base_layer.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_layer(x)
         if self.merged:
             return y
         lora_a, lora_b = self.projections()
+        if self.conv:  # channels first: the same maps as 1x1 convolutions (A takes the base's stride)
+            h = F.conv2d(self.dropout(x), lora_a[:, :, None, None], stride=self.base_layer.stride)
+            if self.vec_d is not None:
+                h = h * self.vec_d[:, None, None]
+            h = F.conv2d(h, lora_b[:, :, None, None])
+            if self.vec_b is not None:
+                h = h * self.vec_b[:, None, None]
+            return torch.add(y, h, alpha=self.scale)
         h = F.linear(self.dropout(x), lora_a)
         if self.vec_d is not None:
             h = h * self.vec_d
@@ -71,7 +81,7 @@ class LowRankLinear(nn.Module):
         return torch.add(y, h, alpha=self.scale)
 
     def delta_weight(self) -> torch.Tensor:
-        """ΔW = scale · diag(b) B diag(d) A, computed in fp32."""
+        """ΔW = scale · diag(b) B diag(d) A (out x in), computed in fp32."""
         lora_a, lora_b = self.projections()
         a = lora_a.detach().float()
         b = lora_b.detach().float()
@@ -86,14 +96,14 @@ class LowRankLinear(nn.Module):
         """Fold the update into the base weight, for inference at base-layer cost."""
         if not self.merged:
             weight = self.base_layer.weight
-            weight.copy_((weight.float() + self.delta_weight()).to(weight.dtype))
+            weight.copy_((weight.float() + self.delta_weight().view_as(weight)).to(weight.dtype))
             self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
         if self.merged:
             weight = self.base_layer.weight
-            weight.copy_((weight.float() - self.delta_weight()).to(weight.dtype))
+            weight.copy_((weight.float() - self.delta_weight().view_as(weight)).to(weight.dtype))
             self.merged = False
 
     def use_fixed_projections(self, fixed: FixedProjections) -> None:
@@ -150,13 +160,15 @@ class FixedProjections(nn.Module):
         self.register_buffer("B", b.to(dtype), persistent=False)
 
 
-def check_rank(name: str, layer: nn.Linear, rank: int, option: str = "lora rank") -> None:
+def check_rank(name: str, layer: nn.Linear | nn.Conv2d, rank: int, option: str = "lora rank") -> None:
     """A rank must be at least 1 and at most min(in, out) of the layer it adapts."""
-    limit = min(layer.in_features, layer.out_features)
+    conv = isinstance(layer, nn.Conv2d)
+    fan_in = layer.in_channels if conv else layer.in_features
+    fan_out = layer.out_channels if conv else layer.out_features
+    limit = min(fan_in, fan_out)
     if not 1 <= rank <= limit:
         raise ConfigError(
-            f"{option}={rank} is not allowed for layer {name!r} "
-            f"({layer.in_features} -> {layer.out_features}); allowed: 1..{limit}"
+            f"{option}={rank} is not allowed for layer {name!r} ({fan_in} -> {fan_out}); allowed: 1..{limit}"
         )
 
 
@@ -170,8 +182,8 @@ def init_vectors(layer: LowRankLinear, d: float, b: float) -> None:
 def wrap_targets(
     model: nn.Module, targets: TargetSpec, make: Callable[[str, nn.Linear], Wrapped]
 ) -> list[tuple[str, Wrapped]]:
-    """Replace every target linear layer of ``model`` by ``make(name, layer)`` (a low-rank layer, an
-    adapter, ...); returns the new layers."""
+    """Replace every target linear layer (or 1x1 convolution) of ``model`` by ``make(name, layer)`` (a
+    low-rank layer, an adapter, ...); returns the new layers."""
     wrapped = []
     for name in match_targets(model, targets):
         layer = make(name, model.get_submodule(name))

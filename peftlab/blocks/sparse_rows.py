@@ -16,20 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.grad import conv2d_input, conv2d_weight
 
+from peftlab.blocks.targeting import is_pointwise_conv
 from peftlab.errors import ConfigError
 
 SparseRowsBase = nn.Linear | nn.Conv2d
-
-
-def is_pointwise_conv(layer: nn.Module) -> bool:
-    """A 1x1, ungrouped, unpadded, undilated convolution: a linear map over channels per position."""
-    return (
-        isinstance(layer, nn.Conv2d)
-        and layer.kernel_size == (1, 1)
-        and layer.groups == 1
-        and layer.padding in ((0, 0), "valid")
-        and layer.dilation == (1, 1)
-    )
 
 
 def row_shape(layer: nn.Module) -> tuple[int, int]:

@@ -20,11 +20,28 @@ def _matches(name: str, key: str) -> bool:
     return name == key or name.endswith("." + key)
 
 
+def is_pointwise_conv(layer: nn.Module) -> bool:
+    """A 1x1, ungrouped, unpadded, undilated convolution: a linear map over channels per position."""
+    return (
+        isinstance(layer, nn.Conv2d)
+        and layer.kernel_size == (1, 1)
+        and layer.groups == 1
+        and layer.padding in ((0, 0), "valid")
+        and layer.dilation == (1, 1)
+    )
+
+
+def is_linear_like(layer: nn.Module) -> bool:
+    """``nn.Linear`` or a pointwise ``nn.Conv2d``: the layers low-rank and sparse-row methods adapt."""
+    return isinstance(layer, nn.Linear) or is_pointwise_conv(layer)
+
+
 def match_targets(
-    model: nn.Module, targets: TargetSpec, layer_types: tuple[type[nn.Module], ...] = (nn.Linear,)
+    model: nn.Module, targets: TargetSpec, layer_types: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
 ) -> list[str]:
     """Names of the modules of ``layer_types`` in ``model`` selected by ``targets``.
 
+    Only linear-like layers are candidates (``nn.Linear`` and 1x1 ``nn.Conv2d``, see ``is_linear_like``).
     As in peft: ``"all-linear"`` selects every such layer (methods adapt the backbone, so the
     classification head is never among them), ``"ffn-linear"`` those outside attention (see
     ``module_role``), ``"sublayer-outputs"`` the attention-output and FFN-output projections (see
@@ -33,7 +50,11 @@ def match_targets(
     list entry must match something, so a typo in one of several keys fails loudly instead of
     silently training fewer layers.
     """
-    candidates = [name for name, module in model.named_modules() if isinstance(module, layer_types)]
+    candidates = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, layer_types) and is_linear_like(module)
+    ]
     if targets in KEYWORDS:
         if targets == FFN_LINEAR:
             candidates = [name for name in candidates if module_role(name) == "ffn"]

@@ -24,12 +24,11 @@ from peftlab.blocks.importance import l2_row_scores, mean_gradients, quantile_me
 from peftlab.blocks.params import freeze
 from peftlab.blocks.sparse_rows import (
     SparseRowsLayer,
-    is_pointwise_conv,
     merge_sparse_rows,
     row_shape,
     sparse_rows_layers,
 )
-from peftlab.blocks.targeting import ALL_LINEAR, KEYWORDS, match_targets, module_role
+from peftlab.blocks.targeting import ALL_LINEAR, match_targets, module_role
 from peftlab.errors import ConfigError
 from peftlab.methods.base import CalibrationData, Method, MethodConfig, TrainState, register_method
 
@@ -108,14 +107,7 @@ class Spsft(Method):
     # -- selecting rows -------------------------------------------------------------------------------
     def target_layers(self, backbone: nn.Module) -> dict[str, nn.Module]:
         targets = self.config.target_modules
-        names = match_targets(backbone, targets, (nn.Linear, nn.Conv2d))
-        if targets in KEYWORDS:  # every linear map: linear layers and 1x1 convolutions
-            names = [
-                n
-                for n in names
-                if not isinstance(backbone.get_submodule(n), nn.Conv2d)
-                or is_pointwise_conv(backbone.get_submodule(n))
-            ]
+        names = match_targets(backbone, targets)  # linear layers and 1x1 convolutions
         if self.config.freeze_attention:
             names = [n for n in names if module_role(n) == "ffn"]
             if not names:

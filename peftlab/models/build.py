@@ -1,9 +1,13 @@
 """Build backbone + tokenizer from a ``conf/model`` entry.
 
 Sources:
-- ``package``: weights shipped inside a pip package (offline here), located without importing it;
+- ``package``: weights shipped inside a pip package (offline here), located without importing it
+  (a folder, or a GGUF file in it with ``gguf_file``, dequantised to fp32 by transformers);
 - ``hub``: a Hugging Face hub id, for users with a network (clear error when offline);
 - ``random``: a transformers config with random weights, for tests.
+
+What is put on top of the backbone depends on the task (``Task.model_head``): a pooled classification
+head (GLUE), the language-model head (generation tasks), or an image classification head.
 """
 
 from __future__ import annotations
@@ -15,16 +19,32 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+)
 
 from peftlab.errors import ConfigError
 from peftlab.models.heads import SequenceClassifier
+from peftlab.models.lm import CausalLM, Seq2SeqLM
+from peftlab.models.vision import ImageClassifier, ImageSpec
 
 log = logging.getLogger(__name__)
 
 SOURCES = ("package", "hub", "random")
+MODEL_HEADS = ("classifier", "lm", "image")  # what a task puts on the backbone (Task.model_head)
+# Encoder-only families: no language-model head for generation tasks.
+ENCODER_ONLY = {"bert", "roberta", "deberta", "deberta-v2", "distilbert", "electra", "xlm-roberta"}
+EFFICIENTNET = "efficientnet_lite0"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-OFFLINE_MODELS = "minilm (shipped MiniLM), tiny_bert (random, for tests)"
+OFFLINE_MODELS = (
+    "minilm (shipped MiniLM), smollm2_135m (shipped SmolLM2), efficientnet_lite0 (shipped), "
+    "tiny_bert / tiny_llama / tiny_bart / tiny_vit / tiny_efficientnet (random, for tests)"
+)
 # Config attributes that hold the backbone's dropout in the transformers families we support.
 DROPOUT_KEYS = (
     "hidden_dropout_prob",
@@ -74,14 +94,39 @@ def dropout_overrides(cfg: DictConfig, config: Any) -> dict[str, float]:
     return {key: float(cfg.dropout) for key in DROPOUT_KEYS if hasattr(config, key)}
 
 
-def _load_pretrained(cfg: DictConfig, dtype: torch.dtype) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+def _auto_class(head: str, config: Any, cfg: DictConfig):
+    """The transformers class to load for a task head: the bare backbone, or a model with its LM head."""
+    if cfg.get("modality", "text") == "image" and head != "image":
+        raise ConfigError(f"model {cfg.name!r} is an image model; this task needs a text model ({head})")
+    if head == "image" and cfg.get("modality", "text") != "image":
+        raise ConfigError(
+            f"model {cfg.name!r} is a text model; image tasks need an image model "
+            "(efficientnet_lite0, tiny_efficientnet, tiny_vit, vit_base, deit_base)"
+        )
+    if head != "lm":
+        return AutoModel
+    if getattr(config, "is_encoder_decoder", False):
+        return AutoModelForSeq2SeqLM
+    if config.model_type in ENCODER_ONLY:
+        raise ConfigError(
+            f"model {cfg.name!r} ({config.model_type}) is an encoder without a language-model head; "
+            "generation tasks need a decoder or encoder-decoder model (smollm2_135m, tiny_llama, "
+            "tiny_bart, llama2_7b, llama3_8b, bart_large)"
+        )
+    return AutoModelForCausalLM
+
+
+def _load_pretrained(cfg: DictConfig, dtype: torch.dtype, head: str) -> tuple[torch.nn.Module, Any]:
     location = str(package_path(cfg.path)) if cfg.source == "package" else cfg.path
+    extra = {"gguf_file": cfg.gguf_file} if cfg.get("gguf_file") else {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location)
-        config = AutoConfig.from_pretrained(location)
+        tokenizer = None if head == "image" else AutoTokenizer.from_pretrained(location, **extra)
+        config = AutoConfig.from_pretrained(location, **extra)
         for key, value in dropout_overrides(cfg, config).items():
             setattr(config, key, value)
-        backbone = AutoModel.from_pretrained(location, config=config, dtype=dtype)
+        auto = _auto_class(head, config, cfg)
+        kwargs = {"add_pooling_layer": False} if head == "image" else {}
+        backbone = auto.from_pretrained(location, config=config, dtype=dtype, **extra, **kwargs)
     except OSError as err:
         if cfg.source == "hub":
             raise ConfigError(
@@ -93,26 +138,71 @@ def _load_pretrained(cfg: DictConfig, dtype: torch.dtype) -> tuple[torch.nn.Modu
     return backbone, tokenizer
 
 
-def _build_random(cfg: DictConfig, dtype: torch.dtype) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
-    tokenizer = AutoTokenizer.from_pretrained(str(package_path(cfg.tokenizer)))
+def _build_random(cfg: DictConfig, dtype: torch.dtype, head: str) -> tuple[torch.nn.Module, Any]:
+    tokenizer = None if head == "image" else AutoTokenizer.from_pretrained(str(package_path(cfg.tokenizer)))
     overrides: dict[str, Any] = OmegaConf.to_container(cfg.config, resolve=True)  # type: ignore[assignment]
-    overrides.setdefault("vocab_size", len(tokenizer))
+    if tokenizer is not None:
+        overrides.setdefault("vocab_size", len(tokenizer))
     config = AutoConfig.for_model(cfg.architecture, **overrides)
     for key, value in dropout_overrides(cfg, config).items():
         setattr(config, key, value)
-    return AutoModel.from_config(config).to(dtype), tokenizer
+    auto = _auto_class(head, config, cfg)
+    kwargs = {"add_pooling_layer": False} if head == "image" else {}
+    return auto.from_config(config, **kwargs).to(dtype), tokenizer
 
 
-def build_model(cfg: DictConfig, num_labels: int) -> tuple[SequenceClassifier, PreTrainedTokenizerBase]:
-    """Backbone from ``cfg.source`` plus a fresh head with ``num_labels`` outputs, on the CPU."""
+def _build_efficientnet(cfg: DictConfig, dtype: torch.dtype) -> torch.nn.Module:
+    from peftlab.models import efficientnet
+
+    drop = cfg.get("drop_connect_rate", 0.0)
+    if cfg.source == "random":
+        backbone = efficientnet.EfficientNetLite0(
+            blocks=efficientnet.TINY_BLOCKS, drop_connect_rate=drop, **cfg.get("config", {})
+        )
+    elif cfg.source == "package":
+        backbone, _ = efficientnet.load_efficientnet_lite0(package_path(cfg.path))
+        backbone.drop_connect_rate = drop
+    else:
+        raise ConfigError(f"model {cfg.name!r}: EfficientNet-Lite0 comes from source=package or random")
+    return backbone.to(dtype)
+
+
+def image_spec(cfg: DictConfig) -> ImageSpec:
+    """The input an image model expects: its resolution and normalisation."""
+    return ImageSpec(int(cfg.image_size), tuple(cfg.image_mean), tuple(cfg.image_std))
+
+
+def build_model(
+    cfg: DictConfig, num_labels: int, head: str = "classifier"
+) -> tuple[torch.nn.Module, PreTrainedTokenizerBase | ImageSpec]:
+    """Backbone from ``cfg.source`` plus what ``head`` asks for, on the CPU, and the model's input
+    processor: its tokenizer (text) or its ``ImageSpec`` (images).
+
+    ``classifier``: a fresh pooled head with ``num_labels`` outputs; ``lm``: the pretrained LM head
+    (causal or encoder-decoder); ``image``: a fresh linear head on the pooled image features."""
     if cfg.source not in SOURCES:
         raise ConfigError(f"model.source={cfg.source!r} is not allowed; allowed: {', '.join(SOURCES)}")
+    if head not in MODEL_HEADS:
+        raise ValueError(f"head={head!r}; allowed: {MODEL_HEADS}")
     dtype = resolve_dtype(cfg.dtype)
-    if cfg.source == "random":
-        backbone, tokenizer = _build_random(cfg, dtype)
+    if cfg.get("architecture") == EFFICIENTNET:
+        _auto_class(head, None, cfg)  # modality check
+        backbone, processor = _build_efficientnet(cfg, dtype), None
+    elif cfg.source == "random":
+        backbone, processor = _build_random(cfg, dtype, head)
     else:
-        backbone, tokenizer = _load_pretrained(cfg, dtype)
-    model = SequenceClassifier(backbone, num_labels, pooling=cfg.pooling, dropout=cfg.head_dropout)
+        backbone, processor = _load_pretrained(cfg, dtype, head)
+    model: torch.nn.Module
+    if head == "classifier":
+        model = SequenceClassifier(backbone, num_labels, pooling=cfg.pooling, dropout=cfg.head_dropout)
+    elif head == "lm":
+        if getattr(backbone.config, "quantization_config", None) is not None:  # GGUF: dequantised already
+            del backbone.config.quantization_config
+        model = CausalLM(backbone) if not backbone.config.is_encoder_decoder else Seq2SeqLM(backbone)
+    else:
+        features = getattr(backbone, "num_features", None) or backbone.config.hidden_size
+        model = ImageClassifier(backbone, features, num_labels, dropout=cfg.head_dropout)
+        processor = image_spec(cfg)
     model.head.to(dtype)
     log.info(
         "model %s: %s, %.2fM params",
@@ -120,4 +210,4 @@ def build_model(cfg: DictConfig, num_labels: int) -> tuple[SequenceClassifier, P
         type(backbone).__name__,
         sum(p.numel() for p in model.parameters()) / 1e6,
     )
-    return model, tokenizer
+    return model, processor

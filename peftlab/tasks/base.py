@@ -27,10 +27,15 @@ class Task(ABC):
     num_labels: int
     main_metric: str
     eval_splits: tuple[str, ...]
+    model_head: str = "classifier"  # what goes on the backbone: classifier | lm | image (models.build)
 
     def __init__(self, cfg: DictConfig, data_root: str | None) -> None:
         self.cfg = cfg
         self.data_root = data_root
+
+    def use_model(self, model: torch.nn.Module) -> None:
+        """Called once the model is built, before any loader (e.g. encoder-decoder or decoder-only)."""
+        del model
 
     @abstractmethod
     def load_split(self, split: str) -> list[Example]:

@@ -1,10 +1,12 @@
-"""GLUE metrics computed locally (evaluate.load of hub metric scripts fails offline).
+"""Metrics computed locally (evaluate.load of hub metric scripts fails offline): GLUE, GSM8k, ROUGE.
 
 Definitions follow HF run_glue / evaluate's glue module: accuracy, binary F1 of class 1, Matthews
 correlation, Pearson and Spearman correlation.
 """
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 from scipy.stats import rankdata
@@ -49,3 +51,60 @@ METRICS = {
     "pearson": pearson,
     "spearmanr": spearman,
 }
+
+
+# -- generation metrics ------------------------------------------------------------------------------
+_NUMBER = re.compile(r"-?[\d,]*\.?\d+")
+
+
+def normalize_number(text: str) -> str:
+    """``"$1,234.50"`` -> ``"1234.5"``, ``"18.0"`` -> ``"18"``: commas, ``$`` and a trailing dot removed,
+    then written as the number it is (non-numbers are returned stripped)."""
+    cleaned = text.replace(",", "").replace("$", "").strip().rstrip(".")
+    try:
+        value = float(cleaned)
+    except ValueError:
+        return cleaned
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
+def gsm8k_answer(text: str) -> str:
+    """The final answer of a GSM8k solution: the number after ``####``, else the last number in the text
+    (empty when there is none), normalised with ``normalize_number``."""
+    if "####" in text:
+        tail = text.split("####", 1)[1]
+        found = _NUMBER.search(tail.replace("$", ""))
+        return normalize_number(found.group()) if found else normalize_number(tail.split("\n")[0])
+    numbers = _NUMBER.findall(text.replace("$", ""))
+    return normalize_number(numbers[-1]) if numbers else ""
+
+
+def exact_match(predictions: list[str], references: list[str]) -> float:
+    if not references:
+        return 0.0
+    return float(np.mean([p == r for p, r in zip(predictions, references, strict=True)]))
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+
+
+def split_sentences(text: str) -> str:
+    """One sentence per line, as rougeLsum expects (nltk's punkt is not available offline): existing
+    newlines are kept, and a space after ``.``, ``!`` or ``?`` starts a new sentence."""
+    lines = [s.strip() for line in text.split("\n") for s in _SENTENCE_END.split(line)]
+    return "\n".join(s for s in lines if s)
+
+
+def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """Mean ROUGE-1/2/L/Lsum F1 (x100) with Porter stemming, as the rouge-score package computes them."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+    totals = dict.fromkeys(ROUGE_TYPES, 0.0)
+    for prediction, reference in zip(predictions, references, strict=True):
+        scores = scorer.score(split_sentences(reference), split_sentences(prediction))
+        for key in ROUGE_TYPES:
+            totals[key] += scores[key].fmeasure
+    count = max(len(references), 1)
+    return {key: 100 * value / count for key, value in totals.items()}

@@ -43,6 +43,7 @@ class History:
     step_times: list[float] = field(default_factory=list)  # step k took step_times[k - 1] seconds
     trainable_param_steps: int = 0  # sum over steps of the trainable count (for the average)
     samples: int = 0
+    tokens: int = 0  # non-padding tokens trained on (text tasks)
     train_time_s: float = 0.0  # sum of step times, evaluation excluded
     best_eval: dict[str, float] | None = None
     best_step: int | None = None
@@ -192,7 +193,10 @@ class Trainer:
                     skip -= 1
                     continue
                 start = time.perf_counter()
-                batch = {k: v.to(self.device, non_blocking=True) for k, v in distributed.shard(batch).items()}
+                batch = distributed.shard(batch)
+                if "attention_mask" in batch:  # counted on the host copy: no device sync
+                    history.tokens += int(batch["attention_mask"].sum()) * distributed.world_size()
+                batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
                 history.trainable_param_steps += self.trainable_count  # what this step trains
                 loss_sum += self.train_step(batch)
                 efficiency.synchronize(self.device)
@@ -257,6 +261,9 @@ class Trainer:
                 scores = self.task.evaluate(self.model, loader, self.device)
             for name, value in scores.items():
                 metrics[self.task.metric_key(split, name)] = value
+            predictions = getattr(self.task, "last_predictions", None)
+            if predictions:  # generation tasks: what the model wrote, next to the reference
+                self.run_dir.write_jsonl(f"predictions_{split}.jsonl", predictions)
         loss_keys = [k for k in metrics if k.startswith("loss")]
         if any(not math.isfinite(metrics[k]) for k in loss_keys):
             raise TrainingDiverged(f"eval loss is not finite at step {self.state.step}: {metrics}")
@@ -279,6 +286,7 @@ class Trainer:
         history, state = self.history, self.state
         # the first step carries warm-up (and the FLOP counter): left out of the median
         median_step = efficiency.median(history.step_times[1:])
+        train_time = history.train_time_s
         peak, peak_kind = efficiency.peak_memory(self.device)
         achieved = (
             history.flops_per_step / median_step / 1e9 if history.flops_per_step and median_step else None
@@ -299,7 +307,8 @@ class Trainer:
             "train_time_s": history.train_time_s,
             "wall_time_s": wall_time_s,
             "median_step_time_s": median_step,
-            "samples_per_s": history.samples / history.train_time_s if history.train_time_s else None,
+            "samples_per_s": history.samples / train_time if train_time else None,
+            "tokens_per_s": history.tokens / train_time if history.tokens and train_time else None,
             "peak_memory_bytes": peak,
             "peak_memory_kind": peak_kind,
             "flops_per_step": history.flops_per_step,

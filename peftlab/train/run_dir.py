@@ -102,6 +102,15 @@ class RunDir:
             ]
             path.write_text("".join(row + "\n" for row in rows))
 
+    def write_jsonl(self, name: str, rows: list[dict[str, Any]]) -> None:
+        """Replace ``name`` with ``rows``, one JSON object a line (written atomically)."""
+        if not self.writes:
+            return
+        target = self.path / name
+        temporary = target.with_suffix(target.suffix + ".tmp")
+        temporary.write_text("".join(json.dumps(_jsonable(row)) + "\n" for row in rows))
+        os.replace(temporary, target)
+
     def write_results(self, results: dict[str, Any], name: str = RESULTS) -> None:
         if not self.writes:
             return

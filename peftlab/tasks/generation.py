@@ -1,0 +1,218 @@
+"""Generation tasks: train on (prompt, target) pairs with the loss on the target tokens only, evaluate by
+greedy decoding and a text metric.
+
+Decoder-only models see ``prompt + target + eos`` in one sequence (labels -100 on the prompt and the
+padding); encoder-decoder models get the prompt as encoder input and the target as labels. Prompts are
+built from a template with one ``{source}`` slot; when a prompt is too long, the source text is cut
+(never the template), so the model always sees the instruction and the answer cue. Evaluation prompts
+are LEFT-padded so that every row's continuation starts at the same position.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from abc import abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from peftlab.errors import ConfigError
+from peftlab.models.lm import IGNORE_INDEX
+from peftlab.tasks.base import Task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TextPair:
+    source: str  # fills the prompt template's {source}
+    target: str  # what the model learns to write after the prompt
+    reference: str  # what a prediction is scored against
+
+
+def read_jsonl(path: Path, keys: tuple[str, ...]) -> list[dict]:
+    """Rows of a JSON-lines file; every row must be an object holding ``keys`` (clear error otherwise)."""
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ConfigError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+            missing = [k for k in keys if not isinstance(row, dict) or k not in row]
+            if missing:
+                raise ConfigError(f"{path}:{number}: row lacks keys {missing}; expected keys {list(keys)}")
+            rows.append(row)
+    if not rows:
+        raise ConfigError(f"{path} holds no rows")
+    return rows
+
+
+class GenerationTask(Task):
+    """Prompt -> target text. Subclasses read the data and score predictions against references."""
+
+    model_head = "lm"
+    num_labels = 0
+    progress_bar = True  # a bar over evaluation batches (build_trainer sets it from the run's config)
+
+    def __init__(self, cfg, data_root):
+        super().__init__(cfg, data_root)
+        if cfg.prompt.count("{source}") != 1:
+            raise ConfigError(f"task.prompt={cfg.prompt!r} must contain '{{source}}' exactly once")
+        self.encoder_decoder = False
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+        self.last_predictions: list[dict] = []  # of the last evaluation, for predictions.jsonl
+
+    def use_model(self, model: torch.nn.Module) -> None:
+        self.encoder_decoder = bool(getattr(model, "is_encoder_decoder", False))
+
+    @abstractmethod
+    def score(self, predictions: list[str], references: list[str]) -> dict[str, float]:
+        """Metrics of decoded predictions against references."""
+
+    # -- tokenising ----------------------------------------------------------------------------------
+    def encode(self, example: TextPair, tokenizer: PreTrainedTokenizerBase) -> dict[str, list[int]]:
+        """``prompt`` ids (template with the source cut to fit ``max_prompt_tokens``) and ``target`` ids
+        (cut to ``max_target_tokens``, eos last)."""
+        cfg = self.cfg
+        eos = eos_token_id(tokenizer)
+        if self.encoder_decoder:  # the tokenizer's own special tokens on both sides, as BART/T5 expect
+            prompt = tokenizer(
+                self.cfg.prompt.format(source=example.source),
+                truncation=True,
+                max_length=cfg.max_prompt_tokens,
+            ).input_ids
+            target = tokenizer(
+                text_target=example.target, truncation=True, max_length=cfg.max_target_tokens
+            ).input_ids
+            return {"prompt": prompt, "target": target}
+        before, after = cfg.prompt.split("{source}")
+        pieces = [
+            tokenizer(text, add_special_tokens=False).input_ids for text in (before, example.source, after)
+        ]
+        budget = cfg.max_prompt_tokens - len(pieces[0]) - len(pieces[2])
+        if budget < 1:
+            raise ConfigError(f"task.max_prompt_tokens={cfg.max_prompt_tokens} leaves no room for the source")
+        prompt = pieces[0] + pieces[1][:budget] + pieces[2]
+        bos = tokenizer.bos_token_id
+        if getattr(tokenizer, "add_bos_token", False) and bos is not None:
+            prompt = [bos] + prompt
+        target_text = example.target if example.target.startswith((" ", "\n")) else " " + example.target
+        target = tokenizer(target_text, add_special_tokens=False).input_ids[: cfg.max_target_tokens - 1]
+        return {"prompt": prompt, "target": target + [eos]}
+
+    def build_loader(self, examples, tokenizer, batch_size, max_length, generator=None):
+        """Training (``generator`` given): shuffled (input_ids, attention_mask, labels). Evaluation: the
+        same plus left-padded ``prompt_ids``/``prompt_mask`` and the example ``index``."""
+        del max_length  # generation tasks budget prompt and target apart (task.max_*_tokens)
+        self.tokenizer = tokenizer
+        encoded = [self.encode(e, tokenizer) for e in examples]
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_token_id(tokenizer)
+        collate = _Collate(pad, self.encoder_decoder, with_prompts=generator is None)
+        loader = DataLoader(
+            list(enumerate(encoded)),
+            batch_size=batch_size,
+            shuffle=generator is not None,
+            generator=generator,
+            collate_fn=collate,
+        )
+        loader.references = [e.reference for e in examples]  # type: ignore[attr-defined]
+        return loader
+
+    # -- evaluating ----------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def evaluate(self, model, loader, device):
+        """Teacher-forced loss on the targets, then greedy decoding scored by ``score``."""
+        tokenizer = self.tokenizer
+        assert tokenizer is not None, "build_loader sets the tokenizer"
+        references = loader.references
+        was_training = model.training
+        model.eval()
+        predictions: list[str] = [""] * len(references)
+        loss_sum, token_count, generated, gen_time = 0.0, 0, 0, 0.0
+        eos = eos_token_id(tokenizer)
+        for batch in tqdm(loader, desc="generating", leave=False, disable=not self.progress_bar):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            n_tokens = int((batch["labels"] != IGNORE_INDEX).sum())
+            out = model(batch["input_ids"], batch["attention_mask"], batch["labels"])
+            loss_sum += float(out.loss) * n_tokens
+            token_count += n_tokens
+            start = time.perf_counter()
+            new = model.generate(batch["prompt_ids"], batch["prompt_mask"], self.cfg.max_new_tokens, eos)
+            gen_time += time.perf_counter() - start
+            for row, index in zip(new.tolist(), batch["index"].tolist(), strict=True):
+                row = row[: row.index(eos) + 1] if eos in row else row
+                generated += len(row)
+                predictions[index] = tokenizer.decode(row, skip_special_tokens=True).strip()
+        model.train(was_training)
+        self.last_predictions = [
+            {"prediction": p, "reference": r} for p, r in zip(predictions, references, strict=True)
+        ]
+        metrics = self.score(predictions, references)
+        metrics["loss"] = loss_sum / max(token_count, 1)
+        metrics["generated_tokens_per_s"] = generated / gen_time if gen_time else 0.0
+        return metrics
+
+    def load_split(self, split: str) -> list[TextPair]:
+        examples = self.read_split(split)
+        limit = self.cfg.get("max_train_samples" if split == "train" else "max_eval_samples")
+        return examples[:limit] if limit else examples
+
+    @abstractmethod
+    def read_split(self, split: str) -> list[TextPair]:
+        """Every example of ``split``."""
+
+
+def eos_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """End of a target: the tokenizer's eos, or [SEP] for BERT-style vocabularies (tiny test models)."""
+    for token_id in (tokenizer.eos_token_id, tokenizer.sep_token_id):
+        if token_id is not None:
+            return int(token_id)
+    raise ConfigError(f"tokenizer {type(tokenizer).__name__} has no eos or sep token to end targets with")
+
+
+class _Collate:
+    """Pads a batch of encoded pairs (a class, not a closure, so DataLoader workers can pickle it)."""
+
+    def __init__(self, pad_id: int, encoder_decoder: bool, with_prompts: bool) -> None:
+        self.pad_id, self.encoder_decoder, self.with_prompts = pad_id, encoder_decoder, with_prompts
+
+    def __call__(self, items: list[tuple[int, dict[str, list[int]]]]) -> dict[str, torch.Tensor]:
+        pairs = [item for _, item in items]
+        if self.encoder_decoder:
+            inputs = [p["prompt"] for p in pairs]
+            labels = [p["target"] for p in pairs]
+        else:
+            inputs = [p["prompt"] + p["target"] for p in pairs]
+            labels = [[IGNORE_INDEX] * len(p["prompt"]) + p["target"] for p in pairs]
+        input_ids, attention_mask = _pad(inputs, self.pad_id, left=False)
+        batch = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": _pad(labels, IGNORE_INDEX, left=False)[0],
+        }
+        if self.with_prompts:
+            # decoder-only: left padding so generation continues every row at the same position
+            prompt_ids, prompt_mask = _pad([p["prompt"] for p in pairs], self.pad_id, left=True)
+            batch.update(prompt_ids=prompt_ids, prompt_mask=prompt_mask)
+            batch["index"] = torch.tensor([index for index, _ in items])
+        return batch
+
+
+def _pad(rows: list[list[int]], fill: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    length = max(len(r) for r in rows)
+    ids = torch.full((len(rows), length), fill, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, row in enumerate(rows):
+        span = slice(length - len(row), length) if left else slice(0, len(row))
+        ids[i, span] = torch.tensor(row, dtype=torch.long)
+        mask[i, span] = 1
+    return ids, mask

@@ -1,0 +1,223 @@
+"""Image classification: Fashion-MNIST (local IDX files), scikit-learn's digits, and the SPSFT paper's
+hub data sets (CIFAR-100, Tiny-ImageNet, Caltech101) for users with a network.
+
+Preprocessing in plain torch (torchvision cannot run next to the CPU torch here): to [0, 1], grey
+images repeated to 3 channels, resize (antialiased bilinear) to ``resize`` x ``resize`` and center-crop
+to ``image_size`` (the paper: 256 -> 224), or resize straight to ``image_size`` when ``resize`` is null;
+then normalise with the task's mean/std, or the model's when those are null. ``image_size: null``
+takes the model's resolution.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from peftlab.errors import ConfigError
+from peftlab.models.vision import ImageSpec
+from peftlab.registry import TASKS
+from peftlab.tasks._data_root import find_data_file
+from peftlab.tasks.base import ClassificationTask
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ImageExample:
+    image: np.ndarray  # uint8, (H, W) grey or (H, W, 3) RGB
+    label: int
+
+
+class ImageTransform:
+    """uint8 image -> normalised float tensor (3, size, size)."""
+
+    def __init__(self, size: int, resize: int | None, mean, std) -> None:
+        if resize is not None and resize < size:
+            raise ConfigError(f"task.resize={resize} is smaller than the crop size {size}")
+        self.size, self.resize = size, resize
+        self.mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
+        self.std = torch.tensor(std, dtype=torch.float32)[:, None, None]
+
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        x = torch.tensor(image, dtype=torch.float32).div_(255)
+        x = x[None].expand(3, -1, -1) if x.ndim == 2 else x.permute(2, 0, 1)[:3]
+        side = self.resize or self.size
+        if x.shape[1:] != (side, side):
+            x = F.interpolate(x[None], size=(side, side), mode="bilinear", antialias=True)[0]
+        if side != self.size:
+            top = (side - self.size) // 2
+            x = x[:, top : top + self.size, top : top + self.size]
+        return (x - self.mean) / self.std
+
+
+class ImageDataset(Dataset):
+    def __init__(self, examples: list[ImageExample], transform: ImageTransform) -> None:
+        self.examples, self.transform = examples, transform
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        example = self.examples[index]
+        return self.transform(example.image), example.label
+
+
+def collate_images(items: list[tuple[torch.Tensor, int]]) -> dict[str, torch.Tensor]:
+    return {
+        "pixel_values": torch.stack([image for image, _ in items]),
+        "labels": torch.tensor([label for _, label in items], dtype=torch.long),
+    }
+
+
+class ImageClassificationTask(ClassificationTask):
+    model_head = "image"
+    metrics = ("accuracy",)
+    main_metric = "accuracy"
+    eval_splits = ("validation",)
+
+    def build_loader(self, examples, tokenizer, batch_size, max_length, generator=None):
+        """``tokenizer`` is the model's ``ImageSpec`` for image models; ``max_length`` is unused."""
+        spec: ImageSpec = tokenizer
+        cfg = self.cfg
+        size = cfg.image_size or spec.size
+        transform = ImageTransform(size, cfg.resize, cfg.mean or spec.mean, cfg.std or spec.std)
+        return DataLoader(
+            ImageDataset(examples, transform),
+            batch_size=batch_size,
+            shuffle=generator is not None,
+            generator=generator,
+            collate_fn=collate_images,
+        )
+
+    def load_split(self, split: str) -> list[ImageExample]:
+        if split not in ("train", *self.eval_splits):
+            allowed = ", ".join(("train", *self.eval_splits))
+            raise ConfigError(f"task {self.cfg.name} has no split {split!r}; allowed: {allowed}")
+        examples = self.read_split(split)
+        limit = self.cfg.get("max_train_samples" if split == "train" else "max_eval_samples")
+        return examples[:limit] if limit else examples
+
+    def read_split(self, split: str) -> list[ImageExample]:
+        raise NotImplementedError
+
+
+# -- Fashion-MNIST ---------------------------------------------------------------------------------------
+FASHION_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "validation": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (gzip or plain): unsigned-byte arrays of any rank, checked against its header."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        data = handle.read()
+    if len(data) < 4 or data[:2] != b"\0\0" or data[2] != 0x08:
+        raise ConfigError(f"{path} is not an unsigned-byte IDX file (bad magic number {data[:4]!r})")
+    rank = data[3]
+    shape = struct.unpack(f">{rank}I", data[4 : 4 + 4 * rank])
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * rank)
+    if body.size != int(np.prod(shape)):
+        raise ConfigError(f"{path}: header says shape {shape}, file holds {body.size} values")
+    return body.reshape(shape)
+
+
+@TASKS.register("fashion_mnist")
+class FashionMnist(ImageClassificationTask):
+    num_labels = 10
+
+    def read_split(self, split: str) -> list[ImageExample]:
+        arrays = []
+        for name in FASHION_FILES[split]:
+            path, tried = find_data_file(self.data_root, f"fashion_mnist/{name}")
+            if path is None:
+                raise ConfigError(
+                    f"Fashion-MNIST: no file at {', '.join(map(str, tried))}; set data_root=DIR (a folder "
+                    "holding fashion_mnist/) or PEFTLAB_DATA_ROOT"
+                )
+            arrays.append(read_idx(path))
+        images, labels = arrays
+        if len(images) != len(labels) or labels.max() >= self.num_labels:
+            raise ConfigError(f"Fashion-MNIST {split}: {len(images)} images but {len(labels)} labels")
+        log.info("fashion_mnist %s: %d images", split, len(images))
+        return [ImageExample(image, int(label)) for image, label in zip(images, labels, strict=True)]
+
+
+# -- scikit-learn digits ---------------------------------------------------------------------------------
+@TASKS.register("digits")
+class Digits(ImageClassificationTask):
+    """1797 8x8 grey digits shipped by scikit-learn; every ``eval_every_nth`` image is held out."""
+
+    num_labels = 10
+
+    def read_split(self, split: str) -> list[ImageExample]:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        every = int(self.cfg.eval_every_nth)
+        images = (digits.images * (255 / 16)).round().astype(np.uint8)  # values 0..16 -> 0..255
+        return [
+            ImageExample(image, int(label))
+            for i, (image, label) in enumerate(zip(images, digits.target, strict=True))
+            if (i % every == 0) == (split == "validation")
+        ]
+
+
+# -- hub data sets (SPSFT paper, Appendix C) ---------------------------------------------------------------
+@dataclass(frozen=True)
+class HubImageSpec:
+    name: str
+    dataset: str
+    image_key: str
+    label_key: str
+    num_labels: int
+    train_split: str
+    eval_split: str | None  # None: hold out ``1 - train_fraction`` of the training split
+
+
+HUB_IMAGE_TASKS = (
+    HubImageSpec("cifar100", "uoft-cs/cifar100", "img", "fine_label", 100, "train", "test"),
+    HubImageSpec("tiny_imagenet", "zh-plus/tiny-imagenet", "image", "label", 200, "train", "valid"),
+    HubImageSpec("caltech101", "flwrlabs/caltech101", "image", "label", 101, "train", None),
+)
+
+
+class HubImageTask(ImageClassificationTask):
+    spec: HubImageSpec
+
+    def __init__(self, cfg, data_root):
+        super().__init__(cfg, data_root)
+        self.num_labels = self.spec.num_labels
+
+    def read_split(self, split: str) -> list[ImageExample]:
+        spec = self.spec
+        try:
+            import datasets
+
+            hub_split = spec.eval_split if split != "train" and spec.eval_split else spec.train_split
+            rows = datasets.load_dataset(spec.dataset, split=hub_split)
+        except Exception as err:  # noqa: BLE001 - any hub failure becomes one clear message
+            raise ConfigError(
+                f"task {spec.name} reads the hub dataset {spec.dataset}, which could not be loaded "
+                f"({type(err).__name__}: {str(err)[:200]}); it needs a network or a filled HF cache. "
+                "Image tasks that run offline: fashion_mnist, digits"
+            ) from err
+        if spec.eval_split is None:  # the paper's 75/25 split, fixed by the task's split_seed
+            order = np.random.default_rng(int(self.cfg.split_seed)).permutation(len(rows))
+            cut = int(float(self.cfg.train_fraction) * len(rows))
+            rows = rows.select(order[:cut] if split == "train" else order[cut:])
+        key, label = spec.image_key, spec.label_key
+        return [ImageExample(np.asarray(row[key].convert("RGB")), int(row[label])) for row in rows]
+
+
+for _spec in HUB_IMAGE_TASKS:
+    TASKS.register(_spec.name)(type(f"Hub_{_spec.name}", (HubImageTask,), {"spec": _spec}))
