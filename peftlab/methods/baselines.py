@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from peftlab.blocks.params import freeze
+from peftlab.errors import ConfigError
 from peftlab.methods.base import Method, register_method
 
 
@@ -21,5 +22,10 @@ class HeadOnly(Method):
     """Only the classification head (and its pooler, if any) is trained."""
 
     def attach(self, model: nn.Module) -> None:
+        if not any(True for _ in model.head.parameters()):
+            raise ConfigError(
+                "method head trains only the task head, and this model has none: language-model tasks "
+                "reuse the pretrained output projection; use fft or a PEFT method"
+            )
         freeze(model)
         model.head.requires_grad_(True)
