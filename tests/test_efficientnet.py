@@ -142,3 +142,10 @@ def test_missing_package_and_mismatched_file_are_config_errors(monkeypatch, tmp_
     )
     with pytest.raises(ConfigError, match="make setup"):
         load_efficientnet_lite0()
+
+
+def test_set_drop_connect_rate_matches_the_constructor_schedule():
+    built = EfficientNetLite0(blocks=TINY_BLOCKS, stem_channels=8, head_channels=32, drop_connect_rate=0.4)
+    later = EfficientNetLite0(blocks=TINY_BLOCKS, stem_channels=8, head_channels=32)
+    later.set_drop_connect_rate(0.4)
+    assert [b.drop_connect_rate for b in later.blocks] == [b.drop_connect_rate for b in built.blocks]

@@ -161,7 +161,7 @@ def _build_efficientnet(cfg: DictConfig, dtype: torch.dtype) -> torch.nn.Module:
         )
     elif cfg.source == "package":
         backbone, _ = efficientnet.load_efficientnet_lite0(package_path(cfg.path))
-        backbone.drop_connect_rate = drop
+        backbone.set_drop_connect_rate(drop)
     else:
         raise ConfigError(f"model {cfg.name!r}: EfficientNet-Lite0 comes from source=package or random")
     return backbone.to(dtype)

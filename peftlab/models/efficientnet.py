@@ -178,6 +178,11 @@ class EfficientNetLite0(nn.Module):
         self.num_features = head_channels
         self.config = types.SimpleNamespace(model_type="efficientnet_lite0", hidden_size=head_channels)
 
+    def set_drop_connect_rate(self, rate: float) -> None:
+        """Stochastic depth ``rate`` for the last block, scaled linearly from 0 over the blocks."""
+        for index, block in enumerate(self.blocks):
+            block.drop_connect_rate = rate * index / len(self.blocks)
+
     def forward(self, pixel_values: Tensor) -> Tensor:
         x = self.blocks(self.stem(pixel_values))
         x = self.head_act(self.head_bn(self.head_conv(x)))

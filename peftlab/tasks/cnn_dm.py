@@ -14,7 +14,7 @@ import logging
 
 from peftlab.errors import ConfigError
 from peftlab.registry import TASKS
-from peftlab.tasks._data_root import find_data_file
+from peftlab.tasks._data_root import find_data_file, load_hub_dataset
 from peftlab.tasks.generation import GenerationTask, TextPair, read_jsonl
 from peftlab.tasks.metrics import rouge
 
@@ -43,16 +43,12 @@ class CnnDailyMail(GenerationTask):
         return [TextPair(r["article"], r["highlights"], r["highlights"]) for r in chosen]
 
     def _from_hub(self, split: str, tried) -> list[TextPair]:
-        try:
-            import datasets
-
-            rows = datasets.load_dataset(*HUB, split=split)
-        except Exception as err:  # noqa: BLE001 - any hub failure becomes one clear message
-            raise ConfigError(
-                f"CNN/DM {split}: no file at {', '.join(map(str, tried))} and the hub dataset {HUB[0]} "
-                f"could not be loaded ({type(err).__name__}); set data_root=DIR (a folder holding "
-                f"{LOCAL_FILE}) or PEFTLAB_DATA_ROOT"
-            ) from err
+        rows = load_hub_dataset(
+            *HUB,
+            split,
+            f"CNN/DM {split}: no file at {', '.join(map(str, tried))}",
+            f"set data_root=DIR (a folder holding {LOCAL_FILE}) or PEFTLAB_DATA_ROOT",
+        )
         return [TextPair(r["article"], r["highlights"], r["highlights"]) for r in rows]
 
     def score(self, predictions: list[str], references: list[str]) -> dict[str, float]:

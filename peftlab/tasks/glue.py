@@ -15,7 +15,7 @@ from pathlib import Path
 
 from peftlab.errors import ConfigError
 from peftlab.registry import TASKS
-from peftlab.tasks._data_root import find_data_file
+from peftlab.tasks._data_root import find_data_file, load_hub_dataset
 from peftlab.tasks.base import ClassificationTask, Example
 
 log = logging.getLogger(__name__)
@@ -196,16 +196,13 @@ class GlueTask(ClassificationTask):
                 f"GLUE {self.spec.name} {split}: no file at {where}; set data_root=DIR "
                 f"(a folder holding glue/{self.spec.folder}/) or PEFTLAB_DATA_ROOT"
             )
-        try:
-            import datasets
-
-            rows = datasets.load_dataset(HUB_DATASET, self.spec.name, split=split)
-        except Exception as err:  # noqa: BLE001 - any hub failure becomes one clear message
-            raise ConfigError(
-                f"GLUE {self.spec.name} {split}: no file at {where}, and the hub dataset {HUB_DATASET}/"
-                f"{self.spec.name} could not be loaded ({type(err).__name__}: {str(err)[:200]}). Set "
-                f"data_root=DIR (a folder holding glue/{self.spec.folder}/) or PEFTLAB_DATA_ROOT."
-            ) from err
+        rows = load_hub_dataset(
+            HUB_DATASET,
+            self.spec.name,
+            split,
+            f"GLUE {self.spec.name} {split}: no file at {where}",
+            f"set data_root=DIR (a folder holding glue/{self.spec.folder}/) or PEFTLAB_DATA_ROOT",
+        )
         columns = self.spec.hub_text_columns
         return [Example(r[columns[0]], r[columns[1]] if len(columns) > 1 else None, r["label"]) for r in rows]
 

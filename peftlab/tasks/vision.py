@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from peftlab.errors import ConfigError
 from peftlab.models.vision import ImageSpec
 from peftlab.registry import TASKS
-from peftlab.tasks._data_root import find_data_file
+from peftlab.tasks._data_root import find_data_file, load_hub_dataset
 from peftlab.tasks.base import ClassificationTask
 
 log = logging.getLogger(__name__)
@@ -200,17 +200,14 @@ class HubImageTask(ImageClassificationTask):
 
     def read_split(self, split: str) -> list[ImageExample]:
         spec = self.spec
-        try:
-            import datasets
-
-            hub_split = spec.eval_split if split != "train" and spec.eval_split else spec.train_split
-            rows = datasets.load_dataset(spec.dataset, split=hub_split)
-        except Exception as err:  # noqa: BLE001 - any hub failure becomes one clear message
-            raise ConfigError(
-                f"task {spec.name} reads the hub dataset {spec.dataset}, which could not be loaded "
-                f"({type(err).__name__}: {str(err)[:200]}); it needs a network or a filled HF cache. "
-                "Image tasks that run offline: fashion_mnist, digits"
-            ) from err
+        hub_split = spec.eval_split if split != "train" and spec.eval_split else spec.train_split
+        rows = load_hub_dataset(
+            spec.dataset,
+            None,
+            hub_split,
+            f"task {spec.name} reads the hub (it needs a network or a filled HF cache)",
+            "image tasks that run offline: fashion_mnist, digits",
+        )
         if spec.eval_split is None:  # the paper's 75/25 split, fixed by the task's split_seed
             order = np.random.default_rng(int(self.cfg.split_seed)).permutation(len(rows))
             cut = int(float(self.cfg.train_fraction) * len(rows))
