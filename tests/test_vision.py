@@ -160,3 +160,15 @@ def test_batchnorm_statistics_stay_pretrained_and_a_saved_run_reloads_exactly(tm
     )
     assert again["eval"]["accuracy"] == results["final_eval"]["accuracy"]
     assert again["eval"]["loss"] == pytest.approx(results["final_eval"]["loss"], rel=1e-6)
+
+
+@pytest.mark.parametrize("groups", [1, 8])
+def test_flop_count_of_a_convolution_step_is_three_forwards_also_when_grouped(groups):
+    from peftlab.train.efficiency import count_flops
+
+    conv = nn.Conv2d(8, 8, 3, padding=1, groups=groups, bias=False)
+    x = torch.randn(2, 8, 10, 10, requires_grad=True)
+    # 2 * batch * out channels * weights per output * positions
+    forward = 2 * 2 * 8 * (8 // groups) * 9 * 10 * 10
+    assert count_flops(lambda: conv(x)) == forward
+    assert count_flops(lambda: conv(x).sum().backward()) == 3 * forward  # + input grad + weight grad

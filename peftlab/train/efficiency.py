@@ -7,7 +7,7 @@ import statistics
 from collections.abc import Callable
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 # fp32 matmul throughput measured on the 2-core CPU machines (shared/ENVIRONMENT.md).
 CPU_PEAK_GFLOPS = 440.0
@@ -25,9 +25,33 @@ def peak_memory(device: torch.device) -> tuple[int, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process_peak_rss"
 
 
+def _conv_backward_flops(
+    grad_out_shape,
+    x_shape,
+    w_shape,
+    _bias,
+    _stride,
+    _padding,
+    _dilation,
+    transposed,
+    _output_padding,
+    _groups,
+    output_mask,
+    **kwargs,
+) -> int:
+    """Gradient of a convolution: the input gradient and the weight gradient each cost what the forward
+    did. (torch's own formula counts a grouped convolution's backward as dense: a depthwise convolution
+    with 64 channels came out 64x too high.)"""
+    forward = conv_flop_count(x_shape, w_shape, grad_out_shape, transposed=transposed)
+    return forward * (int(output_mask[0]) + int(output_mask[1]))
+
+
 def count_flops(fn: Callable[[], object]) -> int:
-    """FLOPs of the matmul-like ops that ``fn`` runs (forward and backward), by torch's counter."""
-    counter = FlopCounterMode(display=False)
+    """FLOPs of the matmul-like ops that ``fn`` runs (forward and backward), by torch's counter (with the
+    convolution backward counted per group)."""
+    counter = FlopCounterMode(
+        display=False, custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flops}
+    )
     with counter:
         fn()
     return int(counter.get_total_flops())
