@@ -278,18 +278,23 @@ def main() -> None:
 
 def report(rows: list[Row], ref: Row, args: argparse.Namespace) -> None:
     device = ref.trainer.device
-    tokens = int(ref.batch["attention_mask"].numel())
+    batch = ref.batch
+    if "pixel_values" in batch:
+        shape = "x".join(str(n) for n in batch["pixel_values"].shape[1:])
+        described = f"{args.batch_size} images of {shape}"
+    else:
+        described = f"{args.batch_size}x{int(batch['attention_mask'].shape[1])} tokens"
     ref_time = statistics.median(ref.times)
     print(
-        f"\nmodel={args.model} task={args.task} batch={args.batch_size}x{tokens // args.batch_size} tokens "
+        f"\nmodel={args.model} task={args.task} batch={described} "
         f"device={device} threads={torch.get_num_threads()} steps={len(ref.times)} per row (median); "
         f"ratios to {ref.label}"
     )
     print(
-        f"| row | trainable | step ms | time / {ref.label} | GFLOP/step | FLOPs / {ref.label} | GFLOP/s "
-        f"| % of peak | train mem MB | mem / {ref.label} | memory detail |"
+        f"| row | trainable | step ms | samples/s | time / {ref.label} | GFLOP/step | FLOPs / {ref.label} "
+        f"| GFLOP/s | % of peak | train mem MB | mem / {ref.label} | memory detail |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     out = []
     for row in rows:
         step = statistics.median(row.times)
@@ -300,6 +305,7 @@ def report(rows: list[Row], ref: Row, args: argparse.Namespace) -> None:
             "row": row.label,
             "trainable_params": row.trainer.trainable_count,
             "step_s": step,
+            "samples_per_s": args.batch_size / step,
             "time_ratio": step / ref_time,
             "flops_per_step": row.flops,
             "flops_ratio": row.flops / ref.flops,
@@ -309,7 +315,8 @@ def report(rows: list[Row], ref: Row, args: argparse.Namespace) -> None:
         }
         out.append(record)
         print(
-            f"| {row.label} | {row.trainer.trainable_count:,} | {1000 * step:.0f} | {step / ref_time:.3f} "
+            f"| {row.label} | {row.trainer.trainable_count:,} | {1000 * step:.0f} "
+            f"| {args.batch_size / step:.0f} | {step / ref_time:.3f} "
             f"| {row.flops / 1e9:.1f} | {row.flops / ref.flops:.3f} | {gflops:.0f} | {peak} "
             f"| {row.memory_bytes / 2**20:.0f} | {mem_ratio:.3f} | {row.memory_detail} |"
         )
