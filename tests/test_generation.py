@@ -294,3 +294,26 @@ def test_aflora_trains_projections_only_in_the_llama_feed_forward_layers():
     assert trained and all(".mlp." in n for n in trained)
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad and n.endswith("lora_A")]
     assert frozen and all(".self_attn." in n for n in frozen)
+
+
+def test_t5_wrapper_matches_transformers_loss_and_decoding():
+    """T5 keeps encoder and decoder on the LM itself and scales tied outputs: the wrapper does the same."""
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM
+
+    config = AutoConfig.for_model(
+        "t5", vocab_size=300, d_model=32, d_ff=64, d_kv=8, num_layers=1, num_heads=4, decoder_start_token_id=0
+    )
+    torch.manual_seed(0)
+    reference = AutoModelForSeq2SeqLM.from_config(config).eval()
+    model = Seq2SeqLM(reference).eval()
+    source = torch.randint(2, 300, (2, 7))
+    mask = torch.ones_like(source)
+    labels = torch.randint(2, 300, (2, 4))
+    labels[0, 3] = IGNORE_INDEX
+    torch.testing.assert_close(
+        model(source, mask, labels).loss, reference(input_ids=source, attention_mask=mask, labels=labels).loss
+    )
+    generated = reference.generate(
+        input_ids=source, attention_mask=mask, max_new_tokens=4, do_sample=False, eos_token_id=None
+    )[:, 1:]
+    assert torch.equal(model.generate(source, mask, 4, eos_token_id=299999), generated)
