@@ -6,7 +6,8 @@
 Each job folder's config.yaml says what the job was (any dotted key can label rows or columns) and its
 results.json what it scored: the task's main metric of the final evaluation, x100 as in the papers.
 #params is the trainable parameter count averaged over all training steps (the AFLoRA paper's #Params),
-averaged over the row's jobs. Jobs without a completed results.json are listed under the table.
+averaged over the row's jobs; "train s" the mean training time (evaluation excluded) of the row's jobs.
+Jobs without a completed results.json are listed under the table.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def lookup(config, dotted: str) -> str:
 def collect(root: Path, rows: list[str], cols: list[str], metric: str | None):
     cells: dict[tuple[str, str], list[float]] = defaultdict(list)
     params: dict[str, list[float]] = defaultdict(list)
+    times: dict[str, list[float]] = defaultdict(list)
     problems: list[str] = []
     for config_path in sorted(root.glob("**/config.yaml")):
         job = config_path.parent
@@ -45,15 +47,16 @@ def collect(root: Path, rows: list[str], cols: list[str], metric: str | None):
         name = metric or results["main_metric"]
         cells[(row, col)].append(100 * results["final_eval"][name])
         params[row].append(results["trainable_params"]["mean_over_steps"])
-    return cells, params, problems
+        times[row].append(results["train_time_s"])
+    return cells, params, times, problems
 
 
-def render(cells, params, problems) -> str:
+def render(cells, params, times, problems) -> str:
     row_names = sorted({r for r, _ in cells})
     col_names = sorted({c for _, c in cells})
     lines = [
-        "| | #params | " + " | ".join(col_names) + " | Avg |",
-        "|---|---:|" + "---:|" * (len(col_names) + 1),
+        "| | #params | " + " | ".join(col_names) + " | Avg | train s |",
+        "|---|---:|" + "---:|" * (len(col_names) + 2),
     ]
     for row in row_names:
         means, parts = [], []
@@ -68,10 +71,12 @@ def render(cells, params, problems) -> str:
             parts.append(f"{mean:.2f} ± {std:.2f} ({len(values)})")
         avg = f"{statistics.fmean(means):.2f}" if len(means) == len(col_names) else ""
         count = statistics.fmean(params[row]) / 1e6
-        lines.append(f"| {row} | {count:.3f}M | " + " | ".join(parts) + f" | {avg} |")
+        train_s = statistics.fmean(times[row])
+        lines.append(f"| {row} | {count:.3f}M | " + " | ".join(parts) + f" | {avg} | {train_s:.0f} |")
     lines.append("")
     lines.append(
-        "Cells: final dev metric x100, mean ± std (number of seeds). #params: trainable, averaged over steps."
+        "Cells: final dev metric x100, mean ± std (number of seeds). #params: trainable, averaged over "
+        "steps. train s: mean training time per job."
     )
     lines.extend(f"- not counted: {p}" for p in problems)
     return "\n".join(lines)
@@ -84,10 +89,10 @@ def main() -> None:
     parser.add_argument("--cols", nargs="+", default=["task.name"], help="config keys that label columns")
     parser.add_argument("--metric", help="metric of final_eval to show (default: each task's main metric)")
     args = parser.parse_args()
-    cells, params, problems = collect(args.root, args.rows, args.cols, args.metric)
+    cells, params, times, problems = collect(args.root, args.rows, args.cols, args.metric)
     if not cells:
         raise SystemExit(f"no completed runs under {args.root}")
-    print(render(cells, params, problems))
+    print(render(cells, params, times, problems))
 
 
 if __name__ == "__main__":
