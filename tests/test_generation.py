@@ -117,6 +117,14 @@ def test_seq2seq_lm_loss_and_greedy_decoding_equal_transformers():
         no_repeat_ngram_size=0,
     )[:, 1:]  # transformers returns the decoder start token first
     assert torch.equal(model.generate(source, source_mask, 5, eos_token_id=29999), generated)
+    # eos = what row 0 writes second: row 0 leaves the batch (cache and encoder states), row 1 goes on
+    eos = int(generated[0, 1])
+    stopped = model.generate(source, source_mask, 5, eos_token_id=eos)
+    expected = generated[1].tolist()
+    if eos in expected:
+        expected = expected[: expected.index(eos) + 1] + [eos] * (len(expected) - expected.index(eos) - 1)
+    assert stopped[1].tolist() == expected[: stopped.shape[1]]
+    assert stopped[0, 1] == eos and (stopped[0, 2:] == eos).all()
 
 
 def test_encoder_model_is_refused_for_generation_tasks():

@@ -94,8 +94,8 @@ def dropout_overrides(cfg: DictConfig, config: Any) -> dict[str, float]:
     return {key: float(cfg.dropout) for key in DROPOUT_KEYS if hasattr(config, key)}
 
 
-def _auto_class(head: str, config: Any, cfg: DictConfig):
-    """The transformers class to load for a task head: the bare backbone, or a model with its LM head."""
+def check_modality(cfg: DictConfig, head: str) -> None:
+    """Image models for image tasks, text models for text tasks."""
     if cfg.get("modality", "text") == "image" and head != "image":
         raise ConfigError(f"model {cfg.name!r} is an image model; this task needs a text model ({head})")
     if head == "image" and cfg.get("modality", "text") != "image":
@@ -103,6 +103,10 @@ def _auto_class(head: str, config: Any, cfg: DictConfig):
             f"model {cfg.name!r} is a text model; image tasks need an image model "
             "(efficientnet_lite0, tiny_efficientnet, tiny_vit, vit_base, deit_base)"
         )
+
+
+def _auto_class(head: str, config: Any, cfg: DictConfig):
+    """The transformers class to load for a task head: the bare backbone, or a model with its LM head."""
     if head != "lm":
         return AutoModel
     if getattr(config, "is_encoder_decoder", False):
@@ -185,8 +189,8 @@ def build_model(
     if head not in MODEL_HEADS:
         raise ValueError(f"head={head!r}; allowed: {MODEL_HEADS}")
     dtype = resolve_dtype(cfg.dtype)
+    check_modality(cfg, head)
     if cfg.get("architecture") == EFFICIENTNET:
-        _auto_class(head, None, cfg)  # modality check
         backbone, processor = _build_efficientnet(cfg, dtype), None
     elif cfg.source == "random":
         backbone, processor = _build_random(cfg, dtype, head)
@@ -196,8 +200,6 @@ def build_model(
     if head == "classifier":
         model = SequenceClassifier(backbone, num_labels, pooling=cfg.pooling, dropout=cfg.head_dropout)
     elif head == "lm":
-        if getattr(backbone.config, "quantization_config", None) is not None:  # GGUF: dequantised already
-            del backbone.config.quantization_config
         model = CausalLM(backbone) if not backbone.config.is_encoder_decoder else Seq2SeqLM(backbone)
     else:
         features = getattr(backbone, "num_features", None) or backbone.config.hidden_size

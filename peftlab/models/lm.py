@@ -129,11 +129,14 @@ class Seq2SeqLM(nn.Module):
     ) -> torch.Tensor:
         """Greedy decoding of the targets of (any-side padded) source sequences."""
         encoded = self.backbone.get_encoder()(input_ids=input_ids, attention_mask=attention_mask)
+        states = [encoded.last_hidden_state]  # the rows still decoding (re-sliced only when rows finish)
         start = torch.full((input_ids.shape[0], 1), self.start_token_id, device=input_ids.device)
 
         def decode(token: torch.Tensor, cache, mask: torch.Tensor, i: int, rows: torch.Tensor):
+            if len(rows) != len(states[0]):
+                states[0] = encoded.last_hidden_state[rows]
             out = self.backbone(
-                encoder_outputs=(encoded.last_hidden_state[rows],),
+                encoder_outputs=(states[0],),
                 attention_mask=mask,
                 decoder_input_ids=token[:, None],
                 past_key_values=cache,

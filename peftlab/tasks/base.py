@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
+from peftlab.errors import ConfigError
 from peftlab.tasks.metrics import METRICS
 
 
@@ -32,6 +33,21 @@ class Task(ABC):
     def __init__(self, cfg: DictConfig, data_root: str | None) -> None:
         self.cfg = cfg
         self.data_root = data_root
+        self.progress_bar = True  # bars over long evaluations (build_trainer sets the run's choice)
+        self.last_predictions: list[dict] = []  # generation tasks: the last evaluation's outputs
+
+    def limit(self, examples: list, split: str) -> list:
+        """The first ``task.max_train_samples`` (train) / ``max_eval_samples`` examples; all when unset."""
+        count = self.cfg.get("max_train_samples" if split == "train" else "max_eval_samples")
+        return examples[:count] if count else examples
+
+    def held_out(self, items: list, split: str) -> list:
+        """A fixed split of one list: positions 0, n, 2n, ... (n = ``task.eval_every_nth``) are the
+        evaluation split, the rest train."""
+        every = int(self.cfg.eval_every_nth)
+        if every < 2:
+            raise ConfigError(f"task.eval_every_nth={every}; allowed: an integer >= 2")
+        return [item for i, item in enumerate(items) if (i % every == 0) == (split != "train")]
 
     def use_model(self, model: torch.nn.Module) -> None:
         """Called once the model is built, before any loader (e.g. encoder-decoder or decoder-only)."""

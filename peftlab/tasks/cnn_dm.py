@@ -35,10 +35,7 @@ class CnnDailyMail(GenerationTask):
         if path is None:
             return self._from_hub(split, tried)
         rows = read_jsonl(path, ("article", "highlights"))
-        every = int(self.cfg.eval_every_nth)
-        if every < 2:
-            raise ConfigError(f"task.eval_every_nth={every}; allowed: an integer >= 2")
-        chosen = [r for i, r in enumerate(rows) if (i % every == 0) == (split == "validation")]
+        chosen = self.held_out(rows, split)
         log.info("cnn_dm %s: %d of the %d local articles (%s)", split, len(chosen), len(rows), path)
         return [TextPair(r["article"], r["highlights"], r["highlights"]) for r in chosen]
 

@@ -61,7 +61,6 @@ class GenerationTask(Task):
 
     model_head = "lm"
     num_labels = 0
-    progress_bar = True  # a bar over evaluation batches (build_trainer sets it from the run's config)
 
     def __init__(self, cfg, data_root):
         super().__init__(cfg, data_root)
@@ -69,7 +68,6 @@ class GenerationTask(Task):
             raise ConfigError(f"task.prompt={cfg.prompt!r} must contain '{{source}}' exactly once")
         self.encoder_decoder = False
         self.tokenizer: PreTrainedTokenizerBase | None = None
-        self.last_predictions: list[dict] = []  # of the last evaluation, for predictions.jsonl
 
     def use_model(self, model: torch.nn.Module) -> None:
         self.encoder_decoder = bool(getattr(model, "is_encoder_decoder", False))
@@ -162,9 +160,7 @@ class GenerationTask(Task):
         return metrics
 
     def load_split(self, split: str) -> list[TextPair]:
-        examples = self.read_split(split)
-        limit = self.cfg.get("max_train_samples" if split == "train" else "max_eval_samples")
-        return examples[:limit] if limit else examples
+        return self.limit(self.read_split(split), split)
 
     @abstractmethod
     def read_split(self, split: str) -> list[TextPair]:

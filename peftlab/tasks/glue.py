@@ -186,8 +186,7 @@ class GlueTask(ClassificationTask):
             log.info("%s %s: %d examples from %s", self.spec.name, split, len(examples), path)
         else:
             examples = self._load_from_hub(split, tried)
-        limit = self.cfg.get("max_train_samples" if split == "train" else "max_eval_samples")
-        return examples[:limit] if limit else examples
+        return self.limit(examples, split)
 
     def _load_from_hub(self, split: str, tried: list[Path]) -> list[Example]:
         where = ", ".join(str(p) for p in tried)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import logging
 import struct
+from abc import abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,12 +102,11 @@ class ImageClassificationTask(ClassificationTask):
         if split not in ("train", *self.eval_splits):
             allowed = ", ".join(("train", *self.eval_splits))
             raise ConfigError(f"task {self.cfg.name} has no split {split!r}; allowed: {allowed}")
-        examples = self.read_split(split)
-        limit = self.cfg.get("max_train_samples" if split == "train" else "max_eval_samples")
-        return examples[:limit] if limit else examples
+        return self.limit(self.read_split(split), split)
 
+    @abstractmethod
     def read_split(self, split: str) -> list[ImageExample]:
-        raise NotImplementedError
+        """Every example of ``split``."""
 
 
 # -- Fashion-MNIST ---------------------------------------------------------------------------------------
@@ -163,13 +163,9 @@ class Digits(ImageClassificationTask):
         from sklearn.datasets import load_digits
 
         digits = load_digits()
-        every = int(self.cfg.eval_every_nth)
         images = (digits.images * (255 / 16)).round().astype(np.uint8)  # values 0..16 -> 0..255
-        return [
-            ImageExample(image, int(label))
-            for i, (image, label) in enumerate(zip(images, digits.target, strict=True))
-            if (i % every == 0) == (split == "validation")
-        ]
+        pairs = self.held_out(list(zip(images, digits.target, strict=True)), split)
+        return [ImageExample(image, int(label)) for image, label in pairs]
 
 
 # -- hub data sets (SPSFT paper, Appendix C) ---------------------------------------------------------------

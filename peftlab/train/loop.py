@@ -261,9 +261,8 @@ class Trainer:
                 scores = self.task.evaluate(self.model, loader, self.device)
             for name, value in scores.items():
                 metrics[self.task.metric_key(split, name)] = value
-            predictions = getattr(self.task, "last_predictions", None)
-            if predictions:  # generation tasks: what the model wrote, next to the reference
-                self.run_dir.write_jsonl(f"predictions_{split}.jsonl", predictions)
+            if self.task.last_predictions:  # generation tasks: what the model wrote, next to the reference
+                self.run_dir.write_jsonl(f"predictions_{split}.jsonl", self.task.last_predictions)
         loss_keys = [k for k in metrics if k.startswith("loss")]
         if any(not math.isfinite(metrics[k]) for k in loss_keys):
             raise TrainingDiverged(f"eval loss is not finite at step {self.state.step}: {metrics}")

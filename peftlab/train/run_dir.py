@@ -18,17 +18,20 @@ from peftlab.loggers import MetricsLogger, NullLogger
 RESULTS = "results.json"
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
     """Write to a temp file in the same folder, then rename: readers never see half a file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as handle:
-            json.dump(_jsonable(data), handle, indent=2)
-            handle.write("\n")
+            handle.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_text_atomic(path, json.dumps(_jsonable(data), indent=2) + "\n")
 
 
 def _jsonable(value: Any) -> Any:
@@ -106,10 +109,7 @@ class RunDir:
         """Replace ``name`` with ``rows``, one JSON object a line (written atomically)."""
         if not self.writes:
             return
-        target = self.path / name
-        temporary = target.with_suffix(target.suffix + ".tmp")
-        temporary.write_text("".join(json.dumps(_jsonable(row)) + "\n" for row in rows))
-        os.replace(temporary, target)
+        write_text_atomic(self.path / name, "".join(json.dumps(_jsonable(row)) + "\n" for row in rows))
 
     def write_results(self, results: dict[str, Any], name: str = RESULTS) -> None:
         if not self.writes:
