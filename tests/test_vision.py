@@ -172,3 +172,12 @@ def test_flop_count_of_a_convolution_step_is_three_forwards_also_when_grouped(gr
     forward = 2 * 2 * 8 * (8 // groups) * 9 * 10 * 10
     assert count_flops(lambda: conv(x)) == forward
     assert count_flops(lambda: conv(x).sum().backward()) == 3 * forward  # + input grad + weight grad
+
+
+def test_adapter_refuses_a_convolution_target_by_name():
+    from peftlab.methods.base import build_method
+
+    model, _ = tiny_image_model()
+    cfg = compose_config(["method=adapter", "method.target_modules=[project_conv]"]).method
+    with pytest.raises(ConfigError, match=r"target_modules \['project_conv'\] match no layer"):
+        build_method(cfg).setup(model)

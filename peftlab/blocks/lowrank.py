@@ -180,12 +180,15 @@ def init_vectors(layer: LowRankLinear, d: float, b: float) -> None:
 
 
 def wrap_targets(
-    model: nn.Module, targets: TargetSpec, make: Callable[[str, nn.Linear], Wrapped]
+    model: nn.Module,
+    targets: TargetSpec,
+    make: Callable[[str, nn.Linear], Wrapped],
+    layer_types: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d),
 ) -> list[tuple[str, Wrapped]]:
-    """Replace every target linear layer (or 1x1 convolution) of ``model`` by ``make(name, layer)`` (a
-    low-rank layer, an adapter, ...); returns the new layers."""
+    """Replace every target linear layer (or 1x1 convolution, unless ``layer_types`` leaves them out) of
+    ``model`` by ``make(name, layer)`` (a low-rank layer, an adapter, ...); returns the new layers."""
     wrapped = []
-    for name in match_targets(model, targets):
+    for name in match_targets(model, targets, layer_types):
         layer = make(name, model.get_submodule(name))
         replace_module(model, name, layer)
         wrapped.append((name, layer))

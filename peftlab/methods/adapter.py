@@ -46,7 +46,8 @@ class Adapter(Method):
             check_rank(name, layer, cfg.bottleneck, option="adapter bottleneck")
             return BottleneckAdapter(layer, cfg.bottleneck, cfg.activation, cfg.scale, cfg.dropout)
 
-        for _, layer in wrap_targets(model.backbone, cfg.target_modules, make):
+        # bottleneck adapters sit on linear layers only (a conv target matches nothing: clear error)
+        for _, layer in wrap_targets(model.backbone, cfg.target_modules, make, (nn.Linear,)):
             layer.adapter_down.requires_grad_(True)
             layer.adapter_up.requires_grad_(True)
         model.head.requires_grad_(True)
