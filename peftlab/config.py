@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional  # OmegaConf 2.3 needs Optional[...], not X | None
+from typing import Optional  # OmegaConf 2.3 needs Optional[...], not X | None
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
@@ -35,10 +35,8 @@ class ScheduleSchema:
     eval_every_steps: Optional[int] = None  # noqa: UP045 - null: after each epoch
     log_every_steps: int = 10
     precision: str = "fp32"  # fp32 | bf16 (autocast for forward passes; parameters and optimizer stay fp32)
-    # per-task values that presets interpolate, e.g. lr: ${schedule.per_task.${task.name}.lr}
-    per_task: dict[str, Any] = field(default_factory=dict)
-    # per-method values likewise, e.g. lr: ${schedule.per_method.${method.name}.lr}
-    per_method: dict[str, Any] = field(default_factory=dict)
+    # Per-task or per-method values (a paper's table) live in conf/experiment presets, not here: a group
+    # file depends on no other group's values.
 
 
 def register_schemas() -> None:

@@ -18,7 +18,7 @@ from peftlab.artifacts import load_adapter, save_adapter
 from peftlab.blocks.params import count_parameters
 from peftlab.errors import ConfigError, TrainingDiverged
 from peftlab.loggers import build_logger
-from peftlab.methods.base import CalibrationData, build_method
+from peftlab.methods.base import CalibrationData, Method, build_method
 from peftlab.models import build_model, resolve_device
 from peftlab.registry import TASKS
 from peftlab.tasks.base import Task
@@ -39,15 +39,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_trainer(cfg: DictConfig, run_dir: RunDir, adapter_from: Path | None = None) -> Trainer:
+def build_trainer(
+    cfg: DictConfig, run_dir: RunDir, adapter_from: Path | None = None, device: torch.device | None = None
+) -> Trainer:
     """Task, model + method, data loaders and optimizer of a run, ready to ``fit`` or ``evaluate``.
 
     Every input is checked (task, method options, device, data files) before the model is built.
     ``adapter_from``: load that run folder's adapter into the attached model and skip the training data.
+    ``device``: this rank's device when the caller has joined the process group already.
     """
     task: Task = TASKS.get(cfg.task.name)(cfg.task, cfg.data_root)
     method = build_method(cfg.method)
-    device = distributed.init_from_env(resolve_device(cfg.model.device))
+    device = device or distributed.init_from_env(resolve_device(cfg.model.device))
     distributed.check_batch_size(cfg.schedule.batch_size)
     train_examples = [] if adapter_from else task.load_split("train")
     eval_examples = {split: task.load_split(split) for split in task.eval_splits}
@@ -56,35 +59,15 @@ def build_trainer(cfg: DictConfig, run_dir: RunDir, adapter_from: Path | None = 
     model, tokenizer = build_model(cfg.model, task.num_labels, task.model_head)
     task.use_model(model)
     task.progress_bar = cfg.progress_bar
-    params = count_parameters(model)
-    model.to(device)
+    model.to(device)  # before attaching: adapters are created where their base layers are
     sched = cfg.schedule
-    generator = torch.Generator().manual_seed(cfg.seed)
-    train_loader = (
-        task.build_loader(train_examples, tokenizer, sched.batch_size, sched.max_seq_length, generator)
-        if train_examples
-        else None
-    )
-    calibration = None
-    if train_loader is not None:  # for methods that score the model on training data before attaching
-        calibration = CalibrationData(
-            _reshuffled(train_loader, cfg.seed + CALIBRATION_SEED_OFFSET), device, task.num_labels
+    train_loader = None
+    if train_examples:
+        generator = torch.Generator().manual_seed(cfg.seed)
+        train_loader = task.build_loader(
+            train_examples, tokenizer, sched.batch_size, sched.max_seq_length, generator
         )
-    method.setup(model, calibration)
-    if adapter_from:
-        load_adapter(model, method, adapter_from)
-    model.to(device)
-    trainable = count_parameters(model, trainable_only=True)
-    log.info(
-        "%s on %s/%s: %d of %d params trainable (%.3f%%)",
-        method.name,
-        cfg.model.name,
-        cfg.task.name,
-        trainable,
-        params,
-        100 * trainable / params,
-    )
-
+    attach_method(cfg, model, method, task, train_loader, device, adapter_from)
     eval_loaders = {
         split: task.build_loader(ex, tokenizer, sched.eval_batch_size, sched.max_seq_length)
         for split, ex in eval_examples.items()
@@ -103,6 +86,37 @@ def build_trainer(cfg: DictConfig, run_dir: RunDir, adapter_from: Path | None = 
     return trainer
 
 
+def attach_method(
+    cfg: DictConfig,
+    model: torch.nn.Module,
+    method: Method,
+    task: Task,
+    train_loader: DataLoader | None,
+    device: torch.device,
+    adapter_from: Path | None,
+) -> None:
+    """Let the method score training data (if it wants), attach it, and load a saved adapter."""
+    params = count_parameters(model)
+    calibration = None
+    if train_loader is not None:  # for methods that score the model on training data before attaching
+        calibration = CalibrationData(
+            _reshuffled(train_loader, cfg.seed + CALIBRATION_SEED_OFFSET), device, task.num_labels
+        )
+    method.setup(model, calibration)
+    if adapter_from:
+        load_adapter(model, method, adapter_from)
+    trainable = count_parameters(model, trainable_only=True)
+    log.info(
+        "%s on %s/%s: %d of %d params trainable (%.3f%%)",
+        method.name,
+        cfg.model.name,
+        cfg.task.name,
+        trainable,
+        params,
+        100 * trainable / params,
+    )
+
+
 def _reshuffled(loader: DataLoader, seed: int) -> DataLoader:
     """The same examples and batching as ``loader`` with its own shuffling generator."""
     return DataLoader(
@@ -116,7 +130,7 @@ def _reshuffled(loader: DataLoader, seed: int) -> DataLoader:
 
 def run_experiment(cfg: DictConfig) -> dict[str, Any]:
     """Train (or, with ``eval_only``, evaluate) and write the run folder. Returns results.json's content."""
-    distributed.init_from_env(resolve_device(cfg.model.device))
+    device = distributed.init_from_env(resolve_device(cfg.model.device))
     if distributed.enabled():  # every rank works in rank 0's run folder; only rank 0 writes there
         with open_dict(cfg):
             cfg.output_dir = distributed.broadcast_object(str(cfg.output_dir))
@@ -126,7 +140,7 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
     if cfg.resume:
         return resume_run(cfg)
     run_dir.claim(overwrite=cfg.overwrite)
-    trainer = build_trainer(cfg, run_dir)
+    trainer = build_trainer(cfg, run_dir, device=device)
     run_dir.save_config(cfg)
     if run_dir.writes:
         run_dir.logger = build_logger(cfg, run_dir.path)

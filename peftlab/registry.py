@@ -39,15 +39,18 @@ class Registry(Generic[T]):
 
 METHODS: Registry = Registry("method")
 TASKS: Registry = Registry("task")
+LORA_VARIANTS: Registry = Registry("lora variant")  # peftlab/variants: LowRankVariant subclasses
 
 
 _plugins_loaded = False
 
 
 def _load_plugins() -> None:
-    """Import every module of peftlab.methods and peftlab.tasks so that their decorators run.
+    """Import every module of peftlab.methods, peftlab.tasks and peftlab.variants so that their
+    decorators run.
 
-    A new method is one module in peftlab/methods plus one YAML in conf/method: nothing else to edit.
+    A new method is one module in peftlab/methods plus one YAML in conf/method; a new LoRA variant is one
+    module in peftlab/variants: nothing else to edit.
     """
     global _plugins_loaded
     if _plugins_loaded:
@@ -56,7 +59,7 @@ def _load_plugins() -> None:
     import importlib
     import pkgutil
 
-    for package_name in ("peftlab.methods", "peftlab.tasks"):
+    for package_name in ("peftlab.methods", "peftlab.tasks", "peftlab.variants"):
         package = importlib.import_module(package_name)
         for info in pkgutil.iter_modules(package.__path__):
             if not info.name.startswith("_"):

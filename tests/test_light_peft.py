@@ -30,9 +30,9 @@ def test_prune_removes_exactly_the_lowest_scored_units(tiny_model):
         masks.head.copy_(torch.tensor([[0.9, 0.1, 0.8, 0.7], [0.2, 0.9, 0.9, 0.9]]))  # 4 heads per layer
         masks.ffn.copy_(torch.linspace(1, 0, 128).view(2, 64))  # layer 1 holds the 64 lowest
     # module scores: the first six layers score low; rank scores: rank 0 lowest everywhere
-    method.module_sums = {name: torch.tensor(float(i)) for i, name in enumerate(layers)}
-    method.rank_sums = {name: torch.tensor([0.0, 1.0, 2.0, 3.0]) + i for i, name in enumerate(layers)}
-    method.recorded_steps = 1
+    method.scores.module_sums = {name: torch.tensor(float(i)) for i, name in enumerate(layers)}
+    method.scores.rank_sums = {name: torch.tensor([0.0, 1.0, 2.0, 3.0]) + i for i, name in enumerate(layers)}
+    method.scores.recorded_steps = 1
     method.prune(model)
     record = method.record
     assert record["heads"] == {"0": [0, 2, 3], "1": [1, 2, 3]}  # floor(4 / 3) = 1 head per layer

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from peftlab.blocks.protocol import copy_into, sliced_linear
 from peftlab.errors import ConfigError
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
@@ -39,6 +40,7 @@ class BottleneckAdapter(nn.Module):
         self.adapter_up = nn.Linear(bottleneck, width, **factory)
         self.act = ACTIVATIONS[activation]()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()  # on the adapter's input h
+        self.merged = False  # a nonlinear adapter never merges (see ``merge``)
         nn.init.zeros_(self.adapter_up.weight)
         nn.init.zeros_(self.adapter_up.bias)
 
@@ -54,20 +56,38 @@ class BottleneckAdapter(nn.Module):
         """(down, up) weights: (rank x d) and (d x rank), shaped like LoRA's (A, B)."""
         return self.adapter_down.weight, self.adapter_up.weight
 
+    # -- the adapter-layer protocol (peftlab/blocks/protocol.py) -------------------------------------
+    def adapter_tensors(self) -> dict[str, torch.Tensor]:
+        return {n: p for n, p in self.named_parameters() if not n.startswith("base_layer.")}
+
+    def load_adapter_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        copy_into(self.adapter_tensors(), tensors, f"adapter ({self.extra_repr()})")
+
+    def merge(self) -> None:
+        raise ConfigError(
+            "a bottleneck adapter applies a nonlinearity to the layer's output and cannot be merged into "
+            "its weight; evaluate or export it unmerged"
+        )
+
+    def unmerge(self) -> None:
+        """Never merged: nothing to undo."""
+
     def keep_ranks(self, keep: torch.Tensor) -> None:
         """Keep only bottleneck units ``keep`` (rows of down, columns of up)."""
         down, up = self.adapter_down, self.adapter_up
-        self.adapter_down = _linear_from(down.weight.index_select(0, keep), down.bias.index_select(0, keep))
-        self.adapter_up = _linear_from(up.weight.index_select(1, keep), up.bias)
+        self.adapter_down = sliced_linear(down, keep, None)
+        self.adapter_up = sliced_linear(up, None, keep)
+
+    def keep_outputs(self, keep: torch.Tensor) -> None:
+        raise ConfigError("cannot remove output rows of an adapted layer: the adapter reads all of them")
+
+    def keep_inputs(self, keep: torch.Tensor) -> None:
+        """Keep only input columns ``keep`` of the base layer; the adapter reads its outputs, unchanged."""
+        self.base_layer = sliced_linear(self.base_layer, None, keep)
+
+    def removed(self) -> nn.Module:
+        return self.base_layer
 
     def extra_repr(self) -> str:
         return f"bottleneck={self.rank}, scale={self.scale}"
 
-
-def _linear_from(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
-    layer = nn.Linear(weight.shape[1], weight.shape[0], device=weight.device, dtype=weight.dtype)
-    with torch.no_grad():
-        layer.weight.copy_(weight)
-        layer.bias.copy_(bias)
-    layer.requires_grad_(weight.requires_grad)
-    return layer

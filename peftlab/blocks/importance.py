@@ -166,3 +166,30 @@ def mean_gradients(
         for p, flag in flags.items():
             p.requires_grad_(flag)
         model.train(was_training)
+
+
+# -- PEFT-module and rank importance (Light-PEFT's estimation) -----------------------------------------
+
+
+def rank_taylor_scores(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor | None:
+    """First-order Taylor importance of each rank of a low-rank pair (A: rank x in, B: out x rank), from
+    their current ``.grad``: |mean_in(A ⊙ dA)| + |mean_out(B ⊙ dB)| (Light-PEFT); None without gradients."""
+    if a.grad is None or b.grad is None:
+        return None
+    with torch.no_grad():
+        score = (a * a.grad).mean(1).abs() + (b * b.grad).mean(0).abs()
+        return torch.nan_to_num(score, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def output_change_ratio(
+    output: torch.Tensor, base: torch.Tensor, attention_mask: torch.Tensor | None
+) -> torch.Tensor:
+    """A PEFT module's importance on one batch: ||ΔW x|| / ||W x|| per token (``output`` - ``base`` is
+    the module's contribution), averaged over the non-padding tokens (Light-PEFT)."""
+    with torch.no_grad():
+        ratio = (output - base).norm(dim=-1) / base.norm(dim=-1).clamp_min(1e-12)
+        if attention_mask is not None and attention_mask.shape == ratio.shape:
+            value = (ratio * attention_mask).sum() / attention_mask.sum().clamp_min(1)
+        else:
+            value = ratio.mean()
+        return torch.nan_to_num(value, nan=0.0)

@@ -1,9 +1,13 @@
-"""The low-rank path shared by LoRA, ELoRA and AFLoRA.
+"""The low-rank path shared by LoRA, ELoRA and AFLoRA (and LoRA's variants, e.g. DoRA).
 
     y = base(x) + scale * b ⊙ B (d ⊙ A dropout(x))
 
 LoRA uses no vectors (d = b = 1) and scale = alpha / r; ELoRA/AFLoRA use the vectors and scale 1.
-Whether A and B are trainable parameters or frozen buffers is the method's choice.
+A and B are trainable parameters, or frozen projections (ELoRA's seeded pair). Initialisations:
+``lora`` (A kaiming-uniform with a=sqrt(5), B zero: peft's), ``kaiming`` (A and B kaiming-uniform with
+a=0: AFLoRA's, where b = 0 makes step 0 the base model) and ``pissa`` (A, B from the top-r singular
+vectors of W; the base keeps the residual W - scale·BA). A variant (``LowRankVariant``, registered in
+``LORA_VARIANTS``) changes how the update enters the output, the merge and the slicing.
 """
 
 from __future__ import annotations
@@ -16,15 +20,48 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from peftlab.blocks.protocol import adapter_layers, copy_into, kept, merge_adapters, sliced_linear
+from peftlab.blocks.protocol import unmerge_adapters as _unmerge_adapters
 from peftlab.blocks.targeting import TargetSpec, match_targets, replace_module
 from peftlab.errors import ConfigError
+from peftlab.registry import LORA_VARIANTS
 
 Wrapped = TypeVar("Wrapped", bound=nn.Module)
+INITS = ("lora", "kaiming", "pissa")
+
+
+class LowRankVariant(nn.Module):
+    """A LoRA variant (peft's ``LoraVariant``): tensors of its own (registered on this module, so they are
+    saved with the layer) and hooks into forward, merge and slicing. The base class is plain LoRA."""
+
+    def __init__(self, layer: LowRankLinear) -> None:
+        super().__init__()
+        del layer
+
+    def output(self, layer: LowRankLinear, x: torch.Tensor, y: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """The layer's output from the (dropped-out) input ``x``, base output ``y`` and update ``h`` =
+        b ⊙ B(d ⊙ A x), not yet scaled."""
+        return torch.add(y, h, alpha=layer.scale)
+
+    def merged_weight(self, layer: LowRankLinear, weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """The base weight with the update folded in (fp32 in, fp32 out)."""
+        return weight + delta
+
+    def unmerged_weight(
+        self, layer: LowRankLinear, weight: torch.Tensor, delta: torch.Tensor
+    ) -> torch.Tensor:
+        return weight - delta
+
+    def keep_outputs(self, layer: LowRankLinear, index: torch.Tensor) -> None:
+        """Called before the layer keeps only output rows ``index``."""
+
+    def keep_inputs(self, layer: LowRankLinear, index: torch.Tensor) -> None:
+        """Called before the layer keeps only input columns ``index``."""
 
 
 class LowRankLinear(nn.Module):
     """A frozen ``nn.Linear`` (or 1x1 ``nn.Conv2d``, a linear map over channels) plus a low-rank update;
-    step 0 equals the base layer when B or b is 0."""
+    step 0 equals the base layer when B or b is 0 (or, for PiSSA, by construction)."""
 
     def __init__(
         self,
@@ -33,8 +70,12 @@ class LowRankLinear(nn.Module):
         scale: float = 1.0,
         dropout: float = 0.0,
         vectors: bool = False,
+        init: str = "lora",
+        variant: str | None = None,
     ) -> None:
         super().__init__()
+        if init not in INITS:
+            raise ConfigError(f"low-rank init={init!r} is not allowed; allowed: {', '.join(INITS)}")
         self.base_layer = base_layer
         self.conv = isinstance(base_layer, nn.Conv2d)  # pointwise: A and B act on the channel dim
         self.rank = rank
@@ -48,8 +89,39 @@ class LowRankLinear(nn.Module):
         # p=0 must not add a copy of the activations: use Identity, as peft does.
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fixed: FixedProjections | None = None
+        self.save_fixed = False  # whether the fixed pair is saved (else regenerated from its seed)
+        self.register_buffer("init_A", None)  # PiSSA: the factors the residual base was computed with
+        self.register_buffer("init_B", None)
         self.merged = False
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.init = init
+        self._initialise(init)
+        self.variant = LORA_VARIANTS.get(variant)(self) if variant else None
+
+    def _initialise(self, init: str) -> None:
+        if init == "lora":
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        elif init == "kaiming":
+            nn.init.kaiming_uniform_(self.lora_A)
+            nn.init.kaiming_uniform_(self.lora_B)
+        else:
+            self._pissa()
+
+    @torch.no_grad()
+    def _pissa(self) -> None:
+        """PiSSA (as peft's ``init_lora_weights="pissa"``): W = U S V^T; B = U_r sqrt(S_r / s),
+        A = sqrt(S_r / s) V_r^T, base weight = W - s·BA. The factors are kept to rebuild the residual."""
+        if self.conv:
+            raise ConfigError("init=pissa adapts nn.Linear layers only; allowed for 1x1 convolutions: lora")
+        weight = self.base_layer.weight
+        u, s, vh = torch.linalg.svd(weight.float(), full_matrices=False)
+        root = torch.sqrt(s[: self.rank] / self.scale)
+        self.lora_A.copy_(root[:, None] * vh[: self.rank])
+        self.lora_B.copy_(u[:, : self.rank] * root[None, :])
+        self.init_A = self.lora_A.detach().clone()
+        self.init_B = self.lora_B.detach().clone()
+        weight.copy_(
+            (weight.float() - self.scale * (self.lora_B.float() @ self.lora_A.float())).to(weight.dtype)
+        )
 
     @property
     def in_features(self) -> int:
@@ -59,26 +131,31 @@ class LowRankLinear(nn.Module):
     def out_features(self) -> int:
         return self.base_layer.out_channels if self.conv else self.base_layer.out_features
 
+    # -- forward ----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_layer(x)
         if self.merged:
             return y
+        x = self.dropout(x)
+        h = self._update(x)
+        if self.variant is not None:
+            return self.variant.output(self, x, y, h)
+        return torch.add(y, h, alpha=self.scale)
+
+    def _update(self, x: torch.Tensor) -> torch.Tensor:
+        """b ⊙ B(d ⊙ A x), unscaled."""
         lora_a, lora_b = self.projections()
         if self.conv:  # channels first: the same maps as 1x1 convolutions (A takes the base's stride)
-            h = F.conv2d(self.dropout(x), lora_a[:, :, None, None], stride=self.base_layer.stride)
+            h = F.conv2d(x, lora_a[:, :, None, None], stride=self.base_layer.stride)
             if self.vec_d is not None:
                 h = h * self.vec_d[:, None, None]
             h = F.conv2d(h, lora_b[:, :, None, None])
-            if self.vec_b is not None:
-                h = h * self.vec_b[:, None, None]
-            return torch.add(y, h, alpha=self.scale)
-        h = F.linear(self.dropout(x), lora_a)
+            return h * self.vec_b[:, None, None] if self.vec_b is not None else h
+        h = F.linear(x, lora_a)
         if self.vec_d is not None:
             h = h * self.vec_d
         h = F.linear(h, lora_b)
-        if self.vec_b is not None:
-            h = h * self.vec_b
-        return torch.add(y, h, alpha=self.scale)
+        return h * self.vec_b if self.vec_b is not None else h
 
     def delta_weight(self) -> torch.Tensor:
         """ΔW = scale · diag(b) B diag(d) A (out x in), computed in fp32."""
@@ -91,73 +168,201 @@ class LowRankLinear(nn.Module):
             b = b * self.vec_b.detach().float()[:, None]
         return self.scale * (b @ a)
 
+    # -- merging ----------------------------------------------------------------------------------
     @torch.no_grad()
     def merge(self) -> None:
         """Fold the update into the base weight, for inference at base-layer cost."""
         if not self.merged:
-            weight = self.base_layer.weight
-            weight.copy_((weight.float() + self.delta_weight().view_as(weight)).to(weight.dtype))
+            self._set_weight(self._variant().merged_weight)
             self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
         if self.merged:
-            weight = self.base_layer.weight
-            weight.copy_((weight.float() - self.delta_weight().view_as(weight)).to(weight.dtype))
+            self._set_weight(self._variant().unmerged_weight)
             self.merged = False
 
-    def use_fixed_projections(self, fixed: FixedProjections) -> None:
-        """Use frozen projections sliced from ``fixed`` (possibly shared by many layers) instead of A, B."""
+    def _set_weight(self, rule: Callable[..., torch.Tensor]) -> None:
+        weight = self.base_layer.weight
+        matrix = weight.float().view(self.out_features, self.in_features)
+        weight.copy_(rule(self, matrix, self.delta_weight()).view_as(weight).to(weight.dtype))
+
+    def _variant(self) -> LowRankVariant:
+        return self.variant if self.variant is not None else _PLAIN
+
+    def removed(self) -> nn.Module:
+        """The base layer without the adapter; for PiSSA the residual gets its principal part back."""
+        self.unmerge()
+        if self.init_A is not None:
+            with torch.no_grad():
+                weight = self.base_layer.weight
+                weight.add_((self.scale * (self.init_B.float() @ self.init_A.float())).to(weight.dtype))
+        return self.base_layer
+
+    # -- the adapter's tensors ----------------------------------------------------------------------
+    def adapter_tensors(self) -> dict[str, torch.Tensor]:
+        """A, B (trained or frozen), the vectors, the variant's tensors, PiSSA's initial factors, and the
+        fixed pair when it is saved rather than regenerated."""
+        tensors = {k: v for k, v in self._tensors().items() if not k.startswith("fixed.")}
+        if self.fixed is not None and self.save_fixed:
+            tensors.update({"fixed.A": self.fixed.A, "fixed.B": self.fixed.B})
+        return tensors
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        own = {n: p for n, p in self.named_parameters() if not n.startswith("base_layer.")}
+        for name in ("init_A", "init_B", "lora_A", "lora_B"):  # buffers when frozen or fixed projections
+            if isinstance(getattr(self, name, None), torch.Tensor):
+                own[name] = getattr(self, name)
+        if self.fixed is not None:
+            own.update({"fixed.A": self.fixed.A, "fixed.B": self.fixed.B})
+        return own
+
+    def load_adapter_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        tensors = dict(tensors)
+        init_a, init_b = tensors.pop("init_A", None), tensors.pop("init_B", None)
+        if init_a is not None and init_b is not None:
+            self._use_residual_of(init_a, init_b)
+        copy_into(self._tensors(), tensors, f"low-rank layer ({self.extra_repr()})")
+
+    @torch.no_grad()
+    def _use_residual_of(self, init_a: torch.Tensor, init_b: torch.Tensor) -> None:
+        """PiSSA: make the base the residual of the SAVED initial factors (not of this model's own SVD)."""
+        if self.init_A is None:
+            raise ConfigError(
+                "saved PiSSA factors (init_A/init_B) for a layer not initialised with init=pissa"
+            )
+        if torch.equal(init_a.to(self.init_A), self.init_A) and torch.equal(
+            init_b.to(self.init_B), self.init_B
+        ):
+            return
+        weight = self.base_layer.weight
+        own = self.init_B.float() @ self.init_A.float()
+        saved = init_b.to(weight.device).float() @ init_a.to(weight.device).float()
+        weight.copy_((weight.float() + self.scale * (own - saved)).to(weight.dtype))
+        self.init_A.copy_(init_a)
+        self.init_B.copy_(init_b)
+
+    # -- projections --------------------------------------------------------------------------------
+    def use_fixed_projections(self, fixed: FixedProjections, save: bool = False) -> None:
+        """Use frozen projections sliced from ``fixed`` (possibly shared by many layers) instead of A, B;
+        ``save``: a saved adapter holds the pair (else it is regenerated from its seed)."""
         if fixed.rank != self.rank:
             raise ValueError(f"fixed projections have rank {fixed.rank}, layer has {self.rank}")
         del self.lora_A, self.lora_B
-        self.fixed = fixed
+        self.fixed, self.save_fixed = fixed, save
 
     def projections(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(A, B) as used in forward: own parameters, or slices of the fixed pair."""
+        """(A, B) as used in forward: own tensors, or slices of the fixed pair."""
         if self.fixed is not None:
             return self.fixed.A[:, : self.in_features], self.fixed.B[: self.out_features, :]
         return self.lora_A, self.lora_B
 
-    def low_rank_pair(self) -> tuple[nn.Parameter, nn.Parameter]:
+    def low_rank_pair(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(A, B): (rank x in) and (out x rank)."""
         if self.fixed is not None:
             raise ValueError("a layer with fixed projections has no trainable (A, B) pair")
         return self.lora_A, self.lora_B
 
+    def named_projections(self) -> dict[str, nn.Parameter]:
+        """The projection matrices as parameters, by name (AFLoRA freezes them one by one)."""
+        return {
+            n: p for n, p in (("lora_A", self.lora_A), ("lora_B", self.lora_B)) if isinstance(p, nn.Parameter)
+        }
+
+    def _own_projections(self) -> None:
+        """Slicing makes a layer's fixed projections its own frozen tensors (no longer a seeded slice)."""
+        if self.fixed is not None:
+            a, b = (t.detach().clone() for t in self.projections())
+            self.fixed = None
+            self.register_buffer("lora_A", a)
+            self.register_buffer("lora_B", b)
+
+    # -- slicing ------------------------------------------------------------------------------------
     def keep_ranks(self, keep: torch.Tensor) -> None:
         """Keep only ranks ``keep`` (rows of A, columns of B, entries of d); the scale is unchanged, as in
-        Light-PEFT's code (alpha / the original rank)."""
-        a, b = self.low_rank_pair()
-        self.lora_A = nn.Parameter(a.detach().index_select(0, keep).clone(), requires_grad=a.requires_grad)
-        self.lora_B = nn.Parameter(b.detach().index_select(1, keep).clone(), requires_grad=b.requires_grad)
-        if self.vec_d is not None:
-            d = self.vec_d
-            self.vec_d = nn.Parameter(d.detach().index_select(0, keep).clone(), requires_grad=d.requires_grad)
+        Light-PEFT's code (alpha / the original rank). PiSSA's dropped ranks return to the base."""
+        self._own_projections()
+        if self.init_A is not None:
+            drop = torch.ones(self.rank, dtype=torch.bool)
+            drop[keep.cpu()] = False
+            with torch.no_grad():
+                weight = self.base_layer.weight
+                back = (
+                    self.init_B[:, drop.to(weight.device)].float()
+                    @ self.init_A[drop.to(weight.device)].float()
+                )
+                weight.add_((self.scale * back).to(weight.dtype))
+        self._slice({"lora_A": 0, "init_A": 0, "vec_d": 0, "lora_B": 1, "init_B": 1}, keep)
         self.rank = int(keep.numel())
+
+    def keep_outputs(self, keep: torch.Tensor) -> None:
+        """Keep only output rows ``keep``: base rows and bias, rows of B, entries of b."""
+        self._check_linear()
+        self._own_projections()
+        if self.variant is not None:
+            self.variant.keep_outputs(self, keep)
+        self.base_layer = sliced_linear(self.base_layer, keep, None)
+        self._slice({"lora_B": 0, "init_B": 0, "vec_b": 0}, keep)
+
+    def keep_inputs(self, keep: torch.Tensor) -> None:
+        """Keep only input columns ``keep``: base columns and columns of A."""
+        self._check_linear()
+        self._own_projections()
+        if self.variant is not None:
+            self.variant.keep_inputs(self, keep)
+        self.base_layer = sliced_linear(self.base_layer, None, keep)
+        self._slice({"lora_A": 1, "init_A": 1}, keep)
+
+    def _check_linear(self) -> None:
+        if self.conv or self.merged:
+            raise ConfigError("only unmerged low-rank layers on nn.Linear can be sliced")
+
+    def _slice(self, dims: dict[str, int], keep: torch.Tensor) -> None:
+        for name, dim in dims.items():
+            value = getattr(self, name, None)
+            if isinstance(value, nn.Parameter):
+                setattr(self, name, kept(value, dim, keep))
+            elif isinstance(value, torch.Tensor):
+                setattr(self, name, value.index_select(dim, keep.to(value.device)).clone())
 
     def extra_repr(self) -> str:
         vectors = self.vec_d is not None
-        return f"rank={self.rank}, scale={self.scale:g}, vectors={vectors}, merged={self.merged}"
+        variant = type(self.variant).__name__ if self.variant is not None else None
+        return (
+            f"rank={self.rank}, scale={self.scale:g}, vectors={vectors}, init={self.init}, "
+            f"variant={variant}, merged={self.merged}"
+        )
+
+
+_PLAIN = LowRankVariant(None)  # type: ignore[arg-type]  # plain LoRA's hooks (never a submodule)
 
 
 class FixedProjections(nn.Module):
     """A frozen random pair A (rank x in), B (out x rank), regenerated from a seed (VeRA/ELoRA).
 
-    Layers slice ``A[:, :in]`` and ``B[:out, :]``. The buffers are not saved (``persistent=False``):
-    the seed is the checkpoint.
+    Drawn as peft's VeRA draws it: uniform(-sqrt(6 / fan_in), sqrt(6 / fan_in)) (kaiming-uniform with
+    a=0), A then B, from one ``torch.Generator`` seeded with ``seed``. Layers slice ``A[:, :in]`` and
+    ``B[:out, :]``. The buffers are not part of the state dict: the seed is the checkpoint.
     """
 
-    def __init__(self, rank: int, in_features: int, out_features: int, seed: int, dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        rank: int,
+        in_features: int,
+        out_features: int,
+        seed: int,
+        dtype: torch.dtype,
+        device: torch.device | str = "cpu",
+    ) -> None:
         super().__init__()
         self.rank, self.seed = rank, seed
-        generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)  # on the CPU: the same pair on every device
         a = torch.empty(rank, in_features, dtype=torch.float32)
         b = torch.empty(out_features, rank, dtype=torch.float32)
-        nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=generator)
-        nn.init.kaiming_uniform_(b, a=math.sqrt(5), generator=generator)
-        self.register_buffer("A", a.to(dtype), persistent=False)
-        self.register_buffer("B", b.to(dtype), persistent=False)
+        nn.init.kaiming_uniform_(a, a=0, generator=generator)
+        nn.init.kaiming_uniform_(b, a=0, generator=generator)
+        self.register_buffer("A", a.to(device, dtype), persistent=False)
+        self.register_buffer("B", b.to(device, dtype), persistent=False)
 
 
 def check_rank(name: str, layer: nn.Linear | nn.Conv2d, rank: int, option: str = "lora rank") -> None:
@@ -196,37 +401,21 @@ def wrap_targets(
 
 
 def low_rank_layers(model: nn.Module) -> list[tuple[str, LowRankLinear]]:
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, LowRankLinear)]
+    return [(name, m) for name, m in adapter_layers(model) if isinstance(m, LowRankLinear)]
 
 
-def merge_all(model: nn.Module) -> None:
-    for _, layer in low_rank_layers(model):
-        layer.merge()
-
-
-def unmerge_all(model: nn.Module) -> None:
-    for _, layer in low_rank_layers(model):
-        layer.unmerge()
+merge_all = merge_adapters
+unmerge_all = _unmerge_adapters
 
 
 def wrap_with_vectors(
-    model: nn.Module, targets: TargetSpec, rank: int, d_init: float, b_init: float
+    model: nn.Module, targets: TargetSpec, rank: int, d_init: float, b_init: float, init: str = "lora"
 ) -> list[tuple[str, LowRankLinear]]:
     """The ELoRA/AFLoRA layer y = W0 x + b ⊙ B(d ⊙ A x) on every target, vectors trainable, scale 1.
     The caller decides what A and B are and whether they train."""
-    layers = wrap_targets(model, targets, lambda name, layer: LowRankLinear(layer, rank, vectors=True))
+    layers = wrap_targets(
+        model, targets, lambda name, layer: LowRankLinear(layer, rank, vectors=True, init=init)
+    )
     for _, layer in layers:
         init_vectors(layer, d_init, b_init)
-        layer.vec_d.requires_grad_(True)
-        layer.vec_b.requires_grad_(True)
     return layers
-
-
-def low_rank_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every parameter of every low-rank layer except its base layer, plus the head: a full adapter."""
-    state = {}
-    for name, layer in low_rank_layers(model):
-        for pname, param in layer.named_parameters(recurse=False):
-            state[f"{name}.{pname}"] = param.detach()
-    state.update({f"head.{k}": v.detach() for k, v in model.head.named_parameters()})
-    return state

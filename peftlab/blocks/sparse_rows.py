@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.grad import conv2d_input, conv2d_weight
 
+from peftlab.blocks.protocol import copy_into, fold_adapters, kept, sliced_linear
 from peftlab.blocks.targeting import is_pointwise_conv
 from peftlab.errors import ConfigError
 
@@ -119,6 +120,7 @@ class SparseRowsLayer(nn.Module):
         self.register_buffer("rows_index", index.to(weight.device))
         self.rows_weight = nn.Parameter(torch.zeros(index.numel(), row_len, **factory))
         self.rows_bias = nn.Parameter(torch.zeros(index.numel(), **factory)) if train_bias else None
+        self.merged = False
 
     @property
     def rank(self) -> int:
@@ -126,6 +128,8 @@ class SparseRowsLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         base = self.base_layer
+        if self.merged:
+            return base(x)
         if isinstance(base, nn.Linear):
             return _SparseRowsLinear.apply(
                 x, base.weight, base.bias, self.rows_weight, self.rows_bias, self.rows_index
@@ -134,16 +138,76 @@ class SparseRowsLayer(nn.Module):
             x, base.weight, base.bias, self.rows_weight, self.rows_bias, self.rows_index, base.stride
         )
 
+    # -- the adapter-layer protocol (peftlab/blocks/protocol.py) -------------------------------------
+    def adapter_tensors(self) -> dict[str, torch.Tensor]:
+        """W_f (+ b_f) and the row indices: a saved adapter rebuilds the layer without data."""
+        tensors = {"rows_index": self.rows_index, "rows_weight": self.rows_weight}
+        if self.rows_bias is not None:
+            tensors["rows_bias"] = self.rows_bias
+        return tensors
+
+    def load_adapter_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        index = tensors.get("rows_index")
+        if index is not None and not torch.equal(index.cpu(), self.rows_index.cpu()):
+            raise ConfigError(f"saved rows {index.tolist()[:10]} differ from this layer's rows")
+        copy_into(self.adapter_tensors(), tensors, f"sparse-rows layer ({self.extra_repr()})")
+
     @torch.no_grad()
-    def merged(self) -> SparseRowsBase:
-        """The base layer with W_f (and b_f) added into its selected rows: a plain layer for inference."""
+    def merge(self) -> None:
+        """Add W_f (and b_f) into the selected rows of the base weight; forward is then the base layer's."""
+        if not self.merged:
+            self._add_rows(1.0)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            self._add_rows(-1.0)
+            self.merged = False
+
+    def _add_rows(self, sign: float) -> None:
         base = self.base_layer
-        base.weight.view(base.weight.shape[0], -1).index_add_(0, self.rows_index, self.rows_weight)
+        base.weight.view(base.weight.shape[0], -1).index_add_(
+            0, self.rows_index, self.rows_weight, alpha=sign
+        )
         if self.rows_bias is not None:
             if base.bias is None:
                 base.bias = nn.Parameter(self.rows_bias.new_zeros(base.weight.shape[0]), requires_grad=False)
-            base.bias.index_add_(0, self.rows_index, self.rows_bias)
-        return base
+            base.bias.index_add_(0, self.rows_index, self.rows_bias, alpha=sign)
+
+    def keep_ranks(self, keep: torch.Tensor) -> None:
+        """Keep only the trained rows at positions ``keep`` of ``rows_index``."""
+        keep = keep.to(self.rows_index.device)
+        self.rows_index = self.rows_index.index_select(0, keep)
+        self.rows_weight = kept(self.rows_weight, 0, keep)
+        self.rows_bias = kept(self.rows_bias, 0, keep)
+
+    def keep_outputs(self, keep: torch.Tensor) -> None:
+        """Keep only output rows ``keep``: trained rows among them stay, renumbered."""
+        self._check_slicable()
+        keep = keep.to(self.rows_index.device)
+        position = torch.full((row_shape(self.base_layer)[0],), -1, dtype=torch.long, device=keep.device)
+        position[keep] = torch.arange(keep.numel(), device=keep.device)
+        new_index = position[self.rows_index]
+        still = (new_index >= 0).nonzero().flatten()
+        if still.numel() == 0:
+            raise ConfigError("pruning would remove every trained row of a sparse-rows layer")
+        self.keep_ranks(still)
+        self.rows_index = new_index.index_select(0, still)
+        self.base_layer = sliced_linear(self.base_layer, keep, None)
+
+    def keep_inputs(self, keep: torch.Tensor) -> None:
+        self._check_slicable()
+        self.base_layer = sliced_linear(self.base_layer, None, keep)
+        self.rows_weight = kept(self.rows_weight, 1, keep)
+
+    def _check_slicable(self) -> None:
+        if not isinstance(self.base_layer, nn.Linear) or self.merged:
+            raise ConfigError("only unmerged sparse-rows layers on nn.Linear can be sliced")
+
+    def removed(self) -> nn.Module:
+        self.unmerge()
+        return self.base_layer
 
     def extra_repr(self) -> str:
         rows, row_len = row_shape(self.base_layer)
@@ -156,7 +220,10 @@ def sparse_rows_layers(model: nn.Module) -> Iterator[tuple[str, SparseRowsLayer]
 
 def merge_sparse_rows(model: nn.Module) -> int:
     """Replace every SparseRowsLayer by its merged base layer; returns how many were merged."""
-    layers = list(sparse_rows_layers(model))
-    for name, layer in layers:
-        model.set_submodule(name, layer.merged())
-    return len(layers)
+    return fold_adapters(model, SparseRowsLayer)
+
+
+def saved_row_selections(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """{module name: row indices} of the sparse-rows layers in a saved adapter (see ``adapter_tensors``)."""
+    suffix = ".rows_index"
+    return {key[: -len(suffix)]: value for key, value in tensors.items() if key.endswith(suffix)}

@@ -8,8 +8,8 @@ In a Llama-style model with grouped KV heads, the unit of head pruning is a whol
 value head and the query heads that read them), so every remaining group keeps the same number of query
 heads, as the attention code requires.
 
-Pruning works on wrapped layers too: a LoRA layer loses the matching rows of B (output rows) or
-columns of A (input columns), an adapter on an output projection is unaffected by input columns.
+Pruning works on wrapped layers too: an adapter layer slices itself (``keep_outputs`` / ``keep_inputs``
+of the protocol in ``blocks/protocol.py``), so this module never looks inside one.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from peftlab.blocks.protocol import AdapterLayer, sliced_linear
 from peftlab.errors import ConfigError
 
 # query/key/value projection names of the encoder layouts (BERT, RoBERTa: query; DeBERTa-v2/v3: query_proj)
@@ -135,59 +136,22 @@ def num_channels(backbone: nn.Module, block: Block) -> int:
 # -- physical pruning ---------------------------------------------------------------------------------
 
 
-def _sliced(layer: nn.Linear, rows: torch.Tensor | None, cols: torch.Tensor | None) -> nn.Linear:
-    weight = layer.weight.detach()
-    if rows is not None:
-        weight = weight.index_select(0, rows)
-    if cols is not None:
-        weight = weight.index_select(1, cols)
-    new = nn.Linear(
-        weight.shape[1],
-        weight.shape[0],
-        bias=layer.bias is not None,
-        device=weight.device,
-        dtype=weight.dtype,
-    )
-    with torch.no_grad():
-        new.weight.copy_(weight)
-        if layer.bias is not None:
-            new.bias.copy_(layer.bias.detach() if rows is None else layer.bias.detach().index_select(0, rows))
-    new.requires_grad_(layer.weight.requires_grad)
-    return new
-
-
-def _keep(param: nn.Parameter, dim: int, index: torch.Tensor) -> nn.Parameter:
-    return nn.Parameter(param.detach().index_select(dim, index).clone(), requires_grad=param.requires_grad)
-
-
 def prune_rows(backbone: nn.Module, name: str, keep: torch.Tensor) -> None:
-    """Keep only output rows ``keep`` of the layer at ``name`` (and of a LoRA update on it)."""
+    """Keep only output rows ``keep`` of the layer at ``name`` (an adapter layer slices itself)."""
     module = backbone.get_submodule(name)
-    if hasattr(module, "base_layer"):
-        if hasattr(module, "adapter_up"):
-            raise ConfigError(f"cannot remove output rows of {name}: an adapter reads all of them")
-        if getattr(module, "rows_index", None) is not None:
-            raise ConfigError(f"cannot prune {name}: SPSFT rows are not supported by structural pruning")
-        module.base_layer = _sliced(module.base_layer, keep, None)
-        if getattr(module, "lora_B", None) is not None:
-            module.lora_B = _keep(module.lora_B, 0, keep)
-        if getattr(module, "vec_b", None) is not None:
-            module.vec_b = _keep(module.vec_b, 0, keep)
-        return
-    backbone.set_submodule(name, _sliced(module, keep, None))
+    if isinstance(module, AdapterLayer):
+        module.keep_outputs(keep)
+    else:
+        backbone.set_submodule(name, sliced_linear(module, keep, None))
 
 
 def prune_columns(backbone: nn.Module, name: str, keep: torch.Tensor) -> None:
-    """Keep only input columns ``keep`` of the layer at ``name`` (and of a LoRA update on it)."""
+    """Keep only input columns ``keep`` of the layer at ``name`` (an adapter layer slices itself)."""
     module = backbone.get_submodule(name)
-    if hasattr(module, "base_layer"):
-        if getattr(module, "rows_index", None) is not None:
-            raise ConfigError(f"cannot prune {name}: SPSFT rows are not supported by structural pruning")
-        module.base_layer = _sliced(module.base_layer, None, keep)
-        if getattr(module, "lora_A", None) is not None:
-            module.lora_A = _keep(module.lora_A, 1, keep)
-        return
-    backbone.set_submodule(name, _sliced(module, None, keep))
+    if isinstance(module, AdapterLayer):
+        module.keep_inputs(keep)
+    else:
+        backbone.set_submodule(name, sliced_linear(module, None, keep))
 
 
 def unit_index(units: torch.Tensor, width: int) -> torch.Tensor:

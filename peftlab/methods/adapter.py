@@ -46,8 +46,7 @@ class Adapter(Method):
             check_rank(name, layer, cfg.bottleneck, option="adapter bottleneck")
             return BottleneckAdapter(layer, cfg.bottleneck, cfg.activation, cfg.scale, cfg.dropout)
 
-        # bottleneck adapters sit on linear layers only (a conv target matches nothing: clear error)
-        for _, layer in wrap_targets(model.backbone, cfg.target_modules, make, (nn.Linear,)):
-            layer.adapter_down.requires_grad_(True)
-            layer.adapter_up.requires_grad_(True)
+        # bottleneck adapters sit on linear layers only (a conv target matches nothing: clear error);
+        # a new adapter's tensors train
+        wrap_targets(model.backbone, cfg.target_modules, make, (nn.Linear,))
         model.head.requires_grad_(True)

@@ -30,9 +30,10 @@ from torch import nn
 
 from peftlab import distributed
 from peftlab.blocks.importance import SENSITIVITIES, SmoothedSensitivity
-from peftlab.blocks.lowrank import check_rank, low_rank_state_dict, wrap_with_vectors
+from peftlab.blocks.lowrank import check_rank, wrap_with_vectors
 from peftlab.blocks.params import freeze
 from peftlab.blocks.schedules import cubic_fraction
+from peftlab.blocks.selection import lowest
 from peftlab.blocks.targeting import module_role
 from peftlab.errors import ConfigError
 from peftlab.methods.base import Method, MethodConfig, TrainState, register_method
@@ -83,16 +84,15 @@ class Aflora(Method):
     def attach(self, model: nn.Module) -> None:
         freeze(model)
         cfg = self.config
-        layers = wrap_with_vectors(model.backbone, cfg.target_modules, cfg.rank, cfg.d_init, cfg.b_init)
+        layers = wrap_with_vectors(
+            model.backbone, cfg.target_modules, cfg.rank, cfg.d_init, cfg.b_init, init="kaiming"
+        )
         self.pm_names: list[str] = []
         pms: list[nn.Parameter] = []
         for name, layer in layers:
             check_rank(name, layer.base_layer, cfg.rank)
-            nn.init.kaiming_uniform_(layer.lora_A)
-            nn.init.kaiming_uniform_(layer.lora_B)
             trainable = cfg.pm_trainable in (module_role(name), "both")
-            for key in ("lora_A", "lora_B"):
-                param = getattr(layer, key)
+            for key, param in layer.named_projections().items():  # A, then B
                 param.requires_grad_(trainable)
                 if trainable:
                     self.pm_names.append(f"backbone.{name}.{key}")
@@ -156,10 +156,10 @@ class Aflora(Method):
         total = len(self.scorer.params)
         to_freeze = math.floor(fraction * total) - (total - len(active))
         chosen: list[int] = []
-        for _, group in sorted(zip(group_scores, groups, strict=True)):
+        for g in lowest(torch.tensor(group_scores), len(groups)).tolist():  # lowest score first
             if len(chosen) >= to_freeze:
                 break
-            chosen.extend(group)
+            chosen.extend(groups[g])
         return chosen
 
     def _freeze(self, indices: list[int], state: TrainState) -> None:
@@ -176,9 +176,6 @@ class Aflora(Method):
         state.params_changed()
 
     # -- results ----------------------------------------------------------------------------------
-    def adapter_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        return low_rank_state_dict(model)  # the frozen random PMs are part of the trained function
-
     def state_dict(self) -> dict[str, Any]:
         return {"scorer": self.scorer.state_dict(), "frozen_at": dict(self.frozen_at)}
 
@@ -213,7 +210,7 @@ class Aflora(Method):
 
         cells: dict[tuple[int, str], float] = {}
         for name, step in trace.items():
-            match = re.search(r"\.(\d+)\.(.+)\.lora_([AB])$", name)
+            match = re.search(r"\.(\d+)\.(.+)\.([^.]+)$", name)  # ...layer.N.<module>.<projection>
             layer, module, pm = (int(match[1]), match[2], match[3]) if match else (0, name, "")
             cells[(layer, f"{module.split('.')[0]} {pm}".strip())] = np.nan if step is None else step
         layers = sorted({k[0] for k in cells})

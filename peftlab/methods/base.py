@@ -23,6 +23,7 @@ from torch import nn
 
 from peftlab import distributed
 from peftlab.blocks.params import trainable_named_parameters
+from peftlab.blocks.protocol import adapter_state_dict, load_adapter_state_dict
 from peftlab.errors import ConfigError
 from peftlab.registry import METHODS
 
@@ -79,7 +80,6 @@ class Method:
 
     def __init__(self, config: MethodConfig) -> None:
         self.config = config
-        self._adapter_names: list[str] = []
 
     # -- set-up ---------------------------------------------------------------------------------
     def attach(self, model: nn.Module) -> None:
@@ -91,13 +91,11 @@ class Method:
         adapter is loaded instead of training; default: nothing."""
 
     def setup(self, model: nn.Module, data: CalibrationData | None = None) -> None:
-        """Prepare (with training data, when training), attach, then remember which tensors form the
-        adapter (what is saved)."""
+        """Prepare (with training data, when training), then attach; a method must train something."""
         if data is not None:
             self.prepare(model, data)
         self.attach(model)
-        self._adapter_names = [name for name, _ in trainable_named_parameters(model)]
-        if not self._adapter_names:
+        if not trainable_named_parameters(model):
             raise ConfigError(f"method {type(self).__name__} left no trainable parameter")
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
@@ -127,9 +125,9 @@ class Method:
 
     # -- saving ---------------------------------------------------------------------------------
     def adapter_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """Tensors that, loaded into a freshly attached model, reproduce the trained one."""
-        params = dict(model.named_parameters())
-        return {name: params[name].detach() for name in self._adapter_names if name in params}
+        """Tensors that, loaded into a freshly attached model, reproduce the trained one: what every
+        adapter layer lists as its own, the head, and any other trained parameter (``blocks/protocol``)."""
+        return adapter_state_dict(model)
 
     def restore(self, model: nn.Module, run_dir: Path) -> None:
         """Before a saved adapter is loaded: rebuild from ``run_dir``'s files what training changed in the
@@ -137,17 +135,7 @@ class Method:
 
     def load_adapter_state_dict(self, model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
         """Put saved tensors into a freshly attached model; every name must exist with the same shape."""
-        own = model.state_dict()
-        unknown = sorted(set(tensors) - set(own))
-        if unknown:
-            raise ConfigError(f"saved tensors {unknown[:5]} do not exist in the rebuilt model")
-        with torch.no_grad():
-            for name, tensor in tensors.items():
-                if own[name].shape != tensor.shape:
-                    raise ConfigError(
-                        f"saved {name} has shape {list(tensor.shape)}, model expects {list(own[name].shape)}"
-                    )
-                own[name].copy_(tensor)
+        load_adapter_state_dict(model, tensors)
 
     def state_dict(self) -> dict[str, Any]:
         """The method's own state for checkpoints (scores, schedules, masks)."""

@@ -2,16 +2,16 @@
 
     y = W0 x + b ⊙ B (d ⊙ A x),   A (r x in), B (out x r) frozen random; d = 0.1, b = 0 trainable.
 
-As in peft's VeRA, one seeded pair sized to the largest layer is shared and sliced per layer
-(``shared_projections=false``: one pair per layer). The pair is regenerated from ``projection_seed``
-when a saved adapter is loaded, so only the vectors and the head are saved.
+As in peft's VeRA, one seeded pair sized to the largest layer is shared and sliced per layer, drawn
+as peft draws it (``shared_projections=false``: one pair per layer). The pair is regenerated from
+``projection_seed`` when a saved adapter is loaded, so only the vectors and the head are saved
+(``save_projections=true``: the pair too).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 from torch import nn
 
 from peftlab.blocks.lowrank import FixedProjections, wrap_with_vectors
@@ -44,41 +44,21 @@ class Elora(Method):
         freeze(model)
         cfg = self.config
         layers = wrap_with_vectors(model.backbone, cfg.target_modules, cfg.rank, cfg.d_init, cfg.b_init)
-        dtype = layers[0][1].base_layer.weight.dtype
-        if cfg.shared_projections:
+        weight = layers[0][1].base_layer.weight
+        dtype, device = weight.dtype, weight.device
+        shared = None
+        if cfg.shared_projections:  # sized to the largest layer; saved once when saved
             shared = FixedProjections(
                 cfg.rank,
                 max(layer.in_features for _, layer in layers),
                 max(layer.out_features for _, layer in layers),
                 cfg.projection_seed,
                 dtype,
+                device,
             )
-            for _, layer in layers:
-                layer.use_fixed_projections(shared)
-        else:
-            for index, (_, layer) in enumerate(layers):
-                own = FixedProjections(
-                    cfg.rank, layer.in_features, layer.out_features, cfg.projection_seed + index, dtype
-                )
-                layer.use_fixed_projections(own)
+        for index, (_, layer) in enumerate(layers):
+            own = shared or FixedProjections(
+                cfg.rank, layer.in_features, layer.out_features, cfg.projection_seed + index, dtype, device
+            )
+            layer.use_fixed_projections(own, save=cfg.save_projections)
         model.head.requires_grad_(True)
-        self.projections = {f"{name}.fixed": layer.fixed for name, layer in layers}
-        if cfg.shared_projections:  # one pair: save it once
-            self.projections = dict(list(self.projections.items())[:1])
-
-    def adapter_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        state = super().adapter_state_dict(model)
-        if self.config.save_projections:
-            for name, fixed in self.projections.items():
-                state[f"{name}.A"], state[f"{name}.B"] = fixed.A, fixed.B
-        return state
-
-    def load_adapter_state_dict(self, model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-        tensors = dict(tensors)
-        with torch.no_grad():
-            for name, fixed in self.projections.items():
-                for key in ("A", "B"):
-                    saved = tensors.pop(f"{name}.{key}", None)
-                    if saved is not None:
-                        getattr(fixed, key).copy_(saved)
-        super().load_adapter_state_dict(model, tensors)

@@ -31,11 +31,12 @@ from safetensors.torch import save_file
 from torch import nn
 
 from peftlab import distributed
-from peftlab.blocks.adapter import BottleneckAdapter
-from peftlab.blocks.lowrank import LowRankLinear
+from peftlab.blocks.importance import output_change_ratio, rank_taylor_scores
 from peftlab.blocks.masks import StructureMasks
 from peftlab.blocks.params import count_parameters
-from peftlab.blocks.structure import blocks, prune_channels, prune_heads
+from peftlab.blocks.protocol import LowRankLayer
+from peftlab.blocks.selection import dropped_count, keep_highest
+from peftlab.blocks.structure import Block, blocks, prune_channels, prune_heads
 from peftlab.errors import ConfigError
 from peftlab.methods.base import Method, MethodConfig, TrainState, build_method, register_method
 from peftlab.train import efficiency
@@ -46,7 +47,6 @@ log = logging.getLogger(__name__)
 MASKS = "light_peft_masks"  # the masks' module name inside the model while they exist
 PRUNING_FILE = "light_peft_pruning.json"
 PEFT_NAMES = ("lora", "adapter")
-PeftLayer = LowRankLinear | BottleneckAdapter
 
 
 def default_peft() -> dict[str, Any]:
@@ -78,41 +78,161 @@ class LightPeftConfig(MethodConfig):
                 raise ConfigError(f"light_peft {key}={getattr(self, key)}; allowed: 0 <= ratio < 1")
 
 
-def peft_layers(model: nn.Module) -> list[tuple[str, PeftLayer]]:
-    return [(n, m) for n, m in model.backbone.named_modules() if isinstance(m, PeftLayer)]
+def peft_layers(model: nn.Module) -> list[tuple[str, LowRankLayer]]:
+    """The PEFT layers whose modules and ranks Light-PEFT scores (LoRA, adapters), by backbone name."""
+    return [(n, m) for n, m in model.backbone.named_modules() if isinstance(m, LowRankLayer)]
 
 
-def lowest(scores: torch.Tensor, count: int) -> torch.Tensor:
-    """Indices of the ``count`` lowest scores."""
-    return (
-        torch.topk(scores, count, largest=False).indices if count else scores.new_zeros(0, dtype=torch.long)
+class EstimationScores:
+    """Light-PEFT's PEFT importance, summed over the recorded estimation steps: per module
+    ||ΔW x|| / ||W x|| (forward hooks, training forwards only) and per rank the first-order Taylor score
+    (after each backward). Both live in ``blocks/importance.py``."""
+
+    def __init__(self) -> None:
+        self.module_sums: dict[str, torch.Tensor] = {}
+        self.rank_sums: dict[str, torch.Tensor] = {}
+        self.recorded_steps = 0
+        self.modules_on = False  # module hooks are recording (second half of estimation)
+        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+        self._attention_mask: torch.Tensor | None = None
+
+    def watch_inputs(self, model: nn.Module) -> None:
+        """Remember each forward's attention mask: module scores average over non-padding tokens."""
+
+        def keep_mask(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            self._attention_mask = kwargs.get("attention_mask")
+
+        self._hooks.append(model.register_forward_pre_hook(keep_mask, with_kwargs=True))
+
+    def start_module_scores(self, model: nn.Module) -> None:
+        for name, layer in peft_layers(model):
+            self._hooks.append(layer.register_forward_hook(self._module_hook(name)))
+        self.modules_on = True
+
+    def _module_hook(self, name: str):
+        def hook(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            if module.training:
+                with torch.no_grad():
+                    value = output_change_ratio(output, module.base_layer(args[0]), self._attention_mask)
+                self.module_sums[name] = self.module_sums.get(name, 0) + value
+
+        return hook
+
+    def add_rank_scores(self, model: nn.Module) -> None:
+        for name, layer in peft_layers(model):
+            score = rank_taylor_scores(*layer.low_rank_pair())
+            if score is not None:
+                self.rank_sums[name] = self.rank_sums.get(name, 0) + score
+        self.recorded_steps += 1
+
+    def averages(self, layers: dict[str, LowRankLayer]) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+        """(module score, rank scores) of every layer, averaged over the recorded steps (module scores
+        also over the data-parallel ranks, whose activations differ)."""
+        steps = max(self.recorded_steps, 1)
+        names = sorted(layers)
+        sums = torch.tensor([float(self.module_sums.get(n, 0)) for n in names])
+        sums = distributed.all_reduce_mean(sums)
+        modules = {n: float(v) / steps for n, v in zip(names, sums, strict=True)}
+        ranks = {n: (self.rank_sums.get(n, torch.zeros(layers[n].rank)) / steps).cpu() for n in names}
+        return modules, ranks
+
+    def stop(self) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks.clear()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "module_sums": dict(self.module_sums),
+            "rank_sums": dict(self.rank_sums),
+            "recorded_steps": self.recorded_steps,
+            "importance_on": self.modules_on,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], model: nn.Module) -> None:
+        self.module_sums, self.rank_sums = state["module_sums"], state["rank_sums"]
+        self.recorded_steps = state["recorded_steps"]
+        if state["importance_on"]:
+            self.start_module_scores(model)
+
+
+def choose_pruning(
+    cfg: LightPeftConfig,
+    masks: StructureMasks,
+    module_scores: dict[str, float],
+    rank_scores: dict[str, torch.Tensor],
+) -> dict[str, Any]:
+    """What goes: the lowest-mask heads of each layer, the lowest-mask FFN channels over all layers, the
+    least important PEFT modules, then the lowest ranks over all kept modules (a module left with no
+    rank goes too). Counts are floor(ratio x n), so the ratios hold exactly."""
+    head, ffn = masks.head.detach().cpu(), masks.ffn.detach().cpu()
+    heads = keep_highest(list(head), [len(r) - dropped_count(len(r), cfg.head_ratio) for r in head])
+    channels = keep_highest(
+        list(ffn), [ffn.numel() - dropped_count(ffn.numel(), cfg.ffn_ratio)], scope="global", never_empty=True
     )
+    names = list(module_scores)
+    (modules_kept,) = keep_highest(
+        [torch.tensor(list(module_scores.values()))],
+        [len(names) - dropped_count(len(names), cfg.module_ratio)],
+    )
+    kept = [names[i] for i in modules_kept.tolist()]
+    total_ranks = sum(rank_scores[n].numel() for n in kept)
+    ranks = keep_highest(
+        [rank_scores[n] for n in kept],
+        [total_ranks - dropped_count(total_ranks, cfg.rank_ratio)],
+        scope="global",
+    )
+    ranks_kept = {n: r.tolist() for n, r in zip(kept, ranks, strict=True) if r.numel()}
+    return {
+        "heads": {str(i): v.tolist() for i, v in enumerate(heads)},
+        "ffn_channels": {str(i): v.tolist() for i, v in enumerate(channels)},
+        "removed_modules": sorted(set(names) - set(ranks_kept)),
+        "ranks": ranks_kept,
+        "module_scores": module_scores,
+        "head_units_per_layer": head.shape[1],
+        "ffn_channels_per_layer": ffn.shape[1],
+    }
 
 
-def keep_highest(scores: list[torch.Tensor], ratio: float, never_empty: bool) -> list[torch.Tensor]:
-    """Over all groups together, drop the floor(ratio x total) lowest scores; per group, the indices kept.
-    ``never_empty``: a group that would lose everything keeps its best entry."""
-    flat = torch.cat(scores) if scores else torch.zeros(0)
-    dropped = torch.zeros(flat.numel(), dtype=torch.bool)
-    dropped[lowest(flat, math.floor(ratio * flat.numel()))] = True
-    kept, offset = [], 0
-    for group in scores:
-        keep = (~dropped[offset : offset + group.numel()]).nonzero().flatten()
-        if never_empty and keep.numel() == 0:
-            keep = group.argmax().view(1)
-        kept.append(keep)
-        offset += group.numel()
-    return kept
+def apply_pruning(backbone: nn.Module, structure: list[Block], record: dict[str, Any]) -> None:
+    """Remove heads, channels, PEFT modules and ranks as ``record`` says (training or reloading)."""
+    for i, block in enumerate(structure):
+        prune_heads(backbone, block, torch.tensor(record["heads"][str(i)], dtype=torch.long))
+        prune_channels(backbone, block, torch.tensor(record["ffn_channels"][str(i)], dtype=torch.long))
+    for name in record["removed_modules"]:
+        backbone.set_submodule(name, backbone.get_submodule(name).removed())
+    for name, keep in record["ranks"].items():
+        backbone.get_submodule(name).keep_ranks(torch.tensor(keep, dtype=torch.long))
 
 
-def complement(n: int, drop: torch.Tensor) -> torch.Tensor:
-    keep = torch.ones(n, dtype=torch.bool)
-    keep[drop.cpu()] = False
-    return keep.nonzero().flatten()
+def pruning_report(record: dict[str, Any] | None, step_times: list[float]) -> dict[str, Any]:
+    """results.json's summary of what was pruned, and the step time before and after."""
+    if record is None:
+        return {"pruned": False}
+    k = record["step"]
+    before, after = step_times[1:k], step_times[k + 1 :]  # the first step and the pruning step left out
+    count = lambda key: sum(len(v) for v in record[key].values())  # noqa: E731
+    return {
+        "pruned": True,
+        "pruned_at_step": k,
+        "heads_kept": count("heads"),
+        "heads_total": record["head_units_per_layer"] * len(record["heads"]),
+        "ffn_channels_kept": count("ffn_channels"),
+        "ffn_channels_total": record["ffn_channels_per_layer"] * len(record["ffn_channels"]),
+        "peft_modules_removed": len(record["removed_modules"]),
+        "peft_modules_kept": len(record["ranks"]),
+        "ranks_kept": count("ranks"),
+        "params_before": record["params_before"],
+        "params_after": record["params_after"],
+        "median_step_s_estimating": efficiency.median(before),
+        "median_step_s_pruned": efficiency.median(after),
+    }
 
 
 @register_method("light_peft")
 class LightPeft(Method):
+    """Estimation (masks + PEFT scores), pruning at ``estimation_steps``, then training the smaller model."""
+
     config_class = LightPeftConfig
     config: LightPeftConfig
 
@@ -120,19 +240,10 @@ class LightPeft(Method):
         super().__init__(config)
         self.inner = build_method(OmegaConf.create(config.peft))
         self.masks: StructureMasks | None = None
+        self.scores = EstimationScores()
         self.estimation_steps = 0
-        self.module_sums: dict[str, torch.Tensor] = {}
-        self.rank_sums: dict[str, torch.Tensor] = {}
-        self.recorded_steps = 0
         self.record: dict[str, Any] | None = None  # what was pruned (saved as PRUNING_FILE)
         self.final_masks: dict[str, torch.Tensor] = {}
-        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
-        self._attention_mask: torch.Tensor | None = None
-        self.importance_on = False  # module-importance hooks are recording (second half of estimation)
-
-    @property
-    def estimating(self) -> bool:
-        return self.masks is not None
 
     # -- set-up: the PEFT module plus masks ---------------------------------------------------------
     def attach(self, model: nn.Module) -> None:
@@ -141,10 +252,7 @@ class LightPeft(Method):
         self.masks = StructureMasks(model.backbone, self.blocks)
         model.add_module(MASKS, self.masks)  # part of the model while estimating: moved, counted, trained
         self.masks.apply_to(model.backbone)
-        self._hooks.append(model.register_forward_pre_hook(self._keep_attention_mask, with_kwargs=True))
-
-    def _keep_attention_mask(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        self._attention_mask = kwargs.get("attention_mask")
+        self.scores.watch_inputs(model)
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         if self.masks is None:
@@ -175,194 +283,95 @@ class LightPeft(Method):
 
     # -- estimation ---------------------------------------------------------------------------------
     def _in_second_half(self, step: int) -> bool:
-        return self.estimating and self.estimation_steps // 2 < step <= self.estimation_steps
+        return self.masks is not None and self.estimation_steps // 2 < step <= self.estimation_steps
+
+    def _set_estimation_steps(self, total_steps: int) -> None:
+        if total_steps < 3:
+            raise ConfigError(f"light_peft needs at least 3 training steps, this run has {total_steps}")
+        steps = max(2, math.ceil(self.config.estimation_ratio * total_steps))
+        self.estimation_steps = min(steps, total_steps - 1)
 
     def after_backward(self, state: TrainState) -> None:
         if not self.estimation_steps:
-            if state.total_steps < 3:
-                raise ConfigError(
-                    f"light_peft needs at least 3 training steps, this run has {state.total_steps}"
-                )
-            self.estimation_steps = max(2, math.ceil(self.config.estimation_ratio * state.total_steps))
-            self.estimation_steps = min(self.estimation_steps, state.total_steps - 1)
-        if not self._in_second_half(state.step + 1):
-            return
-        with torch.no_grad():
-            for name, layer in peft_layers(state.model):
-                a, b = layer.low_rank_pair()
-                if a.grad is None or b.grad is None:
-                    continue
-                score = (a * a.grad).mean(1).abs() + (b * b.grad).mean(0).abs()
-                score = torch.nan_to_num(score, nan=0.0, posinf=0.0, neginf=0.0)
-                self.rank_sums[name] = self.rank_sums.get(name, 0) + score
-        self.recorded_steps += 1
+            self._set_estimation_steps(state.total_steps)
+        if self._in_second_half(state.step + 1):
+            self.scores.add_rank_scores(state.model)
 
     def after_step(self, state: TrainState) -> None:
-        if not self.estimating:
+        if self.masks is None:
             return
         if state.step == self.estimation_steps // 2:  # the next forward starts the second half
-            self._start_importance(state.model)
+            self.scores.start_module_scores(state.model)
         if state.step == self.estimation_steps:
             self.prune(state.model)
             state.params_changed()
 
-    def _start_importance(self, model: nn.Module) -> None:
-        for name, layer in peft_layers(model):
-            self._hooks.append(layer.register_forward_hook(self._module_importance(name)))
-        self.importance_on = True
-
-    def _module_importance(self, name: str):
-        def hook(module: PeftLayer, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-            if not module.training:
-                return
-            with torch.no_grad():
-                base = module.base_layer(args[0])
-                ratio = (output - base).norm(dim=-1) / base.norm(dim=-1).clamp_min(1e-12)
-                mask = self._attention_mask
-                if mask is not None and mask.shape == ratio.shape:
-                    value = (ratio * mask).sum() / mask.sum().clamp_min(1)
-                else:
-                    value = ratio.mean()
-                self.module_sums[name] = self.module_sums.get(name, 0) + torch.nan_to_num(value, nan=0.0)
-
-        return hook
-
     # -- pruning ------------------------------------------------------------------------------------
     def prune(self, model: nn.Module) -> None:
         """Choose what goes from the masks and the averaged PEFT scores, then remove it physically."""
-        cfg, masks = self.config, self.masks
+        masks = self.masks
         assert masks is not None
         before = count_parameters(model) - masks.head.numel() - masks.ffn.numel()
-        head, ffn = masks.head.detach().cpu(), masks.ffn.detach().cpu()
-        heads = [complement(len(row), lowest(row, math.floor(cfg.head_ratio * len(row)))) for row in head]
-        channels = keep_highest(list(ffn), cfg.ffn_ratio, never_empty=True)
-
-        layers = dict(peft_layers(model))
-        steps = max(self.recorded_steps, 1)
-        sums = torch.tensor([float(self.module_sums.get(n, 0)) for n in sorted(layers)])
-        sums = distributed.all_reduce_mean(sums)  # activations differ between ranks' shares of a batch
-        module_scores = {n: float(v) / steps for n, v in zip(sorted(layers), sums, strict=True)}
-        names = list(module_scores)
-        gone = lowest(torch.tensor(list(module_scores.values())), math.floor(cfg.module_ratio * len(names)))
-        removed = {names[i] for i in gone.tolist()}
-        kept = [n for n in names if n not in removed]
-        rank_scores = [(self.rank_sums.get(n, torch.zeros(layers[n].rank)) / steps).cpu() for n in kept]
-        ranks = dict(zip(kept, keep_highest(rank_scores, cfg.rank_ratio, never_empty=False), strict=True))
-        self.final_masks = {"head": head, "ffn": ffn}
-        self.record = {
-            "heads": {str(i): v.tolist() for i, v in enumerate(heads)},
-            "ffn_channels": {str(i): v.tolist() for i, v in enumerate(channels)},
-            # a module whose every rank went is removed too
-            "removed_modules": sorted(set(names) - {n for n, r in ranks.items() if r.numel()}),
-            "ranks": {n: r.tolist() for n, r in ranks.items() if r.numel()},
-            "module_scores": module_scores,
-            "head_units_per_layer": head.shape[1],
-            "ffn_channels_per_layer": ffn.shape[1],
-        }
+        module_scores, rank_scores = self.scores.averages(dict(peft_layers(model)))
+        record = choose_pruning(self.config, masks, module_scores, rank_scores)
         distributed.assert_ranks_agree(
-            "Light-PEFT pruning", {k: v for k, v in self.record.items() if k != "module_scores"}
+            "Light-PEFT pruning", {k: v for k, v in record.items() if k != "module_scores"}
         )
+        self.final_masks = {"head": masks.head.detach().cpu(), "ffn": masks.ffn.detach().cpu()}
         self._drop_masks(model)
-        self._apply(model, self.record)
-        after = count_parameters(model)
-        self.record.update({"step": self.estimation_steps, "params_before": before, "params_after": after})
+        apply_pruning(model.backbone, self.blocks, record)
+        record.update(
+            {"step": self.estimation_steps, "params_before": before, "params_after": count_parameters(model)}
+        )
+        self.record = record
         log.info(
             "light_peft: pruned at step %d: heads %d -> %d, FFN channels %d -> %d, PEFT modules %d -> %d, "
             "params %d -> %d",
             self.estimation_steps,
-            head.numel(),
-            sum(len(v) for v in heads),
-            ffn.numel(),
-            sum(len(v) for v in channels),
-            len(names),
-            len(self.record["ranks"]),
+            self.final_masks["head"].numel(),
+            sum(len(v) for v in record["heads"].values()),
+            self.final_masks["ffn"].numel(),
+            sum(len(v) for v in record["ffn_channels"].values()),
+            len(module_scores),
+            len(record["ranks"]),
             before,
-            after,
+            record["params_after"],
         )
 
     def _drop_masks(self, model: nn.Module) -> None:
-        for handle in self._hooks:
-            handle.remove()
-        self._hooks.clear()
+        self.scores.stop()
         if self.masks is not None:
             self.masks.remove()
             delattr(model, MASKS)
             self.masks = None
 
-    def _apply(self, model: nn.Module, record: dict[str, Any]) -> None:
-        """Remove heads, channels, PEFT modules and ranks as ``record`` says (training or reloading)."""
-        backbone = model.backbone
-        for i, block in enumerate(self.blocks):
-            prune_heads(backbone, block, torch.tensor(record["heads"][str(i)], dtype=torch.long))
-            prune_channels(backbone, block, torch.tensor(record["ffn_channels"][str(i)], dtype=torch.long))
-        for name in record["removed_modules"]:
-            backbone.set_submodule(name, backbone.get_submodule(name).base_layer)
-        for name, keep in record["ranks"].items():
-            backbone.get_submodule(name).keep_ranks(torch.tensor(keep, dtype=torch.long))
-
     # -- reporting, saving, reloading ---------------------------------------------------------------
     def report(self, state: TrainState, step_times: list[float], out_dir: Path) -> dict[str, Any]:
-        if self.record is None:
-            return {"pruned": False}
-        (out_dir / PRUNING_FILE).write_text(json.dumps(self.record, indent=1) + "\n")
-        save_file(
-            {k: v.contiguous() for k, v in self.final_masks.items()}, str(out_dir / f"{MASKS}.safetensors")
-        )
-        k = self.record["step"]
-        before, after = step_times[1:k], step_times[k + 1 :]  # the first step and the pruning step left out
-        return {
-            "pruned": True,
-            "pruned_at_step": k,
-            "heads_kept": sum(len(v) for v in self.record["heads"].values()),
-            "heads_total": self.record["head_units_per_layer"] * len(self.record["heads"]),
-            "ffn_channels_kept": sum(len(v) for v in self.record["ffn_channels"].values()),
-            "ffn_channels_total": self.record["ffn_channels_per_layer"] * len(self.record["ffn_channels"]),
-            "peft_modules_removed": len(self.record["removed_modules"]),
-            "peft_modules_kept": len(self.record["ranks"]),
-            "ranks_kept": sum(len(v) for v in self.record["ranks"].values()),
-            "params_before": self.record["params_before"],
-            "params_after": self.record["params_after"],
-            "median_step_s_estimating": efficiency.median(before),
-            "median_step_s_pruned": efficiency.median(after),
-        }
-
-    def adapter_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """The trained PEFT tensors and head, in their pruned shapes (the masks are not part of it)."""
-        return {
-            n: p.detach()
-            for n, p in model.named_parameters()
-            if p.requires_grad and not n.startswith(MASKS + ".")
-        }
+        if self.record is not None:
+            (out_dir / PRUNING_FILE).write_text(json.dumps(self.record, indent=1) + "\n")
+            save_file(
+                {k: v.contiguous() for k, v in self.final_masks.items()},
+                str(out_dir / f"{MASKS}.safetensors"),
+            )
+        return pruning_report(self.record, step_times)
 
     def state_dict(self) -> dict[str, Any]:
-        masks = self.masks
+        """The phase and scores; the masks themselves are trained tensors, saved with the adapter."""
         return {
             "estimation_steps": self.estimation_steps,
-            "recorded_steps": self.recorded_steps,
-            "module_sums": dict(self.module_sums),
-            "rank_sums": dict(self.rank_sums),
-            "importance_on": self.importance_on,
-            "masks": None
-            if masks is None
-            else {"head": masks.head.detach().clone(), "ffn": masks.ffn.detach().clone()},
+            **self.scores.state_dict(),
             "record": self.record,
             "final_masks": self.final_masks,
         }
 
     def load_state_dict(self, state: dict[str, Any], model: nn.Module) -> None:
-        self.estimation_steps, self.recorded_steps = state["estimation_steps"], state["recorded_steps"]
-        self.module_sums, self.rank_sums = state["module_sums"], state["rank_sums"]
+        self.estimation_steps = state["estimation_steps"]
         self.record, self.final_masks = state["record"], state["final_masks"]
         if self.record is not None:  # pruned before the checkpoint: prune the fresh model the same way
             self._drop_masks(model)
-            self._apply(model, self.record)
+            apply_pruning(model.backbone, self.blocks, self.record)
             return
-        assert self.masks is not None
-        with torch.no_grad():
-            self.masks.head.copy_(state["masks"]["head"])
-            self.masks.ffn.copy_(state["masks"]["ffn"])
-        if state["importance_on"]:
-            self._start_importance(model)
+        self.scores.load_state_dict(state, model)
 
     def restore(self, model: nn.Module, run_dir: Path) -> None:
         path = run_dir / PRUNING_FILE
@@ -370,4 +379,4 @@ class LightPeft(Method):
             raise ConfigError(f"{run_dir}: no {PRUNING_FILE}; the run ended before Light-PEFT pruned")
         self._drop_masks(model)
         self.record = json.loads(path.read_text())
-        self._apply(model, self.record)
+        apply_pruning(model.backbone, self.blocks, self.record)

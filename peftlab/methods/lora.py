@@ -1,4 +1,9 @@
-"""LoRA (Hu et al. 2021): y = W0 x + (alpha / r) · B A dropout(x), with A kaiming, B zero (peft's init)."""
+"""LoRA (Hu et al. 2021): y = W0 x + (alpha / r) · B A dropout(x), with A kaiming, B zero (peft's init).
+
+Options of the one low-rank layer (``blocks/lowrank.py``): ``init=pissa`` (PiSSA: A, B from the top-r
+singular vectors, the base keeps the residual) and ``variant=<name>`` (a registered LoRA variant, e.g.
+``dora``; ``peftlab/variants``).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,9 @@ from peftlab.blocks.lowrank import LowRankLinear, check_rank, wrap_targets
 from peftlab.blocks.params import freeze
 from peftlab.errors import ConfigError
 from peftlab.methods.base import Method, MethodConfig, register_method
+from peftlab.registry import LORA_VARIANTS
+
+LORA_INITS = ("lora", "pissa")
 
 
 @dataclass
@@ -21,12 +29,18 @@ class LoraConfig(MethodConfig):
     rslora: bool = False  # scale alpha / sqrt(r) instead of alpha / r
     # peft-style: a list of names/suffixes, or one regex string that must fullmatch the module name
     target_modules: list[str] | str = field(default_factory=lambda: ["query", "value"])
+    init: str = "lora"  # lora: A kaiming, B zero | pissa: principal singular vectors (residual base)
+    variant: str | None = None  # null: plain LoRA | a name in peftlab/variants, e.g. dora
 
     def __post_init__(self) -> None:
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"lora dropout={self.dropout} is not allowed; allowed: 0 <= dropout < 1")
         if self.rank < 1:
             raise ConfigError(f"lora rank={self.rank} is not allowed; allowed: an integer >= 1")
+        if self.init not in LORA_INITS:
+            raise ConfigError(f"lora init={self.init!r} is not allowed; allowed: {', '.join(LORA_INITS)}")
+        if self.variant is not None:
+            LORA_VARIANTS.get(self.variant)  # an unknown name fails here, listing the variants
 
     @property
     def scale(self) -> float:
@@ -42,11 +56,9 @@ class Lora(Method):
         freeze(model)
         cfg = self.config
 
-        def make(name: str, layer: nn.Linear) -> LowRankLinear:
+        def make(name: str, layer: nn.Linear) -> LowRankLinear:  # a new layer's tensors train
             check_rank(name, layer, cfg.rank)
-            return LowRankLinear(layer, cfg.rank, cfg.scale, cfg.dropout)
+            return LowRankLinear(layer, cfg.rank, cfg.scale, cfg.dropout, init=cfg.init, variant=cfg.variant)
 
-        for _, layer in wrap_targets(model.backbone, cfg.target_modules, make):
-            layer.lora_A.requires_grad_(True)
-            layer.lora_B.requires_grad_(True)
+        wrap_targets(model.backbone, cfg.target_modules, make)
         model.head.requires_grad_(True)

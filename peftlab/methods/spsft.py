@@ -4,7 +4,7 @@ Before training, every output row (neuron) of each target layer is scored with a
 importance (l2 norm, Taylor, or class-aware Quantile-Mean Taylor); the top rows per layer (or over all
 layers) get a trainable zero-initialised W_f. The classification head trains fully. The selection is
 made once, logged, written to ``spsft_rows.json`` / ``spsft_importance.safetensors`` and saved with the
-weights (the ``rows_index`` buffers), so a saved adapter rebuilds the same layers without data.
+weights (the layers' row indices), so a saved adapter rebuilds the same layers without data.
 """
 
 from __future__ import annotations
@@ -22,12 +22,8 @@ from torch import nn
 from peftlab import distributed
 from peftlab.blocks.importance import l2_row_scores, mean_gradients, quantile_mean, taylor_row_scores
 from peftlab.blocks.params import freeze
-from peftlab.blocks.sparse_rows import (
-    SparseRowsLayer,
-    merge_sparse_rows,
-    row_shape,
-    sparse_rows_layers,
-)
+from peftlab.blocks.selection import keep_highest
+from peftlab.blocks.sparse_rows import SparseRowsLayer, row_shape, saved_row_selections, sparse_rows_layers
 from peftlab.blocks.targeting import ALL_LINEAR, match_targets, module_role
 from peftlab.errors import ConfigError
 from peftlab.methods.base import CalibrationData, Method, MethodConfig, TrainState, register_method
@@ -36,7 +32,6 @@ log = logging.getLogger(__name__)
 
 IMPORTANCES = ("l2", "taylor", "qm_taylor")
 SELECTIONS = ("layer", "global")
-INDEX = ".rows_index"
 
 
 @dataclass
@@ -77,20 +72,12 @@ def select_rows(
         if too_big:
             name, n = next(iter(too_big.items()))
             raise ConfigError(f"spsft rank={rank} is larger than layer {name!r} ({n} rows); allowed: 1..{n}")
-    per_layer = {name: rank if rank is not None else max(1, round(ratio * n)) for name, n in sizes.items()}
-    if scope == "layer":
-        return {name: torch.topk(s, per_layer[name]).indices.sort().values for name, s in scores.items()}
     names = list(scores)
-    flat = torch.cat([scores[n] / scores[n].mean().clamp_min(1e-12) for n in names])
-    owner = torch.cat([torch.full((sizes[n],), i) for i, n in enumerate(names)])
-    offset = torch.tensor([0, *torch.tensor([sizes[n] for n in names]).cumsum(0)[:-1].tolist()])
-    top = torch.topk(flat, sum(per_layer.values())).indices
-    chosen = {}
-    for i, name in enumerate(names):
-        rows = top[owner[top] == i] - offset[i]
-        if rows.numel():
-            chosen[name] = rows.sort().values
-    return chosen
+    per_layer = [rank if rank is not None else max(1, round(ratio * sizes[n])) for n in names]
+    kept = keep_highest(
+        [scores[n] for n in names], per_layer, scope="group" if scope == "layer" else "global", normalize=True
+    )
+    return {name: rows for name, rows in zip(names, kept, strict=True) if rows.numel()}
 
 
 @register_method("spsft")
@@ -102,7 +89,7 @@ class Spsft(Method):
         super().__init__(config)
         self.scores: dict[str, torch.Tensor] = {}
         self.rows: dict[str, torch.Tensor] = {}  # backbone module name -> selected row indices
-        self._merged_adapter: dict[str, torch.Tensor] | None = None
+        self.merged = False
 
     # -- selecting rows -------------------------------------------------------------------------------
     def target_layers(self, backbone: nn.Module) -> dict[str, nn.Module]:
@@ -165,10 +152,12 @@ class Spsft(Method):
 
     # -- end of training ----------------------------------------------------------------------------
     def on_train_end(self, state: TrainState) -> None:
-        if self.config.merge_after_training:
-            self._merged_adapter = {k: v.clone() for k, v in self.adapter_state_dict(state.model).items()}
-            count = merge_sparse_rows(state.model)
-            log.info("spsft: merged W_f into %d base layers for evaluation", count)
+        if self.config.merge_after_training:  # in place: the layers keep W_f, so the adapter still saves
+            layers = list(sparse_rows_layers(state.model))
+            for _, layer in layers:
+                layer.merge()
+            self.merged = True
+            log.info("spsft: merged W_f into %d base layers for evaluation", len(layers))
 
     def report(self, state: TrainState, step_times: list[float], out_dir: Path) -> dict[str, Any]:
         layers = {}
@@ -192,38 +181,19 @@ class Spsft(Method):
             "layers_adapted": len(layers),
             "rows_trained": rows,
             "rows_total": sum(e["of"] or 0 for e in layers.values()),
-            "merged": self._merged_adapter is not None,
+            "merged": self.merged,
         }
 
     # -- saving -------------------------------------------------------------------------------------
-    def adapter_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """W_f (+ b_f) and the row indices of every adapted layer, and the head."""
-        if self._merged_adapter is not None:
-            return self._merged_adapter
-        state = {f"head.{k}": v.detach() for k, v in model.head.named_parameters()}
-        for name, layer in sparse_rows_layers(model):
-            state[name + INDEX] = layer.rows_index
-            state[f"{name}.rows_weight"] = layer.rows_weight.detach()
-            if layer.rows_bias is not None:
-                state[f"{name}.rows_bias"] = layer.rows_bias.detach()
-        return state
-
     def load_adapter_state_dict(self, model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-        """Rebuild the adapted layers from the saved indices (no data needed), then load the weights."""
+        """Rebuild the adapted layers from the saved row indices (no data needed), then load the weights."""
         prefix = "backbone."
-        for key, index in tensors.items():
-            if not key.endswith(INDEX):
-                continue
-            name = key[: -len(INDEX)]
+        for name, index in saved_row_selections(tensors).items():
             if not name.startswith(prefix):
-                raise ConfigError(f"saved tensor {key} is not inside the backbone")
-            module = model.get_submodule(name)
-            if isinstance(module, SparseRowsLayer):
-                if not torch.equal(module.rows_index.cpu(), index.cpu()):
-                    raise ConfigError(f"saved rows of {name} differ from the rows this model selected")
-                continue
-            self._wrap(model.backbone, name[len(prefix) :], index)
-            self.rows[name[len(prefix) :]] = index
+                raise ConfigError(f"saved SPSFT rows of {name} are not inside the backbone")
+            if not isinstance(model.get_submodule(name), SparseRowsLayer):
+                self._wrap(model.backbone, name[len(prefix) :], index)
+                self.rows[name[len(prefix) :]] = index
         super().load_adapter_state_dict(model, tensors)
 
 

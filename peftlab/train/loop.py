@@ -52,6 +52,50 @@ class History:
     flops_per_step: int | None = None
 
 
+@dataclass
+class Progress:
+    """Where the loop is inside the current epoch and the loss window since the last log line: what a
+    checkpoint needs, besides the model and optimizer, to continue with the same batches and log."""
+
+    loss_sum: torch.Tensor  # on the device: summing needs no host sync
+    window: int = 0
+    consumed: int = 0  # batches of this epoch seen so far
+    epoch_generator: torch.Tensor | None = None  # the shuffling generator's state when this epoch began
+
+    def start_epoch(self, generator: torch.Generator | None, resuming: bool) -> None:
+        """The data order of this epoch comes from the generator's state now (resuming mid-epoch: the
+        checkpoint's state)."""
+        if generator is not None:
+            if resuming and self.epoch_generator is not None:
+                generator.set_state(self.epoch_generator)
+            self.epoch_generator = generator.get_state()
+        self.consumed = 0
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.loss_sum += loss
+        self.window += 1
+
+    def reset_window(self) -> None:
+        self.loss_sum.zero_()
+        self.window = 0
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        return {
+            "epoch_generator": self.epoch_generator,
+            "consumed": self.consumed,
+            "loss_sum": float(self.loss_sum),
+            "window": self.window,
+        }
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        self.epoch_generator, self.consumed, self.window = (
+            saved["epoch_generator"],
+            saved["consumed"],
+            saved["window"],
+        )
+        self.loss_sum.fill_(saved["loss_sum"])
+
+
 class Trainer:
     def __init__(
         self,
@@ -153,25 +197,10 @@ class Trainer:
     # -- the loop ---------------------------------------------------------------------------------
     def fit(self, resume_from: Path | None = None) -> History:
         """Train to ``total_steps``; from a checkpoint of this run when ``resume_from`` is given."""
-        state, history, sched = self.state, self.history, self.sched
-        loop: dict[str, Any] = {"epoch_generator": None, "consumed": 0, "loss_sum": 0.0, "window": 0}
-        if resume_from is not None:
-            loop = load_checkpoint(self, resume_from)
-            history = self.history
-            self.run_dir.truncate_metrics(after_step=state.step)
-            log.info("resumed from %s at step %d", resume_from, state.step)
-        log.info(
-            "training %d steps (%d per epoch, warmup %d), %d trainable params",
-            state.total_steps,
-            state.steps_per_epoch,
-            self.warmup_steps,
-            self.trainable_count,
-        )
-        efficiency.reset_peak_memory(self.device)
-        loss_sum = torch.tensor(loop["loss_sum"], device=self.device)
-        window = loop["window"]
-        every, keep = self.cfg.checkpoint.every_steps, self.cfg.checkpoint.keep
+        state = self.state
+        progress = self._begin(resume_from)
         generator = getattr(getattr(self.train_loader, "sampler", None), "generator", None)
+        skip = progress.consumed  # batches of the current epoch already trained on (when resuming)
         self.model.train()
         bar = tqdm(
             total=state.total_steps,
@@ -180,59 +209,71 @@ class Trainer:
             disable=not self.cfg.progress_bar,
             dynamic_ncols=True,
         )
-        skip = loop["consumed"]  # batches of the current epoch already trained on (when resuming)
         while state.step < state.total_steps:
-            if generator is not None:  # the data order of this epoch comes from this state
-                if loop["epoch_generator"] is not None and skip:
-                    generator.set_state(loop["epoch_generator"])
-                epoch_generator = generator.get_state()
-            consumed = 0
+            progress.start_epoch(generator, resuming=skip > 0)
             for batch in self.train_loader:
-                consumed += 1
+                progress.consumed += 1
                 if skip:
                     skip -= 1
                     continue
-                start = time.perf_counter()
-                batch = distributed.shard(batch)
-                if "attention_mask" in batch:  # counted on the host copy: no device sync
-                    history.tokens += int(batch["attention_mask"].sum()) * distributed.world_size()
-                batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-                history.trainable_param_steps += self.trainable_count  # what this step trains
-                loss_sum += self.train_step(batch)
-                efficiency.synchronize(self.device)
-                elapsed = time.perf_counter() - start
-                history.train_time_s += elapsed
-                history.step_times.append(elapsed)
-                history.samples += len(batch["labels"]) * distributed.world_size()
-                window += 1
+                progress.add(self._timed_step(batch))
                 bar.update(1)
-                if state.step % sched.log_every_steps == 0 or state.step == state.total_steps:
-                    mean_loss = self._log_train(loss_sum / window, window)
-                    bar.set_postfix(loss=f"{mean_loss:.4f}")
-                    loss_sum.zero_()
-                    window = 0
-                if state.step % self.eval_every == 0 or state.step == state.total_steps:
-                    self.evaluate()
-                if (
-                    every
-                    and state.step % every == 0
-                    and state.step < state.total_steps
-                    and distributed.is_main()
-                ):
-                    loop = {
-                        "epoch_generator": epoch_generator if generator is not None else None,
-                        "consumed": consumed,
-                        "loss_sum": float(loss_sum),
-                        "window": window,
-                    }
-                    save_checkpoint(self, loop, keep)
+                self._after_step(progress, bar)
                 if state.step >= state.total_steps:
                     break
         bar.close()
         self.method.on_train_end(state)
-        if self.state.rebuild_requested:
+        if state.rebuild_requested:
             self.apply_param_change()
-        return history
+        return self.history
+
+    def _begin(self, resume_from: Path | None) -> Progress:
+        """Where training starts: step 0, or the checkpoint's step with its data order and loss window."""
+        progress = Progress(loss_sum=torch.zeros((), device=self.device))
+        if resume_from is not None:
+            progress.restore(load_checkpoint(self, resume_from))
+            self.run_dir.truncate_metrics(after_step=self.state.step)
+            log.info("resumed from %s at step %d", resume_from, self.state.step)
+        log.info(
+            "training %d steps (%d per epoch, warmup %d), %d trainable params",
+            self.state.total_steps,
+            self.state.steps_per_epoch,
+            self.warmup_steps,
+            self.trainable_count,
+        )
+        efficiency.reset_peak_memory(self.device)
+        return progress
+
+    def _timed_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One optimizer step on ``batch`` (this rank's share), timed and counted in the history."""
+        history = self.history
+        start = time.perf_counter()
+        batch = distributed.shard(batch)
+        if "attention_mask" in batch:  # counted on the host copy: no device sync
+            history.tokens += int(batch["attention_mask"].sum()) * distributed.world_size()
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        history.trainable_param_steps += self.trainable_count  # what this step trains
+        loss = self.train_step(batch)
+        efficiency.synchronize(self.device)
+        elapsed = time.perf_counter() - start
+        history.train_time_s += elapsed
+        history.step_times.append(elapsed)
+        history.samples += len(batch["labels"]) * distributed.world_size()
+        return loss
+
+    def _after_step(self, progress: Progress, bar: tqdm) -> None:
+        """Log the loss window, evaluate and checkpoint when their step comes."""
+        step, last = self.state.step, self.state.step == self.state.total_steps
+        if step % self.sched.log_every_steps == 0 or last:
+            bar.set_postfix(
+                loss=f"{self._log_train(progress.loss_sum / progress.window, progress.window):.4f}"
+            )
+            progress.reset_window()
+        if step % self.eval_every == 0 or last:
+            self.evaluate()
+        every = self.cfg.checkpoint.every_steps
+        if every and step % every == 0 and not last and distributed.is_main():
+            save_checkpoint(self, progress.to_checkpoint(), self.cfg.checkpoint.keep)
 
     def _log_train(self, mean_loss_tensor: torch.Tensor, window: int) -> float:
         mean_loss = float(distributed.all_reduce_mean(mean_loss_tensor.detach().clone()))

@@ -1,0 +1,65 @@
+"""Keep the highest-scoring entries of several groups: per group, or over all groups together.
+
+One rule for every method that chooses what to keep or drop by a score: SPSFT's rows (per layer, or
+global with each layer's scores divided by their mean), Light-PEFT's heads (per layer), FFN channels,
+PEFT modules and ranks (global), AFLoRA's freezing by the paper's rule. The lowest entries are what
+goes, ``torch.topk`` decides ties.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+SCOPES = ("group", "global")
+
+
+def lowest(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Indices of the ``count`` lowest scores."""
+    if count <= 0:
+        return torch.zeros(0, dtype=torch.long, device=scores.device)
+    return torch.topk(scores, count, largest=False).indices
+
+
+def dropped_count(n: int, ratio: float) -> int:
+    """floor(ratio x n): how many of n entries a drop ratio removes (the ratio holds exactly)."""
+    return math.floor(ratio * n)
+
+
+def keep_highest(
+    scores: Sequence[torch.Tensor],
+    keep: Sequence[int],
+    scope: str = "group",
+    normalize: bool = False,
+    never_empty: bool = False,
+) -> list[torch.Tensor]:
+    """Sorted indices kept in each group. ``scope="group"``: the ``keep[g]`` highest of group g;
+    ``"global"``: the ``sum(keep)`` highest over all groups together, each group's scores first divided
+    by their mean when ``normalize`` (groups of different scale compete fairly). ``never_empty``: a group
+    that would lose everything keeps its best entry."""
+    if scope not in SCOPES:
+        raise ValueError(f"scope={scope!r}; allowed: {', '.join(SCOPES)}")
+    if scope == "group":
+        kept = [_complement(s.numel(), lowest(s, s.numel() - k)) for s, k in zip(scores, keep, strict=True)]
+    else:
+        groups = [s / s.mean().clamp_min(1e-12) if normalize else s for s in scores]
+        flat = torch.cat([g.flatten() for g in groups]) if groups else torch.zeros(0)
+        drop = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+        drop[lowest(flat, flat.numel() - sum(keep))] = True
+        kept, offset = [], 0
+        for group in groups:
+            kept.append((~drop[offset : offset + group.numel()]).nonzero().flatten())
+            offset += group.numel()
+    if never_empty:
+        kept = [
+            k if k.numel() or not s.numel() else s.argmax().view(1) for k, s in zip(kept, scores, strict=True)
+        ]
+    return kept
+
+
+def _complement(n: int, drop: torch.Tensor) -> torch.Tensor:
+    keep = torch.ones(n, dtype=torch.bool, device=drop.device)
+    keep[drop] = False
+    return keep.nonzero().flatten()
