@@ -43,10 +43,9 @@ def tiny(model: str, lora: bool):
     return model, dict(enc)
 
 
-@pytest.mark.parametrize("model_name", list(MODELS))
-@pytest.mark.parametrize("lora", [False, True])
-def test_pruned_model_equals_masked_model(model_name, lora):
-    model, batch = tiny(model_name, lora)
+def mask_then_prune(model, batch):
+    """Mask alternate head units and keep a random third of the FFN channels (masks 0 / 1), then prune
+    those units physically. Returns (masked, unmasked, pruned) logits, the blocks and the kept units."""
     backbone = model.backbone
     parts = blocks(backbone)
     masks = StructureMasks(backbone, parts)
@@ -68,16 +67,24 @@ def test_pruned_model_equals_masked_model(model_name, lora):
     masks.remove()
     with torch.no_grad():
         unmasked = model(**batch).logits
-    assert not torch.allclose(masked, unmasked)  # the masks did something
-
-    params_before = sum(p.numel() for p in backbone.parameters())
     for block, heads, ffn in zip(parts, keep_heads, keep_ffn, strict=True):
         prune_heads(backbone, block, heads)
         prune_channels(backbone, block, ffn)
     with torch.no_grad():
         pruned = model(**batch).logits
-    torch.testing.assert_close(pruned, masked, rtol=1e-5, atol=1e-6)
+    return masked, unmasked, pruned, parts, keep_heads, keep_ffn
 
+
+@pytest.mark.parametrize("model_name", list(MODELS))
+@pytest.mark.parametrize("lora", [False, True])
+def test_pruned_model_equals_masked_model(model_name, lora):
+    model, batch = tiny(model_name, lora)
+    backbone = model.backbone
+    params_before = sum(p.numel() for p in backbone.parameters())
+    units, channels = num_units(backbone, blocks(backbone)[0]), num_channels(backbone, blocks(backbone)[0])
+    masked, unmasked, pruned, parts, keep_heads, keep_ffn = mask_then_prune(model, batch)
+    assert not torch.allclose(masked, unmasked)  # the masks did something
+    torch.testing.assert_close(pruned, masked, rtol=1e-5, atol=1e-6)
     # parameter arithmetic: every removed head unit / channel takes its rows and columns with it
     config = backbone.config
     hidden, head_dim = config.hidden_size, parts[0].head_dim

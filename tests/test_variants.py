@@ -11,11 +11,10 @@ import torch
 from omegaconf import OmegaConf
 from peft import LoraConfig, VeraConfig, get_peft_model, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
+from test_structure import mask_then_prune
 
 from peftlab.blocks.lowrank import LowRankLinear, low_rank_layers
-from peftlab.blocks.masks import StructureMasks
 from peftlab.blocks.protocol import adapter_state_dict, merge_adapters
-from peftlab.blocks.structure import blocks, prune_channels, prune_heads
 from peftlab.config import compose_config
 from peftlab.errors import ConfigError
 from peftlab.methods.base import build_method
@@ -205,26 +204,9 @@ def test_variant_pruned_equals_masked(model_name, options):
     batch.pop("labels")
     lora(model, target_modules="all-linear", **options)
     randomize(model)
-    backbone = model.backbone
-    parts = blocks(backbone)
-    masks = StructureMasks(backbone, parts)
-    keep_heads = [torch.tensor([u for u in range(masks.head.shape[1]) if (u + i) % 2 == 0]) for i in range(2)]
-    keep_ffn = [torch.arange(i, masks.ffn.shape[1], 3) for i in range(2)]
-    with torch.no_grad():
-        masks.head.zero_()
-        masks.ffn.zero_()
-        for i in range(len(parts)):
-            masks.head[i, keep_heads[i]] = 1.0
-            masks.ffn[i, keep_ffn[i]] = 1.0
-    masks.apply_to(backbone)
-    with torch.no_grad():
-        masked = model(**batch).logits
-    masks.remove()
-    for block, heads, ffn in zip(parts, keep_heads, keep_ffn, strict=True):
-        prune_heads(backbone, block, heads)
-        prune_channels(backbone, block, ffn)
-    with torch.no_grad():
-        torch.testing.assert_close(model(**batch).logits, masked, rtol=1e-5, atol=1e-5)
+    masked, unmasked, pruned, *_ = mask_then_prune(model, batch)
+    assert not torch.allclose(masked, unmasked)
+    torch.testing.assert_close(pruned, masked, rtol=1e-5, atol=1e-5)
 
 
 def test_removing_a_pissa_module_restores_the_original_layer():
