@@ -2,8 +2,9 @@
 
 Wrapping the projection that writes a sublayer back to the residual stream (attention output, FFN
 output) puts the adapter where Houlsby et al. place it: after the sublayer, before its residual add and
-LayerNorm. ``up`` starts at zero, so step 0 equals the base model. The bottleneck width plays the
-role of a rank (Light-PEFT prunes it).
+LayerNorm. ``up`` starts at zero, so step 0 equals the base model (``init=normal``: down and up drawn
+from N(0, 0.02), as the Light-PEFT authors' adapter, which also has no biases: ``bias=false``). The
+bottleneck width plays the role of a rank (Light-PEFT prunes it).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from peftlab.blocks.protocol import copy_into, sliced_linear
 from peftlab.errors import ConfigError
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
+ADAPTER_INITS = ("houlsby", "normal")  # houlsby: down kaiming, up zero | normal: both N(0, 0.02) (Light-PEFT)
 
 
 class BottleneckAdapter(nn.Module):
@@ -27,22 +29,33 @@ class BottleneckAdapter(nn.Module):
         activation: str = "relu",
         scale: float = 1.0,
         dropout: float = 0.0,
+        bias: bool = True,
+        init: str = "houlsby",
     ) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ConfigError(f"adapter activation={activation!r}; allowed: {', '.join(ACTIVATIONS)}")
+        if init not in ADAPTER_INITS:
+            raise ConfigError(f"adapter init={init!r}; allowed: {', '.join(ADAPTER_INITS)}")
         weight = base_layer.weight
         factory = {"device": weight.device, "dtype": weight.dtype}
         width = base_layer.out_features
         self.base_layer = base_layer
         self.scale = float(scale)
-        self.adapter_down = nn.Linear(width, bottleneck, **factory)  # torch's default (kaiming-uniform) init
-        self.adapter_up = nn.Linear(bottleneck, width, **factory)
+        self.adapter_down = nn.Linear(width, bottleneck, bias=bias, **factory)  # torch's kaiming-uniform init
+        self.adapter_up = nn.Linear(bottleneck, width, bias=bias, **factory)
         self.act = ACTIVATIONS[activation]()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()  # on the adapter's input h
         self.merged = False  # a nonlinear adapter never merges (see ``merge``)
-        nn.init.zeros_(self.adapter_up.weight)
-        nn.init.zeros_(self.adapter_up.bias)
+        if init == "normal":  # the Light-PEFT authors' adapter: step 0 is not quite the base model
+            for layer in (self.adapter_down, self.adapter_up):
+                nn.init.normal_(layer.weight, std=0.02)
+                if layer.bias is not None:
+                    nn.init.zeros_(layer.bias)
+        else:
+            nn.init.zeros_(self.adapter_up.weight)
+            if self.adapter_up.bias is not None:
+                nn.init.zeros_(self.adapter_up.bias)
 
     @property
     def rank(self) -> int:

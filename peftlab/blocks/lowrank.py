@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -263,6 +263,10 @@ class LowRankLinear(nn.Module):
             raise ValueError("a layer with fixed projections has no trainable (A, B) pair")
         return self.lora_A, self.lora_B
 
+    def vectors(self) -> list[nn.Parameter]:
+        """The scaling vectors d and b (ELoRA/AFLoRA), when the layer has them."""
+        return [v for v in (self.vec_d, self.vec_b) if v is not None]
+
     def named_projections(self) -> dict[str, nn.Parameter]:
         """The projection matrices as parameters, by name (AFLoRA freezes them one by one)."""
         return {
@@ -406,6 +410,15 @@ def low_rank_layers(model: nn.Module) -> list[tuple[str, LowRankLinear]]:
 
 merge_all = merge_adapters
 unmerge_all = _unmerge_adapters
+
+
+def vector_param_groups(model: nn.Module, decay_vectors: bool) -> list[dict[str, Any]]:
+    """The default optimizer groups, with the layers' vectors d and b in the weight-decay group when
+    ``decay_vectors`` (the ELoRA/AFLoRA authors' optimizer decays them; 1-D tensors are otherwise exempt)."""
+    from peftlab.train.optim import default_param_groups
+
+    vectors = [v for _, layer in low_rank_layers(model) for v in layer.vectors()] if decay_vectors else []
+    return default_param_groups(model, vectors)
 
 
 def wrap_with_vectors(

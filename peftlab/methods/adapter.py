@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from peftlab.blocks.adapter import ACTIVATIONS, BottleneckAdapter
+from peftlab.blocks.adapter import ACTIVATIONS, ADAPTER_INITS, BottleneckAdapter
 from peftlab.blocks.lowrank import check_rank, wrap_targets
 from peftlab.blocks.params import freeze
 from peftlab.blocks.targeting import SUBLAYER_OUTPUTS
@@ -23,6 +23,8 @@ class AdapterConfig(MethodConfig):
     dropout: float = 0.1  # on the adapter's input
     # the attention-output and FFN-output projections; or names / a regex as in lora
     target_modules: list[str] | str = SUBLAYER_OUTPUTS
+    bias: bool = True  # false: no biases in down and up (the Light-PEFT authors' adapter)
+    init: str = "houlsby"  # houlsby: up zero (step 0 = base) | normal: down, up ~ N(0, 0.02) (Light-PEFT's)
 
     def __post_init__(self) -> None:
         if self.bottleneck < 1:
@@ -31,6 +33,8 @@ class AdapterConfig(MethodConfig):
             raise ConfigError(f"adapter dropout={self.dropout} is not allowed; allowed: 0 <= dropout < 1")
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"adapter activation={self.activation!r}; allowed: {', '.join(ACTIVATIONS)}")
+        if self.init not in ADAPTER_INITS:
+            raise ConfigError(f"adapter init={self.init!r}; allowed: {', '.join(ADAPTER_INITS)}")
 
 
 @register_method("adapter")
@@ -44,7 +48,9 @@ class Adapter(Method):
 
         def make(name: str, layer: nn.Linear) -> BottleneckAdapter:
             check_rank(name, layer, cfg.bottleneck, option="adapter bottleneck")
-            return BottleneckAdapter(layer, cfg.bottleneck, cfg.activation, cfg.scale, cfg.dropout)
+            return BottleneckAdapter(
+                layer, cfg.bottleneck, cfg.activation, cfg.scale, cfg.dropout, bias=cfg.bias, init=cfg.init
+            )
 
         # bottleneck adapters sit on linear layers only (a conv target matches nothing: clear error);
         # a new adapter's tensors train

@@ -20,7 +20,7 @@ import json
 import math
 import re
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +30,11 @@ from torch import nn
 
 from peftlab import distributed
 from peftlab.blocks.importance import SENSITIVITIES, SmoothedSensitivity
-from peftlab.blocks.lowrank import check_rank, wrap_with_vectors
+from peftlab.blocks.lowrank import check_rank, vector_param_groups, wrap_with_vectors
 from peftlab.blocks.params import freeze
 from peftlab.blocks.schedules import cubic_fraction
 from peftlab.blocks.selection import lowest
-from peftlab.blocks.targeting import module_role
+from peftlab.blocks.targeting import ALL_LINEAR, module_role
 from peftlab.errors import ConfigError
 from peftlab.methods.base import Method, MethodConfig, TrainState, register_method
 
@@ -45,7 +45,7 @@ FREEZE_RULES = ("code", "paper")
 @dataclass
 class AfloraConfig(MethodConfig):
     rank: int = 4
-    target_modules: list[str] | str = field(default_factory=lambda: ["query", "key", "value", "dense"])
+    target_modules: list[str] | str = ALL_LINEAR  # q, k, v, attention-out, FFN in/out of every block
     pm_trainable: str = "ffn"  # ffn | attention | both | none (none: frozen random PMs, ELoRA-like)
     freezing: bool = True  # false: trainable PMs are never frozen
     score: str = "grad"  # grad |g| | weight_grad |p*g| | grad_over_weight |g/p|
@@ -57,6 +57,7 @@ class AfloraConfig(MethodConfig):
     beta1: float = 0.85
     beta2: float = 0.95
     d_init: float = 0.1
+    decay_vectors: bool = True  # weight decay on d and b, as the authors' code (1-D tensors are else exempt)
     b_init: float = 0.0
 
     def __post_init__(self) -> None:
@@ -80,6 +81,9 @@ def steps_of(value: float, steps_per_epoch: int, total_steps: int) -> int:
 class Aflora(Method):
     config_class = AfloraConfig
     config: AfloraConfig
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        return vector_param_groups(model, self.config.decay_vectors)
 
     def attach(self, model: nn.Module) -> None:
         freeze(model)

@@ -10,12 +10,14 @@ as peft draws it (``shared_projections=false``: one pair per layer). The pair is
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
-from peftlab.blocks.lowrank import FixedProjections, wrap_with_vectors
+from peftlab.blocks.lowrank import FixedProjections, vector_param_groups, wrap_with_vectors
 from peftlab.blocks.params import freeze
+from peftlab.blocks.targeting import ALL_LINEAR
 from peftlab.errors import ConfigError
 from peftlab.methods.base import Method, MethodConfig, register_method
 
@@ -23,8 +25,9 @@ from peftlab.methods.base import Method, MethodConfig, register_method
 @dataclass
 class EloraConfig(MethodConfig):
     rank: int = 1024  # the AFLoRA paper's ELoRA; may exceed the layer width (projections are random)
-    target_modules: list[str] | str = field(default_factory=lambda: ["query", "key", "value", "dense"])
+    target_modules: list[str] | str = ALL_LINEAR  # q, k, v, attention-out, FFN in/out of every block
     d_init: float = 0.1
+    decay_vectors: bool = True  # weight decay on d and b, as the authors' code (1-D tensors are else exempt)
     b_init: float = 0.0
     shared_projections: bool = True
     projection_seed: int = 0
@@ -39,6 +42,9 @@ class EloraConfig(MethodConfig):
 class Elora(Method):
     config_class = EloraConfig
     config: EloraConfig
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        return vector_param_groups(model, self.config.decay_vectors)
 
     def attach(self, model: nn.Module) -> None:
         freeze(model)

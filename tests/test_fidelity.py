@@ -1,0 +1,74 @@
+"""Settings around the math that follow the authors' code (the README's "Fidelity" table): targets that
+match every encoder layout, weight decay on ELoRA/AFLoRA's vectors, ELoRA's per-layer projections,
+Light-PEFT's adapter without biases."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from peftlab.blocks.adapter import BottleneckAdapter
+from peftlab.blocks.lowrank import low_rank_layers
+from peftlab.blocks.protocol import adapter_layers
+from peftlab.config import compose_config
+from peftlab.experiment import build_trainer
+from peftlab.methods.base import build_method
+from peftlab.models import build_model
+from peftlab.train.run_dir import RunDir
+
+
+@pytest.mark.parametrize("model_name", ["tiny_bert", "tiny_deberta"])
+@pytest.mark.parametrize("method", ["aflora", "elora", "elora_per_layer", "lora_all_linear"])
+def test_aflora_presets_adapt_all_six_linears_on_every_encoder(model_name, method):
+    cfg = compose_config(["experiment=aflora_glue", f"method={method}", f"model={model_name}", "task=mrpc"])
+    model, _ = build_model(cfg.model, num_labels=2)
+    build_method(cfg.method).setup(model)
+    names = [name.rsplit(".", 2)[-2:] for name, _ in low_rank_layers(model)]
+    assert len(names) == 6 * cfg.model.config.num_hidden_layers  # q, k, v, attention-out, FFN in, FFN out
+    if model_name == "tiny_deberta":
+        assert ["self", "query_proj"] in names and ["self", "value_proj"] in names
+
+
+@pytest.mark.parametrize("decay", [True, False])
+@pytest.mark.parametrize("method", ["aflora", "elora"])
+def test_vectors_get_weight_decay_as_in_the_authors_code(tmp_path, method, decay):
+    cfg = tiny_config(
+        tmp_path, f"method={method}", f"method.decay_vectors={decay}", "schedule.weight_decay=0.1"
+    )
+    trainer = build_trainer(cfg, RunDir(tmp_path))
+    vectors = {id(v) for _, layer in low_rank_layers(trainer.model) for v in layer.vectors()}
+    decay_of = {id(p): g["weight_decay"] for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert vectors and {decay_of[v] for v in vectors} == {0.1 if decay else 0.0}
+
+
+def test_elora_per_layer_projections_are_kaiming_a0_per_layer():
+    cfg = compose_config(["method=elora_per_layer", "model=tiny_bert", "method.rank=16"])
+    model, _ = build_model(cfg.model, num_labels=2)
+    build_method(cfg.method).setup(model)
+    layers = low_rank_layers(model)
+    assert len({id(layer.fixed) for _, layer in layers}) == len(layers)  # one pair per layer
+    for _, layer in layers:
+        a, b = layer.projections()
+        for matrix, fan_in in ((a, layer.in_features), (b, 16)):
+            bound = math.sqrt(6 / fan_in)  # kaiming-uniform, a=0 (peft's VeRA and the AFLoRA authors')
+            assert matrix.abs().max() <= bound and matrix.abs().max() > 0.9 * bound
+    assert layers[0][1].vec_d.eq(0.1).all() and not layers[0][1].vec_b.any()
+
+
+def test_light_peft_adapter_has_no_biases_and_normal_init():
+    cfg = compose_config(["method=light_peft_adapter", "model=tiny_bert"])
+    torch.manual_seed(0)
+    model, _ = build_model(cfg.model, num_labels=2)
+    build_method(cfg.method).setup(model)
+    adapters = [layer for _, layer in adapter_layers(model) if isinstance(layer, BottleneckAdapter)]
+    assert adapters and all(a.adapter_down.bias is None and a.adapter_up.bias is None for a in adapters)
+    weights = torch.cat([w.detach().flatten() for a in adapters for w in a.low_rank_pair()])
+    assert abs(float(weights.std()) - 0.02) < 0.003 and abs(float(weights.mean())) < 0.003
+    default = compose_config(["method=adapter", "model=tiny_bert"])
+    model, _ = build_model(default.model, num_labels=2)
+    build_method(default.method).setup(model)
+    houlsby = next(layer for _, layer in adapter_layers(model))
+    assert houlsby.adapter_down.bias is not None and not houlsby.adapter_up.weight.any()
