@@ -35,6 +35,9 @@ class ScheduleSchema:
     eval_every_steps: Optional[int] = None  # noqa: UP045 - null: after each epoch
     log_every_steps: int = 10
     precision: str = "fp32"  # fp32 | bf16 (autocast for forward passes; parameters and optimizer stay fp32)
+    # step: the warmup/decay schedule advances every optimizer step | epoch: once per epoch, as SPSFT's code
+    # steps its scheduler (the LR then stays near its peak: ~2e-5 throughout its GLUE runs)
+    scheduler_step: str = "step"
     # Per-task or per-method values (a paper's table) live in conf/experiment presets, not here: a group
     # file depends on no other group's values.
 

@@ -4,9 +4,11 @@
     python scripts/table.py multirun/... --rows method.name method.pm_trainable method.freezing
 
 Each job folder's config.yaml says what the job was (any dotted key can label rows or columns) and its
-results.json what it scored: the task's main metric of the final evaluation, x100 as in the papers.
-#params is the trainable parameter count averaged over all training steps (the AFLoRA paper's #Params),
-averaged over the row's jobs; "train s" the mean training time (evaluation excluded) of the row's jobs.
+results.json what it scored: the task's main metric of the final evaluation (``--select best``: of the
+best evaluation, chosen by the task's selection metric, e.g. MRPC's F1, as the AFLoRA authors keep their
+best checkpoint), x100 as in the papers. #params is the trainable parameter count averaged over all
+training steps (``--params adapter``: without the task head, the AFLoRA paper's #Params), averaged over
+the row's jobs; "train s" the mean training time (evaluation excluded) of the row's jobs.
 Jobs without a completed results.json are listed under the table.
 """
 
@@ -26,7 +28,14 @@ def lookup(config, dotted: str) -> str:
     return "-" if value is None else str(value)
 
 
-def collect(root: Path, rows: list[str], cols: list[str], metric: str | None):
+def collect(
+    root: Path,
+    rows: list[str],
+    cols: list[str],
+    metric: str | None,
+    select: str = "final",
+    adapter: bool = False,
+):
     cells: dict[tuple[str, str], list[float]] = defaultdict(list)
     params: dict[str, list[float]] = defaultdict(list)
     times: dict[str, list[float]] = defaultdict(list)
@@ -45,13 +54,14 @@ def collect(root: Path, rows: list[str], cols: list[str], metric: str | None):
             problems.append(f"{job.name}: {results.get('status')}: {results.get('error', '')}")
             continue
         name = metric or results["main_metric"]
-        cells[(row, col)].append(100 * results["final_eval"][name])
-        params[row].append(results["trainable_params"]["mean_over_steps"])
+        cells[(row, col)].append(100 * results[f"{select}_eval"][name])
+        counts = results["trainable_params"]
+        params[row].append(counts["mean_over_steps_without_head" if adapter else "mean_over_steps"])
         times[row].append(results["train_time_s"])
     return cells, params, times, problems
 
 
-def render(cells, params, times, problems) -> str:
+def render(cells, params, times, problems, select: str = "final", adapter: bool = False) -> str:
     row_names = sorted({r for r, _ in cells})
     col_names = sorted({c for _, c in cells})
     lines = [
@@ -75,8 +85,8 @@ def render(cells, params, times, problems) -> str:
         lines.append(f"| {row} | {count:.3f}M | " + " | ".join(parts) + f" | {avg} | {train_s:.0f} |")
     lines.append("")
     lines.append(
-        "Cells: final dev metric x100, mean ± std (number of seeds). #params: trainable, averaged over "
-        "steps. train s: mean training time per job."
+        f"Cells: {select} dev metric x100, mean ± std (number of seeds). #params: trainable"
+        f"{' without the head' if adapter else ''}, averaged over steps. train s: mean training time per job."
     )
     lines.extend(f"- not counted: {p}" for p in problems)
     return "\n".join(lines)
@@ -88,11 +98,16 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", default=["method.name"], help="config keys that label rows")
     parser.add_argument("--cols", nargs="+", default=["task.name"], help="config keys that label columns")
     parser.add_argument("--metric", help="metric of final_eval to show (default: each task's main metric)")
+    parser.add_argument("--select", choices=("final", "best"), default="final", help="which evaluation")
+    parser.add_argument("--params", choices=("all", "adapter"), default="all", help="count the head or not")
     args = parser.parse_args()
-    cells, params, times, problems = collect(args.root, args.rows, args.cols, args.metric)
+    adapter = args.params == "adapter"
+    cells, params, times, problems = collect(
+        args.root, args.rows, args.cols, args.metric, args.select, adapter
+    )
     if not cells:
         raise SystemExit(f"no completed runs under {args.root}")
-    print(render(cells, params, times, problems))
+    print(render(cells, params, times, problems, args.select, adapter))
 
 
 if __name__ == "__main__":

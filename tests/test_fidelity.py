@@ -4,6 +4,7 @@ Light-PEFT's adapter without biases."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -72,3 +73,38 @@ def test_light_peft_adapter_has_no_biases_and_normal_init():
     build_method(default.method).setup(model)
     houlsby = next(layer for _, layer in adapter_layers(model))
     assert houlsby.adapter_down.bias is not None and not houlsby.adapter_up.weight.any()
+
+
+def test_head_count_follows_the_authors_quantile_rule():
+    from peftlab.blocks.selection import dropped_count, quantile_count
+
+    for n, expected in ((12, 4), (16, 5), (4, 1)):
+        scores = torch.randperm(n).float()
+        assert quantile_count(n, 0.3333333333) == expected
+        assert int((scores < torch.quantile(scores, 1 / 3)).sum()) == expected  # the rule it restates
+    assert dropped_count(12, 0.3333333333) == 3  # what floor(ratio x n) gave before
+
+
+def test_scheduler_stepped_per_epoch_keeps_the_lr_near_its_peak(tmp_path):
+    overrides = ["schedule.scheduler_step=epoch", "schedule.warmup_ratio=0", "schedule.epochs=2"]
+    trainer = build_trainer(tiny_config(tmp_path, *overrides, "schedule.max_steps=null"), RunDir(tmp_path))
+    trainer.fit()
+    state, lr = trainer.state, trainer.sched.lr
+    assert state.total_steps == 2 * state.steps_per_epoch > 2
+    # the last step ran in epoch 2: the scheduler had stepped once, lr = lr0 (T - 1) / T (not ~lr0 / T)
+    expected = lr * (state.total_steps - 1) / state.total_steps
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(expected)
+
+
+def test_adapter_only_parameter_average_leaves_the_head_out(tmp_path):
+    from peftlab.experiment import run_experiment
+
+    results = run_experiment(tiny_config(tmp_path, "task=mrpc", "method=aflora"))
+    params = results["trainable_params"]
+    head = params["mean_over_steps"] - params["mean_over_steps_without_head"]
+    assert head == 32 * 2 + 2  # the tiny model's classifier: hidden 32 -> 2 labels, with bias
+    assert results["best_by"] == "f1" and results["best_eval"]["f1"] == max(
+        row["eval_f1"]
+        for row in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())
+        if "eval_f1" in row
+    )

@@ -29,7 +29,8 @@ def job(
             "status": "completed",
             "main_metric": metric,
             "final_eval": {metric: score},
-            "trainable_params": {"mean_over_steps": params},
+            "best_eval": {metric: score + 0.1},
+            "trainable_params": {"mean_over_steps": params, "mean_over_steps_without_head": params / 2},
             "train_time_s": secs,
         }
         (folder / "results.json").write_text(json.dumps(results))
@@ -54,3 +55,12 @@ def test_table_mean_std_params_and_missing_jobs(tmp_path):
     assert "| lora | 1.667M | 50.00 ± 0.00 (1) | 65.00 ± 7.07 (2) | 57.50 | 20 |" in lines
     assert "| aflora | 0.500M |  | 65.00 ± 0.00 (1) |  | 10 |" in lines  # no average over a missing cell
     assert any(line.startswith("- not counted: 4: no results.json") for line in lines)
+
+
+def test_table_best_evaluation_and_adapter_only_params(tmp_path):
+    job(tmp_path, "0", "aflora", "rte", 1, 0.60, 2e6)
+    job(tmp_path, "1", "aflora", "rte", 2, 0.70, 2e6)
+    script = [sys.executable, str(ROOT / "scripts" / "table.py"), str(tmp_path), "--select", "best"]
+    out = subprocess.run([*script, "--params", "adapter"], capture_output=True, text=True, check=True).stdout
+    assert "| aflora | 1.000M | 75.00 ± 7.07 (2) | 75.00 | 10 |" in out.splitlines()  # best = final + 10
+    assert "best dev metric" in out and "without the head" in out

@@ -28,6 +28,13 @@ def dropped_count(n: int, ratio: float) -> int:
     return math.floor(ratio * n)
 
 
+def quantile_count(n: int, ratio: float) -> int:
+    """How many of n distinct scores lie strictly below their ``ratio`` quantile (linear interpolation, as
+    torch.quantile): what a "prune below the quantile" rule removes, ceil((n - 1) x ratio). For 12 heads
+    at 1/3 that is 4, where floor(ratio x n) gives 3 or 4 depending on rounding (16 heads: 5 both ways)."""
+    return math.ceil((n - 1) * ratio - 1e-6)
+
+
 def keep_highest(
     scores: Sequence[torch.Tensor],
     keep: Sequence[int],

@@ -10,7 +10,9 @@
    (``module_ratio``) and ranks over all kept modules (``rank_ratio``) are removed physically (weights
    sliced, head counts updated, masks dropped); the loop rebuilds the optimizer and trains on.
 
-Counts, not quantile thresholds, decide what goes (floor(ratio x n) units), so the ratios hold exactly.
+Counts decide what goes: floor(ratio x n) FFN channels, modules and ranks; per layer, the heads strictly
+below the ratio-quantile of its masks, ceil((n - 1) x ratio), as the authors' quantile rule (4 of 12 heads
+at 1/3; ``head_count=floor``: floor(ratio x n)).
 The kept indices go to ``light_peft_pruning.json`` and the final mask values to
 ``light_peft_masks.safetensors``, apart from the adapter: ``eval_only`` prunes the same base model again.
 In a Llama-style model with grouped KV heads the head unit is a whole KV group.
@@ -35,7 +37,7 @@ from peftlab.blocks.importance import output_change_ratio, rank_taylor_scores
 from peftlab.blocks.masks import StructureMasks
 from peftlab.blocks.params import count_parameters
 from peftlab.blocks.protocol import LowRankLayer
-from peftlab.blocks.selection import dropped_count, keep_highest
+from peftlab.blocks.selection import dropped_count, keep_highest, quantile_count
 from peftlab.blocks.structure import Block, blocks, prune_channels, prune_heads
 from peftlab.errors import ConfigError
 from peftlab.methods.base import Method, MethodConfig, TrainState, build_method, register_method
@@ -47,6 +49,7 @@ log = logging.getLogger(__name__)
 MASKS = "light_peft_masks"  # the masks' module name inside the model while they exist
 PRUNING_FILE = "light_peft_pruning.json"
 PEFT_NAMES = ("lora", "adapter")
+HEAD_COUNTS = ("quantile", "floor")
 
 
 def default_peft() -> dict[str, Any]:
@@ -62,6 +65,7 @@ class LightPeftConfig(MethodConfig):
     head_mask_lr_coef: float = 1.0  # mask LR = schedule LR x coef (the authors' scripts: 1)
     ffn_mask_lr_coef: float = 1.0
     head_ratio: float = 1 / 3  # of each layer's head units
+    head_count: str = "quantile"  # quantile: heads below the ratio-quantile go (the authors' code) | floor
     ffn_ratio: float = 1 / 3  # of all FFN channels
     module_ratio: float = 0.75  # of the PEFT modules
     rank_ratio: float = 0.5  # of the ranks of the kept modules
@@ -73,6 +77,8 @@ class LightPeftConfig(MethodConfig):
             )
         if not 0 < self.estimation_ratio < 1:
             raise ConfigError(f"light_peft estimation_ratio={self.estimation_ratio}; allowed: 0 < ratio < 1")
+        if self.head_count not in HEAD_COUNTS:
+            raise ConfigError(f"light_peft head_count={self.head_count!r}; allowed: {', '.join(HEAD_COUNTS)}")
         for key in ("head_ratio", "ffn_ratio", "module_ratio", "rank_ratio"):
             if not 0 <= getattr(self, key) < 1:
                 raise ConfigError(f"light_peft {key}={getattr(self, key)}; allowed: 0 <= ratio < 1")
@@ -166,7 +172,8 @@ def choose_pruning(
     least important PEFT modules, then the lowest ranks over all kept modules (a module left with no
     rank goes too). Counts are floor(ratio x n), so the ratios hold exactly."""
     head, ffn = masks.head.detach().cpu(), masks.ffn.detach().cpu()
-    heads = keep_highest(list(head), [len(r) - dropped_count(len(r), cfg.head_ratio) for r in head])
+    count = quantile_count if cfg.head_count == "quantile" else dropped_count
+    heads = keep_highest(list(head), [len(r) - count(len(r), cfg.head_ratio) for r in head])
     channels = keep_highest(
         list(ffn), [ffn.numel() - dropped_count(ffn.numel(), cfg.ffn_ratio)], scope="global", never_empty=True
     )

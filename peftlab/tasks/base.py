@@ -29,6 +29,12 @@ class Task(ABC):
     main_metric: str
     eval_splits: tuple[str, ...]
     model_head: str = "classifier"  # what goes on the backbone: classifier | lm | image (models.build)
+    select_metric: str | None = None  # picks the best evaluation (the authors' checkpoint choice); None: main
+
+    @property
+    def best_by(self) -> str:
+        """The metric by which the best evaluation of a run is chosen (results.json's best_eval)."""
+        return self.select_metric or self.main_metric
 
     def __init__(self, cfg: DictConfig, data_root: str | None) -> None:
         self.cfg = cfg

@@ -105,6 +105,7 @@ GLUE_TASKS = (
     ),
 )
 MAIN_METRIC = {"cola": "matthews_correlation", "stsb": "pearson"}
+SELECT_METRIC = {"mrpc": "f1"}  # the AFLoRA authors keep MRPC's best checkpoint by F1 (others: main metric)
 SPLIT_SUFFIX = {"validation_matched": "m", "validation_mismatched": "mm"}
 
 
@@ -169,6 +170,8 @@ class GlueTask(ClassificationTask):
         self.eval_splits = tuple(self.spec.eval_files)
         if len(self.eval_splits) > 1:
             self.main_metric = self.metric_key(self.eval_splits[0], self.main_metric)
+        if self.spec.name in SELECT_METRIC:
+            self.select_metric = self.metric_key(self.eval_splits[0], SELECT_METRIC[self.spec.name])
 
     def metric_key(self, split: str, metric: str) -> str:
         return metric if len(self.eval_splits) == 1 else f"{metric}_{SPLIT_SUFFIX[split]}"

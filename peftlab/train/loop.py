@@ -34,6 +34,7 @@ from peftlab.train.run_dir import RunDir
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16")
+SCHEDULER_STEPS = ("step", "epoch")
 
 
 @dataclass
@@ -42,6 +43,7 @@ class History:
 
     step_times: list[float] = field(default_factory=list)  # step k took step_times[k - 1] seconds
     trainable_param_steps: int = 0  # sum over steps of the trainable count (for the average)
+    adapter_param_steps: int = 0  # the same without the task head (the AFLoRA paper's #Params)
     samples: int = 0
     tokens: int = 0  # non-padding tokens trained on (text tasks)
     train_time_s: float = 0.0  # sum of step times, evaluation excluded
@@ -113,6 +115,11 @@ class Trainer:
             raise ConfigError(
                 f"schedule.precision={self.sched.precision!r}; allowed: {', '.join(PRECISIONS)}"
             )
+        if self.sched.scheduler_step not in SCHEDULER_STEPS:
+            raise ConfigError(
+                f"schedule.scheduler_step={self.sched.scheduler_step!r}; "
+                f"allowed: {', '.join(SCHEDULER_STEPS)}"
+            )
         self.model, self.method, self.task = model, method, task
         self.train_loader, self.eval_loaders = train_loader, eval_loaders
         self.device, self.run_dir = device, run_dir
@@ -135,6 +142,7 @@ class Trainer:
         )
         self.trainable = [p for _, p in trainable_named_parameters(self.model)]
         self.trainable_count = sum(p.numel() for p in self.trainable)
+        self.trainable_head_count = sum(p.numel() for p in self.model.head.parameters() if p.requires_grad)
 
     def _data_parallel(self) -> torch.nn.Module:
         """The model the training forward goes through: DDP around it under torchrun (rebuilt whenever
@@ -174,7 +182,9 @@ class Trainer:
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         state = self.state
-        set_lr(self.optimizer, lr_factor(state.step, state.total_steps, self.warmup_steps))
+        # "epoch": the scheduler advances once per epoch (SPSFT's code), so the LR barely decays
+        t = state.step if self.sched.scheduler_step == "step" else state.step // state.steps_per_epoch
+        set_lr(self.optimizer, lr_factor(t, state.total_steps, self.warmup_steps))
         if state.step == 0 and self.cfg.measure.flops:
             loss_box: list[torch.Tensor] = []
             self.history.flops_per_step = efficiency.count_flops(
@@ -253,6 +263,7 @@ class Trainer:
             history.tokens += int(batch["attention_mask"].sum()) * distributed.world_size()
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         history.trainable_param_steps += self.trainable_count  # what this step trains
+        history.adapter_param_steps += self.trainable_count - self.trainable_head_count
         loss = self.train_step(batch)
         efficiency.synchronize(self.device)
         elapsed = time.perf_counter() - start
@@ -309,8 +320,8 @@ class Trainer:
             raise TrainingDiverged(f"eval loss is not finite at step {self.state.step}: {metrics}")
         history = self.history
         history.last_eval, history.last_eval_step = metrics, self.state.step
-        main = self.task.main_metric
-        if history.best_eval is None or metrics[main] > history.best_eval[main]:
+        best_by = self.task.best_by
+        if history.best_eval is None or metrics[best_by] > history.best_eval[best_by]:
             history.best_eval, history.best_step = metrics, self.state.step
         self.run_dir.log_metrics(
             {
@@ -336,12 +347,14 @@ class Trainer:
             "best_eval": history.best_eval,
             "best_step": history.best_step,
             "main_metric": self.task.main_metric,
+            "best_by": self.task.best_by,
             "steps": state.step,
             "epochs": round(state.epoch, 4),
             "trainable_params": {
                 "start": self.trainable_start,
                 "end": self.trainable_count,
                 "mean_over_steps": history.trainable_param_steps / max(state.step, 1),
+                "mean_over_steps_without_head": history.adapter_param_steps / max(state.step, 1),
             },
             "total_params": count_parameters(self.model),
             "train_time_s": history.train_time_s,
