@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from peftlab import __version__, distributed
 from peftlab.artifacts import load_adapter, save_adapter
 from peftlab.blocks.params import count_parameters
+from peftlab.config import check_config
 from peftlab.errors import ConfigError, TrainingDiverged
 from peftlab.loggers import build_logger
 from peftlab.methods.base import CalibrationData, build_method
@@ -115,7 +116,9 @@ def _reshuffled(loader: DataLoader, seed: int) -> DataLoader:
 
 
 def run_experiment(cfg: DictConfig) -> dict[str, Any]:
-    """Train (or, with ``eval_only``, evaluate) and write the run folder. Returns results.json's content."""
+    """Train (or, with ``eval_only``, evaluate) and write the run folder. Returns results.json's content.
+    Every value is checked before any work (``config.check_config``)."""
+    check_config(cfg)
     distributed.init_from_env(resolve_device(cfg.model.device))
     if distributed.enabled():  # every rank works in rank 0's run folder; only rank 0 writes there
         with open_dict(cfg):
@@ -155,6 +158,7 @@ def resume_run(cfg: DictConfig) -> dict[str, Any]:
     with open_dict(saved):
         saved.output_dir, saved.resume = str(folder), True
         saved.progress_bar, saved.data_root = cfg.progress_bar, cfg.data_root
+    check_config(saved)
     trainer = build_trainer(saved, run_dir)
     if run_dir.writes:
         run_dir.logger = build_logger(saved, run_dir.path)
