@@ -114,6 +114,7 @@ def complement(n: int, drop: torch.Tensor) -> torch.Tensor:
 @register_method("light_peft")
 class LightPeft(Method):
     config_class = LightPeftConfig
+    output_files = (PRUNING_FILE, f"{MASKS}.safetensors")
     config: LightPeftConfig
 
     def __init__(self, config: LightPeftConfig) -> None:
