@@ -23,6 +23,7 @@ import peftlab.train.run_dir as run_dir_module
 from peftlab.errors import ConfigError, TrainingDiverged
 from peftlab.experiment import run_experiment
 from peftlab.models.heads import ModelOutput, SequenceClassifier
+from peftlab.registry import METHODS
 from peftlab.train.run_dir import RunDir
 
 COMMON = [
@@ -116,6 +117,15 @@ def test_overwrite_deletes_everything_the_old_run_wrote(tmp_path):
     assert checkpoint["run_id"] == run_id
     assert [row["step"] for row in metric_rows(tmp_path)] == [2, 4, 4]
     assert results(tmp_path)["seed"] == 7
+
+
+@pytest.mark.parametrize("method", ["spsft", "light_peft"])
+def test_every_file_a_run_writes_is_one_a_new_run_deletes(tmp_path, method):
+    cfg = tiny_config(tmp_path, f"method={method}", "schedule.max_steps=10", "checkpoint.every_steps=5")
+    run_experiment(cfg)
+    assert all((tmp_path / name).exists() for name in METHODS.get(method).output_files)
+    RunDir(tmp_path).clear_previous()
+    assert [p.name for p in tmp_path.iterdir()] == [".peftlab.lock"]
 
 
 def test_resume_uses_only_checkpoints_of_its_own_run(tmp_path, caplog):
