@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from peftlab.errors import ConfigError
+from peftlab.errors import ConfigError, StorageError
 from peftlab.methods.base import Method
+from peftlab.train.run_dir import atomic_write, write_text_atomic
 
 WEIGHTS = "adapter.safetensors"
 META = "adapter.json"
@@ -20,7 +22,11 @@ def save_adapter(out_dir: Path, method: Method, model: nn.Module, meta: dict[str
     tensors = {
         k: v.detach().to("cpu").contiguous().clone() for k, v in method.adapter_state_dict(model).items()
     }
-    save_file(tensors, str(out_dir / WEIGHTS))
+    with atomic_write(out_dir / WEIGHTS) as tmp:
+        try:
+            save_file(tensors, str(tmp))
+        except SafetensorError as err:  # e.g. "I/O error: No space left on device"
+            raise StorageError(f"could not write {out_dir / WEIGHTS}: {err}") from err
     description = {
         **meta,
         "method": method.describe(),
@@ -28,20 +34,32 @@ def save_adapter(out_dir: Path, method: Method, model: nn.Module, meta: dict[str
         "num_params": sum(t.numel() for t in tensors.values() if t.is_floating_point()),
         "tensors": {k: list(t.shape) for k, t in tensors.items()},
     }
-    (out_dir / META).write_text(json.dumps(description, indent=2) + "\n")
+    write_text_atomic(out_dir / META, json.dumps(description, indent=2) + "\n")
     return out_dir / WEIGHTS
 
 
 def load_adapter(model: nn.Module, method: Method, run_dir: Path) -> dict[str, Any]:
     """Load saved tensors into a model that was built and attached like the saved one."""
     weights = run_dir / WEIGHTS
-    if not weights.exists():
+    for name in (WEIGHTS, META):
+        if not (run_dir / name).exists():
+            raise ConfigError(
+                f"load_from={run_dir}: no {name} there (was the run finished with save_adapter=true?)"
+            )
+    try:
+        meta = json.loads((run_dir / META).read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"load_from={run_dir}: {META} cannot be read ({err})") from None
+    try:
+        tensors = load_file(str(weights))
+    except Exception as err:  # noqa: BLE001 - a cut or garbled file: name it, whatever the reader says
         raise ConfigError(
-            f"load_from={run_dir}: no {WEIGHTS} there (was the run finished with save_adapter=true?)"
-        )
+            f"load_from={run_dir}: {WEIGHTS} cannot be read, it is cut short or not safetensors "
+            f"({type(err).__name__}: {err})"
+        ) from None
     try:
         method.restore(model, run_dir)
-        method.load_adapter_state_dict(model, load_file(str(weights)))
+        method.load_adapter_state_dict(model, tensors)
     except ConfigError as err:
         raise ConfigError(f"load_from={run_dir}: {err}") from None
-    return json.loads((run_dir / META).read_text())
+    return meta

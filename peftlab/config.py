@@ -1,15 +1,26 @@
-"""Typed schemas for the config groups where a wrong type would otherwise pass silently, and helpers
-to compose the config outside the CLI (tests, scripts)."""
+"""Typed schemas of the config groups, the check that runs them before any work, and helpers to compose
+the config outside the CLI (tests, scripts).
+
+``check_config`` refuses a bad value where it enters: every group's keys are compared with its schema
+(an unknown key, e.g. ``+schedule.lrr=1``, is refused with the allowed ones) and the schema's
+``__post_init__`` checks each value's type and range (one ConfigError line: key, value, what is allowed).
+Methods check their own config class the same way (``methods.base.build_method``), tasks through
+``Task.config_class``.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional  # OmegaConf 2.3 needs Optional[...], not X | None
+from typing import Any, Optional  # OmegaConf 2.3 needs Optional[...], not X | None
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+from peftlab import checks
+from peftlab.errors import ConfigError
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -40,6 +51,92 @@ class ScheduleSchema:
     scheduler_step: str = "step"
     # Per-task or per-method values (a paper's table) live in conf/experiment presets, not here: a group
     # file depends on no other group's values.
+
+    def __post_init__(self) -> None:
+        for key in ("lr", "adam_eps"):
+            checks.number(f"schedule.{key}", getattr(self, key), above=0)
+        checks.number("schedule.head_lr", self.head_lr, above=0, optional=True)
+        checks.number("schedule.weight_decay", self.weight_decay, at_least=0)
+        checks.numbers("schedule.adam_betas", self.adam_betas, 2)
+        for i, beta in enumerate(self.adam_betas):
+            checks.number(f"schedule.adam_betas[{i}]", beta, at_least=0, below=1)
+        checks.number("schedule.warmup_ratio", self.warmup_ratio, at_least=0, at_most=1)
+        checks.number("schedule.max_grad_norm", self.max_grad_norm, above=0, optional=True)
+        checks.integer("schedule.epochs", self.epochs, minimum=0)  # 0: evaluate the untrained model
+        for key in ("batch_size", "eval_batch_size", "log_every_steps"):
+            checks.integer(f"schedule.{key}", getattr(self, key), minimum=1)
+        for key in ("max_steps", "eval_every_steps"):
+            checks.integer(f"schedule.{key}", getattr(self, key), minimum=1, optional=True)
+        # room for the special tokens ([CLS] a [SEP] b [SEP]) and some text
+        checks.integer("schedule.max_seq_length", self.max_seq_length, minimum=4)
+        checks.choice("schedule.precision", self.precision, ("fp32", "bf16"))
+        checks.choice("schedule.scheduler_step", self.scheduler_step, ("step", "epoch"))
+
+
+@dataclass
+class CheckpointSchema:
+    """``checkpoint.*``: how often a run writes what ``resume=true`` needs, and how many stay."""
+
+    every_steps: Optional[int] = None  # noqa: UP045 - null: no checkpoints
+    keep: int = 2
+
+    def __post_init__(self) -> None:
+        checks.integer("checkpoint.every_steps", self.every_steps, minimum=1, optional=True)
+        checks.integer("checkpoint.keep", self.keep, minimum=1)
+
+
+def check_group(node: DictConfig, schema: type, prefix: str) -> Any:
+    """``node`` as an instance of the dataclass ``schema``: unknown keys are refused with the allowed
+    ones; the schema's ``__post_init__`` checks the values."""
+    values = OmegaConf.to_container(node, resolve=True)
+    assert isinstance(values, dict)
+    fields = {f.name for f in dataclasses.fields(schema)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ConfigError(f"{prefix}: unknown option(s) {unknown}; allowed: {sorted(fields)}")
+    return schema(**values)
+
+
+def check_run_options(cfg: DictConfig) -> None:
+    """The top-level keys (conf/config.yaml)."""
+    checks.integer("seed", cfg.seed)
+    for key in ("overwrite", "save_adapter", "eval_only", "progress_bar"):
+        checks.boolean(key, cfg[key])
+    checks.boolean("measure.flops", cfg.measure.flops)
+    checks.text("data_root", cfg.data_root, optional=True)
+    checks.text("load_from", cfg.load_from, optional=True)
+    if not isinstance(cfg.resume, bool):
+        checks.text("resume", cfg.resume)  # true | false | a run folder's path
+    if cfg.load_from and not cfg.eval_only:
+        raise ConfigError(
+            f"load_from={cfg.load_from} is read only with eval_only=true (re-evaluate that run); "
+            "training does not start from a saved adapter: add eval_only=true or drop load_from"
+        )
+    if cfg.eval_only and cfg.resume:
+        raise ConfigError(
+            f"eval_only=true and resume={cfg.resume} are exclusive: evaluate a finished run or resume a "
+            "killed one"
+        )
+
+
+def check_model(model: DictConfig) -> None:
+    """The model keys every model config has (the rest are read, and checked, when it is built)."""
+    from peftlab.models.build import resolve_dtype  # imports transformers: only when checking a run
+
+    resolve_dtype(model.dtype)
+    checks.number("model.head_dropout", model.head_dropout, at_least=0, below=1)
+    checks.number("model.dropout", model.get("dropout"), at_least=0, below=1, optional=True)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Every group of a composed config, before any work: one ConfigError for the first bad value."""
+    from peftlab.registry import TASKS
+
+    check_run_options(cfg)
+    check_group(cfg.schedule, ScheduleSchema, "schedule")
+    check_group(cfg.checkpoint, CheckpointSchema, "checkpoint")
+    check_group(cfg.task, TASKS.get(cfg.task.name).config_class, f"task {cfg.task.name}")
+    check_model(cfg.model)
 
 
 def register_schemas() -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import random
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +18,14 @@ from torch.utils.data import DataLoader
 from peftlab import __version__, distributed
 from peftlab.artifacts import load_adapter, save_adapter
 from peftlab.blocks.params import count_parameters
-from peftlab.errors import ConfigError, TrainingDiverged
+from peftlab.config import check_config
+from peftlab.errors import ConfigError, RunInterrupted, StorageError, TrainingDiverged
 from peftlab.loggers import build_logger
 from peftlab.methods.base import CalibrationData, Method, build_method
 from peftlab.models import build_model, resolve_device
 from peftlab.registry import TASKS
 from peftlab.tasks.base import Task
-from peftlab.train.checkpoint import latest_checkpoint
+from peftlab.train.checkpoint import usable_checkpoint
 from peftlab.train.loop import Trainer
 from peftlab.train.run_dir import RunDir
 
@@ -129,79 +132,107 @@ def _reshuffled(loader: DataLoader, seed: int) -> DataLoader:
 
 
 def run_experiment(cfg: DictConfig) -> dict[str, Any]:
-    """Train (or, with ``eval_only``, evaluate) and write the run folder. Returns results.json's content."""
+    """Train (or, with ``eval_only``, evaluate) and write the run folder. Returns results.json's content.
+
+    Every value is checked before any work (``config.check_config``); the run folder is then locked for
+    the whole run (``RunDir.lock``) and cleared of what an earlier run wrote (``RunDir.claim``)."""
+    check_config(cfg)
     device = distributed.init_from_env(resolve_device(cfg.model.device))
     if distributed.enabled():  # every rank works in rank 0's run folder; only rank 0 writes there
         with open_dict(cfg):
             cfg.output_dir = distributed.broadcast_object(str(cfg.output_dir))
-    run_dir = RunDir(cfg.output_dir, writes=distributed.is_main())
-    if cfg.eval_only:
-        return evaluate_saved(cfg, run_dir)
     if cfg.resume:
         return resume_run(cfg)
-    run_dir.claim(overwrite=cfg.overwrite)
-    trainer = build_trainer(cfg, run_dir, device=device)
-    run_dir.save_config(cfg)
-    if run_dir.writes:
-        run_dir.logger = build_logger(cfg, run_dir.path)
+    run_dir = RunDir(cfg.output_dir, writes=distributed.is_main())
     try:
-        return _train(cfg, trainer)
+        if cfg.eval_only:
+            _on_main_rank(run_dir.lock)
+            return evaluate_saved(cfg, run_dir)
+        _on_main_rank(lambda: run_dir.start(overwrite=cfg.overwrite))
+        with open_dict(cfg):
+            cfg.run_id = uuid.uuid4().hex  # in config.yaml and every checkpoint: resume uses only its own
+        trainer = build_trainer(cfg, run_dir, device=device)
+        run_dir.save_config(cfg)
+        return _train_logged(cfg, trainer)
     finally:
-        run_dir.logger.finish()
+        run_dir.unlock()
+
+
+def _on_main_rank(action: Callable[[], object]) -> None:
+    """Run ``action`` on rank 0, which owns the folder, and raise its ConfigError on every rank, so that
+    no rank goes on to wait in a collective for a rank that stopped."""
+    problem = None
+    if distributed.is_main():
+        try:
+            action()
+        except ConfigError as err:
+            problem = err
+    problem = distributed.broadcast_object(problem)
+    if problem is not None:
+        raise problem
 
 
 def resume_run(cfg: DictConfig) -> dict[str, Any]:
-    """Continue a killed run from its newest checkpoint, with the config it was started with (data
-    location and progress bar from this command)."""
+    """Continue a killed run from its newest readable checkpoint of the same run (``run_id``), with the
+    config it was started with (data location and progress bar from this command)."""
     folder = Path(cfg.output_dir if cfg.resume is True else cfg.resume)
     if not (folder / "config.yaml").exists():
         raise ConfigError(f"resume: {folder} holds no config.yaml; expected the folder of a started run")
-    checkpoint = latest_checkpoint(folder)
-    if checkpoint is None:
-        raise ConfigError(
-            f"resume: no checkpoint in {folder / 'checkpoints'}; a run writes them when "
-            "checkpoint.every_steps is set"
-        )
-    run_dir = RunDir(folder, writes=distributed.is_main())
-    if run_dir.finished_status() == "completed":
-        raise ConfigError(f"resume: {folder} already holds a finished run (results.json); nothing to resume")
     saved = OmegaConf.load(folder / "config.yaml")
     with open_dict(saved):
         saved.output_dir, saved.resume = str(folder), True
         saved.progress_bar, saved.data_root = cfg.progress_bar, cfg.data_root
-    trainer = build_trainer(saved, run_dir)
-    if run_dir.writes:
-        run_dir.logger = build_logger(saved, run_dir.path)
+    check_config(saved)
+    run_dir = RunDir(folder, writes=distributed.is_main())
     try:
-        return _train(saved, trainer, resume_from=checkpoint)
+        _on_main_rank(run_dir.reopen)
+        checkpoint = usable_checkpoint(folder, saved.get("run_id"))
+        trainer = build_trainer(saved, run_dir)
+        return _train_logged(saved, trainer, resume_from=checkpoint)
+    finally:
+        run_dir.unlock()
+
+
+def _train_logged(cfg: DictConfig, trainer: Trainer, resume_from: Path | None = None) -> dict[str, Any]:
+    """``_train`` with the run's metrics logger (W&B or nothing) open around it."""
+    run_dir = trainer.run_dir
+    if run_dir.writes:
+        run_dir.logger = build_logger(cfg, run_dir.path)
+    try:
+        return _train(cfg, trainer, resume_from)
     finally:
         run_dir.logger.finish()
 
 
 def _train(cfg: DictConfig, trainer: Trainer, resume_from: Path | None = None) -> dict[str, Any]:
+    """Fit, evaluate, save the adapter, then write results.json last: a folder whose results.json is not
+    ``completed`` has no adapter that eval_only would use. A run that stops writes ``failed`` (an error)
+    or ``interrupted`` (Ctrl-C: RunInterrupted says how to resume) with what it measured so far."""
     run_dir, task = trainer.run_dir, trainer.task
     start = time.perf_counter()
     try:
         trainer.fit(resume_from)
-    except TrainingDiverged as err:
-        if distributed.is_main():
-            summary = trainer.summary(time.perf_counter() - start)
-            run_dir.write_results({**trainer.header, "status": "failed", "error": str(err), **summary})
+        if trainer.history.last_eval_step != trainer.state.step:
+            trainer.evaluate()
+        if not distributed.is_main():  # rank 0 reports and saves
+            return {
+                **trainer.header,
+                "status": "completed",
+                "rank": distributed.rank(),
+                "final_eval": trainer.history.last_eval,
+                "main_metric": task.main_metric,
+            }
+        results = {**trainer.header, "status": "completed", **trainer.summary(time.perf_counter() - start)}
+        if cfg.save_adapter:
+            meta = {"model": cfg.model.name, "task": cfg.task.name, "num_labels": task.num_labels}
+            results["adapter"] = str(save_adapter(run_dir.path, trainer.method, trainer.model, meta))
+    except KeyboardInterrupt:
+        _record_stop(trainer, start, "interrupted", "interrupted by Ctrl-C")
+        raise RunInterrupted(_resume_hint(run_dir)) from None
+    except Exception as err:
+        known = isinstance(err, ConfigError | TrainingDiverged | StorageError)
+        _record_stop(trainer, start, "failed", str(err) if known else f"{type(err).__name__}: {err}")
         raise
-    if trainer.history.last_eval_step != trainer.state.step:
-        trainer.evaluate()
-    if not distributed.is_main():  # rank 0 reports and saves
-        return {
-            **trainer.header,
-            "status": "completed",
-            "rank": distributed.rank(),
-            "final_eval": trainer.history.last_eval,
-            "main_metric": task.main_metric,
-        }
-    results = {**trainer.header, "status": "completed", **trainer.summary(time.perf_counter() - start)}
-    if cfg.save_adapter:
-        meta = {"model": cfg.model.name, "task": cfg.task.name, "num_labels": task.num_labels}
-        results["adapter"] = str(save_adapter(run_dir.path, trainer.method, trainer.model, meta))
     run_dir.write_results(results)
     main = task.main_metric
     log.info(
@@ -216,6 +247,28 @@ def _train(cfg: DictConfig, trainer: Trainer, resume_from: Path | None = None) -
     return results
 
 
+def _record_stop(trainer: Trainer, start: float, status: str, error: str) -> None:
+    """results.json of a run that stopped, with what it measured so far. Best effort: when this fails
+    too (the disk is full), it is logged and the error that stopped the run is what the user sees."""
+    if not distributed.is_main():
+        return
+    try:
+        summary = trainer.summary(time.perf_counter() - start)
+    except Exception as err:  # noqa: BLE001 - e.g. a method report of a run that never stepped
+        log.warning("no summary for results.json (%s: %s)", type(err).__name__, err)
+        summary = {}
+    try:
+        trainer.run_dir.write_results({**trainer.header, "status": status, "error": error, **summary})
+    except Exception as err:  # noqa: BLE001
+        log.error("could not write status %r to %s: %s", status, trainer.run_dir.path, err)
+
+
+def _resume_hint(run_dir: RunDir) -> str:
+    if run_dir.checkpoints():
+        return f"interrupted; resume with: python -m peftlab resume={run_dir.path}"
+    return "interrupted; no checkpoint was written (checkpoint.every_steps), so a new run starts over"
+
+
 def evaluate_saved(cfg: DictConfig, run_dir: RunDir) -> dict[str, Any]:
     """Rebuild the model of a finished run, load its adapter, evaluate.
 
@@ -227,6 +280,12 @@ def evaluate_saved(cfg: DictConfig, run_dir: RunDir) -> dict[str, Any]:
     saved_cfg_path = source / "config.yaml"
     if not saved_cfg_path.exists():
         raise ConfigError(f"load_from={source}: no config.yaml there; expected a peftlab run folder")
+    status = RunDir(source).finished_status()
+    if status != "completed":  # a killed or failed run may have left an adapter: never evaluate it
+        raise ConfigError(
+            f"load_from={source}: that run did not complete (results.json status: {status or 'none'}); "
+            "only a completed run's adapter is evaluated"
+        )
     saved = OmegaConf.load(saved_cfg_path)
     with open_dict(cfg):
         limit = cfg.task.get("max_eval_samples")

@@ -9,7 +9,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
-from peftlab.config import compose_config, conf_dir
+from peftlab.config import check_config, compose_config, conf_dir
 from peftlab.methods.base import build_method
 from peftlab.registry import METHODS, TASKS
 
@@ -23,6 +23,7 @@ def test_every_option_of_every_group_composes(group):
     assert options(group), f"conf/{group} is empty"
     for option in options(group):
         cfg = compose_config([f"{group}={option}"])
+        check_config(cfg)
         if group == "method":  # a method YAML may be a preset of a registered method (lora_all_linear)
             assert cfg.method.name in METHODS.names()
         else:
@@ -33,6 +34,7 @@ def test_every_method_task_combination_composes_and_builds():
     for method, task in itertools.product(options("method"), options("task")):
         cfg = compose_config([f"method={method}", f"task={task}"])
         assert cfg.task.name == task
+        check_config(cfg)  # every group's values pass the schemas' checks
         build_method(cfg.method)  # config values pass the method's own checks
         TASKS.get(cfg.task.name)
 
@@ -57,6 +59,7 @@ def test_experiment_presets_compose_for_every_swept_value(experiment):
     for key, values in params.items():
         for value in str(values).split(","):
             composed = compose_config([f"experiment={experiment}", f"{key}={value}"])
+            check_config(composed)
             build_method(composed.method)
             # per-task / per-method schedules have an entry for every swept value
             assert composed.schedule.epochs > 0 and composed.schedule.lr > 0

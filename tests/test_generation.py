@@ -218,6 +218,21 @@ def test_malformed_jsonl_is_a_clear_error(tmp_path):
         read_jsonl(path, ("question",))
 
 
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (b'{"question": "caf\xe9", "answer": "a"}\n', "bad.jsonl:2: not valid UTF-8: byte 0xe9 at column 18"),
+        (b'{"question": "q", "answer": null}\n', "bad.jsonl:2: answer is null; expected a string"),
+        (b'{"question": "q", "answer": 7}\n', "bad.jsonl:2: answer is 7; expected a string"),
+    ],
+)
+def test_bad_jsonl_row_names_file_and_line(tmp_path, line, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b'{"question": "q", "answer": "a"}\n' + line)
+    with pytest.raises(ConfigError, match=message):
+        read_jsonl(path, ("question", "answer"))
+
+
 def test_cnn_dm_local_split_is_deterministic_and_disjoint():
     cfg = compose_config(["task=cnn_dm"]).task
     task = TASKS.get("cnn_dm")(cfg, None)

@@ -8,9 +8,11 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from conftest import tiny_config
 from omegaconf import OmegaConf
 
 from peftlab.errors import ConfigError
+from peftlab.experiment import run_experiment
 from peftlab.registry import TASKS
 from peftlab.tasks import metrics
 from peftlab.tasks._data_root import data_root_candidates
@@ -126,3 +128,38 @@ def test_metrics_match_hand_computation():
     ranks_y = np.array([1, 2.5, 4, 2.5])
     assert metrics.spearman(x, y) == pytest.approx(metrics.pearson(x, ranks_y))
     assert metrics.spearman(x, x**3) == pytest.approx(1.0)
+
+
+def test_invalid_utf8_row_names_file_and_line_and_can_be_skipped(tmp_path):
+    root = write_rte(tmp_path, ["0\ta\tb\tentailment\n"])
+    with (tmp_path / "glue" / "RTE" / "train.tsv").open("ab") as handle:
+        handle.write(b"1\tcaf\xe9\tb\tentailment\n")
+    message = r"train.tsv:3: malformed row \(not valid UTF-8: byte 0xe9 at column 6\)"
+    with pytest.raises(ConfigError, match=message):
+        task("rte", data_root=root).load_split("train")
+    assert len(task("rte", data_root=root, on_bad_row="skip").load_split("train")) == 1
+
+
+def test_empty_split_is_an_error_naming_the_file(tmp_path):
+    root = write_rte(tmp_path, [])  # the header only
+    with pytest.raises(ConfigError, match=r"RTE/train.tsv holds no examples$"):
+        task("rte", data_root=root).load_split("train")
+    skipped = write_rte(tmp_path / "bad", ["x\ty\n"])
+    with pytest.raises(ConfigError, match=r"holds no examples \(1 malformed rows skipped\)"):
+        task("rte", data_root=skipped, on_bad_row="skip").load_split("train")
+
+
+@pytest.mark.parametrize("empty", ["train.tsv", "dev.tsv"])
+def test_run_on_an_empty_split_stops_before_training(tmp_path, empty):
+    """Before, an empty train split hung forever with schedule.max_steps; an empty dev split crashed in
+    the tokenizer."""
+    folder = tmp_path / "data" / "glue" / "RTE"
+    folder.mkdir(parents=True)
+    source = data_root_candidates(None)[0] / "glue" / "RTE"
+    for name in ("train.tsv", "dev.tsv"):
+        lines = (source / name).read_text().splitlines(keepends=True)
+        (folder / name).write_text("".join(lines[:1] if name == empty else lines[:20]))
+    cfg = tiny_config(tmp_path / "run", f"data_root={tmp_path / 'data'}", "task.hub_fallback=false")
+    with pytest.raises(ConfigError, match=f"RTE/{empty} holds no examples"):
+        run_experiment(cfg)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

@@ -1,15 +1,18 @@
 """Model building: pooling choices, the backbone pooler as part of the head, dropout override, and the
-errors for hub models offline and for bad device/dtype values."""
+errors for hub models offline, bad device/dtype values and inputs longer than the position table."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_config
 
 from peftlab.config import compose_config
 from peftlab.errors import ConfigError
+from peftlab.experiment import run_experiment
 from peftlab.methods.base import build_method
 from peftlab.models import build_model, resolve_device
+from peftlab.models.build import position_limit
 
 
 def tiny(*overrides: str):
@@ -71,3 +74,20 @@ def test_hub_model_offline_is_a_clear_error(monkeypatch):
     expected = r"model 'deberta_v3_base' could not be loaded .*Models that run offline"
     with pytest.raises(ConfigError, match=expected):
         build_model(cfg.model, num_labels=2)
+
+
+@pytest.mark.parametrize(
+    ("model", "head", "limit"),
+    [("tiny_bert", "classifier", 128), ("tiny_bart", "lm", 640), ("tiny_llama", "lm", None)],
+)
+def test_position_limit_is_the_absolute_position_table(model, head, limit):
+    """BART's table is offset by 2 (642 rows for 640 positions); Llama's rotary positions have none."""
+    built, _ = build_model(compose_config([f"model={model}"]).model, 2 if head == "classifier" else 0, head)
+    assert position_limit(built) == limit
+
+
+def test_sequence_length_beyond_the_position_table_is_refused(tmp_path):
+    """Before: a tensor-size RuntimeError in the embeddings at the first long batch."""
+    message = r"schedule.max_seq_length=256 is not allowed; allowed: at most 128, the positions this model"
+    with pytest.raises(ConfigError, match=message):
+        run_experiment(tiny_config(tmp_path, "schedule.max_seq_length=256"))

@@ -80,6 +80,7 @@ def steps_of(value: float, steps_per_epoch: int, total_steps: int) -> int:
 @register_method("aflora")
 class Aflora(Method):
     config_class = AfloraConfig
+    output_files = ("freeze_trace.json", "freeze_heatmap.png")
     config: AfloraConfig
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:

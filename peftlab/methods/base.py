@@ -77,6 +77,7 @@ class Method:
     """A PEFT method. Subclasses set ``config_class`` and override the hooks they need."""
 
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    output_files: ClassVar[tuple[str, ...]] = ()  # what ``report`` writes (a new run deletes them)
 
     def __init__(self, config: MethodConfig) -> None:
         self.config = config

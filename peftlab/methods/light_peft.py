@@ -241,6 +241,7 @@ class LightPeft(Method):
     """Estimation (masks + PEFT scores), pruning at ``estimation_steps``, then training the smaller model."""
 
     config_class = LightPeftConfig
+    output_files = (PRUNING_FILE, f"{MASKS}.safetensors")
     config: LightPeftConfig
 
     def __init__(self, config: LightPeftConfig) -> None:

@@ -83,6 +83,7 @@ def select_rows(
 @register_method("spsft")
 class Spsft(Method):
     config_class = SpsftConfig
+    output_files = ("spsft_rows.json", "spsft_importance.safetensors")
     config: SpsftConfig
 
     def __init__(self, config: SpsftConfig) -> None:

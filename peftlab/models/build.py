@@ -40,7 +40,9 @@ MODEL_HEADS = ("classifier", "lm", "image")  # what a task puts on the backbone 
 # Encoder-only families: no language-model head for generation tasks.
 ENCODER_ONLY = {"bert", "roberta", "deberta", "deberta-v2", "distilbert", "electra", "xlm-roberta"}
 EFFICIENTNET = "efficientnet_lite0"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# Module names of absolute position tables (BERT, RoBERTa: position_embeddings; BART: embed_positions).
+POSITION_TABLES = ("position_embeddings", "embed_positions")
 OFFLINE_MODELS = (
     "minilm (shipped MiniLM), smollm2_135m (shipped SmolLM2), efficientnet_lite0 (shipped), "
     "tiny_bert / tiny_llama / tiny_bart / tiny_vit / tiny_efficientnet (random, for tests)"
@@ -68,9 +70,28 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_dtype(name: str) -> torch.dtype:
+    if name == "float16":  # without a loss scaler fp16 gradients underflow and the loss turns NaN
+        raise ConfigError(
+            "model.dtype='float16' is not allowed: training in fp16 needs a loss scaler, which peftlab "
+            "does not have yet; allowed: float32, bfloat16 (or float32 with schedule.precision=bf16)"
+        )
     if name not in DTYPES:
         raise ConfigError(f"model.dtype={name!r} is not allowed; allowed: {', '.join(DTYPES)}")
     return DTYPES[name]
+
+
+def position_limit(model: torch.nn.Module) -> int | None:
+    """The longest input the model's absolute position tables can embed; None when it has none (rotary
+    or relative positions: Llama, DeBERTa-v3, T5). RoBERTa's positions start after the pad index and
+    BART's after an offset of 2, so those are taken off the table size."""
+    limits = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Embedding) and name.rsplit(".", 1)[-1] in POSITION_TABLES:
+            start = getattr(module, "offset", 0)
+            if module.padding_idx is not None:
+                start = max(start, module.padding_idx + 1)
+            limits.append(module.num_embeddings - start)
+    return min(limits) if limits else None
 
 
 def package_path(spec: str) -> Path:

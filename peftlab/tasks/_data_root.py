@@ -43,3 +43,8 @@ def load_hub_dataset(path: str, name: str | None, split: str, context: str, hint
             f"{context}, and the hub dataset {label} could not be loaded ({type(err).__name__}: "
             f"{str(err)[:200]}); {hint}"
         ) from err
+
+
+def decode_problem(err: UnicodeDecodeError) -> str:
+    """What is wrong with a line that is not UTF-8, for a ``file:line`` message."""
+    return f"not valid UTF-8: byte {err.object[err.start]:#x} at column {err.start + 1}"

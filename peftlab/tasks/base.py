@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -11,8 +12,35 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
+from peftlab import checks
 from peftlab.errors import ConfigError
+from peftlab.models.build import position_limit
 from peftlab.tasks.metrics import METRICS
+
+
+@dataclass
+class TaskConfig:
+    """The keys of a ``conf/task`` entry that every task reads; families add theirs in a subclass
+    (``Task.config_class``). ``peftlab.config.check_config`` refuses other keys and bad values."""
+
+    name: str = ""
+    max_train_samples: int | None = None  # the first N training examples; null: all
+    max_eval_samples: int | None = None
+
+    def __post_init__(self) -> None:
+        for key in ("max_train_samples", "max_eval_samples"):
+            checks.integer(f"task.{key}", getattr(self, key), minimum=1, optional=True)
+
+
+@dataclass
+class HeldOutConfig(TaskConfig):
+    """Tasks whose evaluation split is every ``eval_every_nth`` item of one list (``Task.held_out``)."""
+
+    eval_every_nth: int = 5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        checks.integer("task.eval_every_nth", self.eval_every_nth, minimum=2)
 
 
 @dataclass(frozen=True)
@@ -35,15 +63,20 @@ class Task(ABC):
     def best_by(self) -> str:
         """The metric by which the best evaluation of a run is chosen (results.json's best_eval)."""
         return self.select_metric or self.main_metric
+    config_class: ClassVar[type[TaskConfig]] = TaskConfig  # the keys and values its config may hold
 
     def __init__(self, cfg: DictConfig, data_root: str | None) -> None:
         self.cfg = cfg
         self.data_root = data_root
         self.progress_bar = True  # bars over long evaluations (build_trainer sets the run's choice)
         self.last_predictions: list[dict] = []  # generation tasks: the last evaluation's outputs
+        self.position_limit: int | None = None  # longest input the model embeds (use_model sets it)
 
     def limit(self, examples: list, split: str) -> list:
-        """The first ``task.max_train_samples`` (train) / ``max_eval_samples`` examples; all when unset."""
+        """The first ``task.max_train_samples`` (train) / ``max_eval_samples`` examples; all when unset.
+        An empty split is refused here: training on it would never end (max_steps) or do nothing."""
+        if not examples:
+            raise ConfigError(f"task {self.cfg.name}: the {split} split holds no examples")
         count = self.cfg.get("max_train_samples" if split == "train" else "max_eval_samples")
         return examples[:count] if count else examples
 
@@ -57,7 +90,7 @@ class Task(ABC):
 
     def use_model(self, model: torch.nn.Module) -> None:
         """Called once the model is built, before any loader (e.g. encoder-decoder or decoder-only)."""
-        del model
+        self.position_limit = position_limit(model)
 
     @abstractmethod
     def load_split(self, split: str) -> list[Example]:
@@ -128,6 +161,12 @@ class ClassificationTask(Task):
         return self.num_labels == 1
 
     def build_loader(self, examples, tokenizer, batch_size, max_length, generator=None):
+        if self.position_limit is not None and max_length > self.position_limit:
+            raise checks.refuse(
+                "schedule.max_seq_length",
+                max_length,
+                f"at most {self.position_limit}, the positions this model embeds",
+            )
         text_b = [e.text_b for e in examples] if examples and examples[0].text_b is not None else None
         encodings = tokenizer([e.text_a for e in examples], text_b, truncation=True, max_length=max_length)
         keep = [k for k in tokenizer.model_input_names if k in encodings]

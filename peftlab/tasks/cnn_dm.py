@@ -15,7 +15,7 @@ import logging
 from peftlab.errors import ConfigError
 from peftlab.registry import TASKS
 from peftlab.tasks._data_root import find_data_file, load_hub_dataset
-from peftlab.tasks.generation import GenerationTask, TextPair, read_jsonl
+from peftlab.tasks.generation import GenerationTask, HeldOutGenerationConfig, TextPair, read_jsonl
 from peftlab.tasks.metrics import rouge
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,7 @@ HUB = ("abisee/cnn_dailymail", "3.0.0")
 class CnnDailyMail(GenerationTask):
     main_metric = "rougeL"
     eval_splits = ("validation",)
+    config_class = HeldOutGenerationConfig
 
     def read_split(self, split: str) -> list[TextPair]:
         if split not in ("train", "validation"):

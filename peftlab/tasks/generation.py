@@ -16,15 +16,18 @@ import time
 from abc import abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from peftlab import checks
 from peftlab.errors import ConfigError
 from peftlab.models.lm import IGNORE_INDEX
-from peftlab.tasks.base import Task
+from peftlab.tasks._data_root import decode_problem
+from peftlab.tasks.base import HeldOutConfig, Task, TaskConfig
 
 log = logging.getLogger(__name__)
 
@@ -36,20 +39,56 @@ class TextPair:
     reference: str  # what a prediction is scored against
 
 
+def check_prompt(prompt: object) -> None:
+    if not isinstance(prompt, str) or prompt.count("{source}") != 1:
+        raise checks.refuse("task.prompt", prompt, "a template with '{source}' exactly once")
+
+
+@dataclass
+class GenerationConfig(TaskConfig):
+    """``conf/task`` keys of prompt -> target tasks (GSM8k)."""
+
+    prompt: str = "{source}"
+    max_prompt_tokens: int = 256
+    max_target_tokens: int = 256
+    max_new_tokens: int = 256
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_prompt(self.prompt)
+        checks.integer("task.max_prompt_tokens", self.max_prompt_tokens, minimum=1)
+        checks.integer("task.max_target_tokens", self.max_target_tokens, minimum=2)  # eos + one token
+        checks.integer("task.max_new_tokens", self.max_new_tokens, minimum=1)
+
+
+@dataclass
+class HeldOutGenerationConfig(GenerationConfig, HeldOutConfig):
+    """Generation tasks that hold out every ``eval_every_nth`` row of one file (CNN/DM)."""
+
+
 def read_jsonl(path: Path, keys: tuple[str, ...]) -> list[dict]:
-    """Rows of a JSON-lines file; every row must be an object holding ``keys`` (clear error otherwise)."""
+    """Rows of a JSON-lines file; every row must be an object whose ``keys`` hold strings. A bad row
+    (invalid UTF-8 or JSON, a missing or non-string value) is an error naming ``file:line``."""
     rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ConfigError(f"{where}: {decode_problem(err)}") from None
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ConfigError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+                raise ConfigError(f"{where}: not valid JSON ({err.msg})") from None
             missing = [k for k in keys if not isinstance(row, dict) or k not in row]
             if missing:
-                raise ConfigError(f"{path}:{number}: row lacks keys {missing}; expected keys {list(keys)}")
+                raise ConfigError(f"{where}: row lacks keys {missing}; expected keys {list(keys)}")
+            for key in keys:
+                if not isinstance(row[key], str):
+                    raise ConfigError(f"{where}: {key} is {json.dumps(row[key])}; expected a string")
             rows.append(row)
     if not rows:
         raise ConfigError(f"{path} holds no rows")
@@ -61,16 +100,35 @@ class GenerationTask(Task):
 
     model_head = "lm"
     num_labels = 0
+    config_class: ClassVar[type[TaskConfig]] = GenerationConfig
 
     def __init__(self, cfg, data_root):
         super().__init__(cfg, data_root)
-        if cfg.prompt.count("{source}") != 1:
-            raise ConfigError(f"task.prompt={cfg.prompt!r} must contain '{{source}}' exactly once")
+        check_prompt(cfg.prompt)
         self.encoder_decoder = False
         self.tokenizer: PreTrainedTokenizerBase | None = None
 
     def use_model(self, model: torch.nn.Module) -> None:
+        super().use_model(model)
         self.encoder_decoder = bool(getattr(model, "is_encoder_decoder", False))
+        self._check_budgets()
+
+    def _check_budgets(self) -> None:
+        """Token budgets within the model's position table, when it has one (BART; not rotary Llama).
+        An encoder-decoder embeds prompt and target apart; a decoder-only model sees them in one
+        sequence (with a bos), and decodes after the prompt."""
+        limit, cfg = self.position_limit, self.cfg
+        if limit is None:
+            return
+        if self.encoder_decoder:
+            keys = ("max_prompt_tokens", "max_target_tokens", "max_new_tokens")
+            needs = {f"task.{k}": cfg[k] for k in keys}
+        else:
+            longest = cfg.max_prompt_tokens + 1 + max(cfg.max_target_tokens, cfg.max_new_tokens)
+            needs = {"task.max_prompt_tokens + 1 + max(task.max_target_tokens, task.max_new_tokens)": longest}
+        for key, value in needs.items():
+            if value > limit:
+                raise checks.refuse(key, value, f"at most {limit}, the positions this model embeds")
 
     @abstractmethod
     def score(self, predictions: list[str], references: list[str]) -> dict[str, float]:

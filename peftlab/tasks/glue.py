@@ -10,17 +10,32 @@ from __future__ import annotations
 import csv
 import logging
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from peftlab import checks
 from peftlab.errors import ConfigError
 from peftlab.registry import TASKS
-from peftlab.tasks._data_root import find_data_file, load_hub_dataset
-from peftlab.tasks.base import ClassificationTask, Example
+from peftlab.tasks._data_root import decode_problem, find_data_file, load_hub_dataset
+from peftlab.tasks.base import ClassificationTask, Example, TaskConfig
 
 log = logging.getLogger(__name__)
 HUB_DATASET = "nyu-mll/glue"
 csv.field_size_limit(sys.maxsize)
+
+
+@dataclass
+class GlueConfig(TaskConfig):
+    """``conf/task`` keys of the GLUE tasks."""
+
+    on_bad_row: str = "error"  # error | skip: what a malformed TSV row does
+    hub_fallback: bool = True  # try the hub when the local file is missing
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        checks.choice("task.on_bad_row", self.on_bad_row, ("error", "skip"))
+        checks.boolean("task.hub_fallback", self.hub_fallback)
 
 
 @dataclass(frozen=True)
@@ -110,36 +125,58 @@ SPLIT_SUFFIX = {"validation_matched": "m", "validation_mismatched": "mm"}
 
 
 def read_glue_tsv(path: Path, spec: GlueSpec, on_bad_row: str = "error") -> list[Example]:
-    """Parse one GLUE TSV strictly: every row must have the header's column count and a known label."""
+    """Parse one GLUE TSV strictly: every row must be valid UTF-8, have the header's column count and a
+    known label; a bad row stops the read with ``file:line`` (``on_bad_row=skip``: it is dropped)."""
     examples: list[Example] = []
     skipped = 0
-    with path.open(encoding="utf-8-sig", newline="") as handle:  # utf-8-sig: MRPC's header has a BOM
-        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-        if spec.header:
-            header = next(reader, None)
-            if header is None:
-                raise ConfigError(f"{path} is empty; expected a header row")
-            missing = [c for c in (*spec.text_columns, spec.label_column) if c not in header]
-            if missing:
-                raise ConfigError(f"{path}: header lacks columns {missing}; header is {header}")
-            width = len(header)
-            index = {name: header.index(name) for name in (*spec.text_columns, spec.label_column)}
-        else:
-            width = spec.width
-            index = {c: c for c in (*spec.text_columns, spec.label_column)}
-        for row in reader:
-            try:
-                examples.append(_parse_row(row, width, index, spec))
-            except ValueError as err:
-                if on_bad_row != "skip":
-                    raise ConfigError(
-                        f"{path}:{reader.line_num}: malformed row ({err}); fix the file or set "
-                        f"task.on_bad_row=skip"
-                    ) from None
-                skipped += 1
+    lines = _numbered_lines(path)
+    width, index = _columns(path, spec, lines)
+    for number, line in lines:
+        try:
+            if isinstance(line, UnicodeDecodeError):
+                raise ValueError(decode_problem(line))
+            row = next(csv.reader([line], delimiter="\t", quoting=csv.QUOTE_NONE), [])
+            examples.append(_parse_row(row, width, index, spec))
+        except ValueError as err:
+            if on_bad_row != "skip":
+                raise ConfigError(
+                    f"{path}:{number}: malformed row ({err}); fix the file or set task.on_bad_row=skip"
+                ) from None
+            skipped += 1
     if skipped:
         log.warning("%s: skipped %d malformed rows (task.on_bad_row=skip)", path, skipped)
+    if not examples:
+        detail = f" ({skipped} malformed rows skipped)" if skipped else ""
+        raise ConfigError(f"{path} holds no examples{detail}")
     return examples
+
+
+def _numbered_lines(path: Path) -> Iterator[tuple[int, str | UnicodeDecodeError]]:
+    """(line number, text) of each line, decoded one by one so that a bad byte is one bad row (the
+    decoding error in place of the text); utf-8-sig on the first line: MRPC's header has a BOM."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                yield number, raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                yield number, err
+
+
+def _columns(
+    path: Path, spec: GlueSpec, lines: Iterator[tuple[int, str | UnicodeDecodeError]]
+) -> tuple[int, dict]:
+    """The column count and where each needed column is: from the header (read off ``lines``), or the
+    spec of a header-less file."""
+    if not spec.header:
+        return spec.width, {c: c for c in (*spec.text_columns, spec.label_column)}
+    first = next(lines, None)
+    if first is None or isinstance(first[1], UnicodeDecodeError):
+        raise ConfigError(f"{path} is empty or its header is not UTF-8; expected a header row")
+    header = next(csv.reader([first[1]], delimiter="\t", quoting=csv.QUOTE_NONE), [])
+    missing = [c for c in (*spec.text_columns, spec.label_column) if c not in header]
+    if missing:
+        raise ConfigError(f"{path}: header lacks columns {missing}; header is {header}")
+    return len(header), {name: header.index(name) for name in (*spec.text_columns, spec.label_column)}
 
 
 def _parse_row(row: list[str], width: int, index: dict, spec: GlueSpec) -> Example:
@@ -161,6 +198,7 @@ def _parse_row(row: list[str], width: int, index: dict, spec: GlueSpec) -> Examp
 
 class GlueTask(ClassificationTask):
     spec: GlueSpec
+    config_class = GlueConfig
 
     def __init__(self, cfg, data_root):
         super().__init__(cfg, data_root)

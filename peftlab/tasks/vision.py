@@ -16,17 +16,54 @@ import struct
 from abc import abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from peftlab import checks
 from peftlab.errors import ConfigError
 from peftlab.models.vision import ImageSpec
 from peftlab.registry import TASKS
 from peftlab.tasks._data_root import find_data_file, load_hub_dataset
-from peftlab.tasks.base import ClassificationTask
+from peftlab.tasks.base import ClassificationTask, HeldOutConfig, TaskConfig
+
+
+@dataclass
+class ImageConfig(TaskConfig):
+    """``conf/task`` keys of the image tasks (null: the model's resolution / normalisation)."""
+
+    image_size: int | None = None
+    resize: int | None = None
+    mean: Any = None  # three numbers
+    std: Any | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        checks.integer("task.image_size", self.image_size, minimum=1, optional=True)
+        checks.integer("task.resize", self.resize, minimum=1, optional=True)
+        checks.numbers("task.mean", self.mean, 3, optional=True)
+        checks.numbers("task.std", self.std, 3, above=0, optional=True)
+
+
+@dataclass
+class HeldOutImageConfig(ImageConfig, HeldOutConfig):
+    """Image tasks that hold out every ``eval_every_nth`` image of one set (digits)."""
+
+
+@dataclass
+class SplitImageConfig(ImageConfig):
+    """Hub image sets without a validation split: a seeded ``train_fraction`` of train is trained on."""
+
+    train_fraction: float = 0.75
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        checks.number("task.train_fraction", self.train_fraction, above=0, below=1)
+        checks.integer("task.split_seed", self.split_seed)
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +117,7 @@ def collate_images(items: list[tuple[torch.Tensor, int]]) -> dict[str, torch.Ten
 
 class ImageClassificationTask(ClassificationTask):
     model_head = "image"
+    config_class = ImageConfig
     metrics = ("accuracy",)
     main_metric = "accuracy"
     eval_splits = ("validation",)
@@ -158,6 +196,7 @@ class Digits(ImageClassificationTask):
     """1797 8x8 grey digits shipped by scikit-learn; every ``eval_every_nth`` image is held out."""
 
     num_labels = 10
+    config_class = HeldOutImageConfig
 
     def read_split(self, split: str) -> list[ImageExample]:
         from sklearn.datasets import load_digits
@@ -213,4 +252,7 @@ class HubImageTask(ImageClassificationTask):
 
 
 for _spec in HUB_IMAGE_TASKS:
-    TASKS.register(_spec.name)(type(f"Hub_{_spec.name}", (HubImageTask,), {"spec": _spec}))
+    _config = ImageConfig if _spec.eval_split else SplitImageConfig
+    TASKS.register(_spec.name)(
+        type(f"Hub_{_spec.name}", (HubImageTask,), {"spec": _spec, "config_class": _config})
+    )

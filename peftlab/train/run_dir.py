@@ -1,33 +1,107 @@
-"""A run's output folder: composed config, metrics.jsonl, results.json (written atomically)."""
+"""A run's output folder: one owner at a time, nothing stale from an earlier run, whole files only.
+
+- **One owner.** A run holds an exclusive ``flock`` on ``.peftlab.lock`` (which names its pid, host and
+  start time) for as long as it works in the folder; a second run is refused with the owner's details.
+  The OS drops the lock when the process dies, so a killed owner never blocks the folder.
+- **Nothing stale.** Before a new run writes, everything an earlier run wrote is deleted: the files
+  named in ``RUN_FILES``, ``RUN_PATTERNS`` and ``RUN_FOLDERS`` and every method's ``output_files``.
+  Other files in the folder are left alone.
+- **Whole files.** ``atomic_write``: a temp file beside the target, fsync'd, given the mode the umask
+  gives new files, renamed over the target, then the folder fsync'd. A kill leaves the old file or the
+  new one, plus at most a temp file (``.<name>.<hex>.tmp``), which the next run or resume deletes.
+"""
 
 from __future__ import annotations
 
+import fcntl
+import fnmatch
 import json
+import logging
 import math
 import os
-import tempfile
+import shutil
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from peftlab.errors import ConfigError
+from peftlab.errors import ConfigError, FolderBusy, StorageError
 from peftlab.loggers import MetricsLogger, NullLogger
 
+log = logging.getLogger(__name__)
+
 RESULTS = "results.json"
+METRICS = "metrics.jsonl"
+LOCK = ".peftlab.lock"
+CHECKPOINTS = "checkpoints"
+# What a run writes into its folder (methods name theirs in Method.output_files).
+RUN_FILES = (
+    "config.yaml",
+    "overrides.yaml",
+    METRICS,
+    RESULTS,
+    "eval_results.json",
+    "adapter.safetensors",
+    "adapter.json",
+    "failure.json",
+)
+RUN_PATTERNS = ("predictions_*.jsonl", ".*.tmp")
+RUN_FOLDERS = (CHECKPOINTS, "wandb")
+
+
+# -- whole files --------------------------------------------------------------------------------------
+def file_mode() -> int:
+    """The mode ``open()`` gives a new file under this process's umask (mkstemp and safetensors use
+    0600, which a team sharing a cluster folder cannot read)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # no /proc: read the umask by setting it, and put it back at once
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's data, or a folder's entries (a rename in it), to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_write(path: Path) -> Iterator[Path]:
+    """Yields a temp path beside ``path`` to write; when the block ends the temp file is fsync'd, given
+    ``file_mode()`` and renamed over ``path``, and the folder is fsync'd. On an error the temp file is
+    removed and an OSError becomes a StorageError naming ``path``."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        yield tmp
+        fsync_path(tmp)
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, path)
+        fsync_path(path.parent)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and not isinstance(err, StorageError):
+            raise StorageError(f"could not write {path}: {err.strerror or err}") from err
+        raise
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write to a temp file in the same folder, then rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Readers never see half a file, and a kill never leaves one."""
+    with atomic_write(path) as tmp:
+        tmp.write_text(text)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -44,6 +118,48 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+# -- one owner ----------------------------------------------------------------------------------------
+class FolderLock:
+    """An exclusive flock on ``<folder>/.peftlab.lock``; the file says who holds it."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / LOCK
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, file_mode())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = _describe_owner(os.pread(fd, 4096, 0))
+            os.close(fd)
+            raise FolderBusy(
+                f"output dir {self.path.parent} is in use by another run ({owner}); wait for it to end "
+                "or choose another hydra.run.dir"
+            ) from None
+        started = time.strftime("%Y-%m-%d %H:%M:%S %z")
+        owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": started}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(owner) + "\n").encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def _describe_owner(raw: bytes) -> str:
+    try:
+        owner = json.loads(raw)
+        return f"pid {owner['pid']} on host {owner['host']}, started {owner['started']}"
+    except (ValueError, KeyError, TypeError):
+        return "its owner has not written its pid yet"
+
+
+# -- the folder -----------------------------------------------------------------------------------------
 class RunDir:
     """The run folder; every row and result written here is also sent to ``logger`` (W&B, or nothing)."""
 
@@ -51,6 +167,15 @@ class RunDir:
         self.path = Path(path)
         self.logger: MetricsLogger = logger or NullLogger()
         self.writes = writes  # False on data-parallel ranks other than 0: they read, never write
+        self._lock = FolderLock(self.path)
+
+    def lock(self) -> None:
+        """Own the folder until ``unlock`` (or this process's end); FolderBusy if a live run owns it."""
+        if self.writes:
+            self._lock.acquire()
+
+    def unlock(self) -> None:
+        self._lock.release()
 
     def finished_status(self) -> str | None:
         results = self.path / RESULTS
@@ -61,49 +186,108 @@ class RunDir:
         except json.JSONDecodeError:
             return "unreadable"
 
+    def checkpoints(self) -> list[Path]:
+        return sorted((self.path / CHECKPOINTS).glob("step_*.pt"))
+
+    def start(self, overwrite: bool) -> None:
+        """Lock the folder, then claim it for a new run."""
+        self.lock()
+        self.claim(overwrite)
+
+    def reopen(self) -> None:
+        """Lock the folder of a stopped run to resume it (refused when that run completed), and delete
+        the temp files of saves a kill interrupted."""
+        self.lock()
+        if self.finished_status() == "completed":
+            raise ConfigError(
+                f"resume: {self.path} already holds a finished run ({RESULTS}); nothing to resume"
+            )
+        if self.writes:
+            self.remove_temp_files()
+
     def claim(self, overwrite: bool) -> None:
-        """Refuse a folder that already holds a finished run, unless ``overwrite=true``."""
+        """Make the (locked) folder this new run's. A finished run, or an unfinished one that can be
+        resumed (it has checkpoints), is refused unless ``overwrite=true``; then everything an earlier
+        run wrote is deleted."""
         status = self.finished_status()
         if status == "completed" and not overwrite:
             raise ConfigError(
                 f"output dir {self.path} already holds a finished run ({RESULTS}); choose another "
                 f"hydra.run.dir or pass overwrite=true"
             )
-        if not self.writes:
-            return
-        self.path.mkdir(parents=True, exist_ok=True)
-        if overwrite:
-            for name in (RESULTS, "metrics.jsonl"):
-                (self.path / name).unlink(missing_ok=True)
+        if self.checkpoints() and not overwrite:
+            raise ConfigError(
+                f"output dir {self.path} holds the checkpoints of an unfinished run (status: "
+                f"{status or 'killed'}); continue it with resume={self.path}, or start again with "
+                "overwrite=true"
+            )
+        if self.writes:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.clear_previous()
+
+    def clear_previous(self) -> list[str]:
+        """Delete what an earlier run wrote here (and its lines of the log); returns the names."""
+        removed = []
+        written_by_a_run = _run_outputs()
+        for entry in sorted(self.path.iterdir()):
+            if written_by_a_run(entry.name):
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+                removed.append(entry.name)
+        if removed:
+            self._truncate_own_log()
+            log.warning("output dir %s: deleted what an earlier run wrote: %s", self.path, ", ".join(removed))
+        return removed
+
+    def remove_temp_files(self) -> None:
+        """Temp files of saves a kill interrupted (never renamed into place, so never read)."""
+        for folder in (self.path, self.path / CHECKPOINTS):
+            for tmp in [*folder.glob(".*.tmp"), *folder.glob("step_*.tmp")]:
+                tmp.unlink(missing_ok=True)
+                log.info("removed %s, left by an interrupted save", tmp)
+
+    def _truncate_own_log(self) -> None:
+        """Empty this process's log file in the folder (Hydra's ``peftlab.log``, opened for appending),
+        which still holds the earlier run's lines."""
+        for handler in logging.getLogger().handlers:
+            name = getattr(handler, "baseFilename", None)
+            if name and Path(name).parent.resolve() == self.path.resolve():
+                handler.flush()
+                os.truncate(name, 0)
 
     def save_config(self, cfg: DictConfig) -> None:
         """The resolved config, and the command-line overrides when run through Hydra."""
         if not self.writes:
             return
-        (self.path / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        write_text_atomic(self.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         if HydraConfig.initialized():
             overrides = list(HydraConfig.get().overrides.task)
-            (self.path / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(overrides)))
+            write_text_atomic(self.path / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides)))
 
     def log_metrics(self, row: dict[str, Any]) -> None:
         if not self.writes:
             return
-        with (self.path / "metrics.jsonl").open("a") as handle:
+        with (self.path / METRICS).open("a") as handle:
             handle.write(json.dumps(_jsonable(row)) + "\n")
         self.logger.log(row)
 
     def truncate_metrics(self, after_step: int) -> None:
-        """Drop the rows logged after ``after_step`` (a resumed run logs them again)."""
+        """Drop the rows logged after ``after_step`` (a resumed run logs them again), and a last row a
+        kill cut short; the file is replaced atomically, so a kill here loses nothing."""
         if not self.writes:
             return
-        path = self.path / "metrics.jsonl"
-        if path.exists():
-            rows = [
-                line
-                for line in path.read_text().splitlines()
-                if json.loads(line).get("step", 0) <= after_step
-            ]
-            path.write_text("".join(row + "\n" for row in rows))
+        path = self.path / METRICS
+        if not path.exists():
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                log.warning("%s: dropped a row cut short by a kill: %r", path, line[:80])
+                continue
+            if row.get("step", 0) <= after_step:
+                kept.append(line + "\n")
+        write_text_atomic(path, "".join(kept))
 
     def write_jsonl(self, name: str, rows: list[dict[str, Any]]) -> None:
         """Replace ``name`` with ``rows``, one JSON object a line (written atomically)."""
@@ -116,3 +300,11 @@ class RunDir:
             return
         write_json_atomic(self.path / name, results)
         self.logger.summary(results)
+
+
+def _run_outputs() -> Callable[[str], bool]:
+    """Whether a name in a run folder is one a run writes (any method's files included)."""
+    from peftlab.registry import METHODS  # imports every method: only when a folder is cleared
+
+    names = {*RUN_FILES, *RUN_FOLDERS, *(f for m in METHODS.names() for f in METHODS.get(m).output_files)}
+    return lambda name: name in names or any(fnmatch.fnmatch(name, p) for p in RUN_PATTERNS)
