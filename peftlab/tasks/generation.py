@@ -25,6 +25,7 @@ from transformers import PreTrainedTokenizerBase
 from peftlab.errors import ConfigError
 from peftlab.models.lm import IGNORE_INDEX
 from peftlab.tasks.base import Task
+from peftlab.zero_shot import suite_from_task_config
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,9 @@ class TextPair:
     source: str  # fills the prompt template's {source}
     target: str  # what the model learns to write after the prompt
     reference: str  # what a prediction is scored against
+    prompt: tuple[str, str] | None = (
+        None  # this example's own text (before, after) the source; None: task.prompt
+    )
 
 
 def read_jsonl(path: Path, keys: tuple[str, ...]) -> list[dict]:
@@ -64,13 +68,22 @@ class GenerationTask(Task):
 
     def __init__(self, cfg, data_root):
         super().__init__(cfg, data_root)
-        if cfg.prompt.count("{source}") != 1:
+        if cfg.get("prompt") is not None and cfg.prompt.count("{source}") != 1:
             raise ConfigError(f"task.prompt={cfg.prompt!r} must contain '{{source}}' exactly once")
         self.encoder_decoder = False
         self.tokenizer: PreTrainedTokenizerBase | None = None
+        # zero-shot multiple-choice tasks scored at every evaluation (task.zero_shot; checked here, before
+        # the model is built, so missing data fails before training)
+        self.zero_shot = suite_from_task_config(cfg, data_root)
 
     def use_model(self, model: torch.nn.Module) -> None:
         self.encoder_decoder = bool(getattr(model, "is_encoder_decoder", False))
+        if self.zero_shot is not None and self.encoder_decoder:
+            raise ConfigError(
+                "task.zero_shot scores a decoder-only model (lm-eval's causal LM); this model is an "
+                "encoder-decoder: use a causal LM (smollm2_135m, tiny_llama, tiny_opt, llama2_7b) or "
+                "task.zero_shot=[]"
+            )
 
     @abstractmethod
     def score(self, predictions: list[str], references: list[str]) -> dict[str, float]:
@@ -82,9 +95,10 @@ class GenerationTask(Task):
         (cut to ``max_target_tokens``, eos last)."""
         cfg = self.cfg
         eos = eos_token_id(tokenizer)
+        before, after = example.prompt or cfg.prompt.split("{source}")
         if self.encoder_decoder:  # the tokenizer's own special tokens on both sides, as BART/T5 expect
             prompt = tokenizer(
-                self.cfg.prompt.format(source=example.source),
+                before + example.source + after,
                 truncation=True,
                 max_length=cfg.max_prompt_tokens,
             ).input_ids
@@ -92,7 +106,6 @@ class GenerationTask(Task):
                 text_target=example.target, truncation=True, max_length=cfg.max_target_tokens
             ).input_ids
             return {"prompt": prompt, "target": target}
-        before, after = cfg.prompt.split("{source}")
         pieces = [
             tokenizer(text, add_special_tokens=False).input_ids for text in (before, example.source, after)
         ]
@@ -157,6 +170,8 @@ class GenerationTask(Task):
         metrics = self.score(predictions, references)
         metrics["loss"] = loss_sum / max(token_count, 1)
         metrics["generated_tokens_per_s"] = generated / gen_time if gen_time else 0.0
+        if self.zero_shot is not None:
+            metrics.update(self.zero_shot.evaluate(model, tokenizer))
         return metrics
 
     def load_split(self, split: str) -> list[TextPair]:
