@@ -212,3 +212,25 @@ def test_zero_shot_with_an_encoder_decoder_is_refused(tmp_path):
     overrides = ["task=alpaca", "model=tiny_bart", "task.zero_shot=[rte]", "task.max_train_samples=4"]
     with pytest.raises(ConfigError, match="encoder-decoder"):
         run_experiment(tiny_config(tmp_path, *overrides))
+
+
+def test_spsft_table6_preset_is_the_papers_setting():
+    for method, rank, lr in (("lora_llm", 64, 1e-4), ("spsft_llm", 128, 2e-5)):
+        cfg = compose_config(["experiment=spsft_table6", f"method={method}"])
+        assert cfg.task.name == "alpaca" and cfg.task.max_train_samples == 256
+        assert list(cfg.task.zero_shot) == [
+            "arc_challenge",
+            "arc_easy",
+            "boolq",
+            "hellaswag",
+            "openbookqa",
+            "rte",
+            "winogrande",
+        ]
+        assert cfg.method.rank == rank and cfg.schedule.lr == lr and cfg.schedule.epochs == 5
+        assert (
+            cfg.schedule.warmup_ratio == 0.03
+            and cfg.task.max_prompt_tokens + cfg.task.max_target_tokens == 2048
+        )
+    lora = compose_config(["experiment=spsft_table6", "method=lora_llm"]).method
+    assert (lora.alpha, lora.dropout, lora.target_modules) == (16, 0.1, "all-linear")

@@ -78,6 +78,12 @@ class Alpaca(GenerationTask):
         return [examples[i] for i in sorted(rng.choice(len(examples), size=count, replace=False))]
 
     def _records(self) -> list[dict]:
+        """Every record (read once per task: train and validation both come from the one file)."""
+        if getattr(self, "_cached", None) is None:
+            self._cached = self._read_records()
+        return self._cached
+
+    def _read_records(self) -> list[dict]:
         path, tried = find_data_file(self.data_root, LOCAL_FILE)
         if path is None:
             rows = load_hub_dataset(
