@@ -273,7 +273,8 @@ def evaluate_saved(cfg: DictConfig, run_dir: RunDir) -> dict[str, Any]:
     """Rebuild the model of a finished run, load its adapter, evaluate.
 
     Method, model, schedule (sequence length), seed (a random base is rebuilt from it) and task come
-    from the saved run; data location and (when set) ``task.max_eval_samples`` from the current command."""
+    from the saved run; data location and (when set) ``task.max_eval_samples`` and ``task.zero_shot_limit``
+    from the current command."""
     if not cfg.load_from:
         raise ConfigError("eval_only=true needs load_from=DIR, a run folder holding adapter.safetensors")
     source = Path(cfg.load_from)
@@ -288,11 +289,12 @@ def evaluate_saved(cfg: DictConfig, run_dir: RunDir) -> dict[str, Any]:
         )
     saved = OmegaConf.load(saved_cfg_path)
     with open_dict(cfg):
-        limit = cfg.task.get("max_eval_samples")
+        limits = {k: cfg.task.get(k) for k in ("max_eval_samples", "zero_shot_limit")}
         for key in ("method", "model", "schedule", "seed", "task"):
             cfg[key] = saved[key]
-        if limit is not None:  # this command's sample limit, when it sets one
-            cfg.task.max_eval_samples = limit
+        for key, limit in limits.items():  # this command's sample limits, when it sets them
+            if limit is not None:
+                cfg.task[key] = limit
     run_dir.path.mkdir(parents=True, exist_ok=True)
     trainer = build_trainer(cfg, run_dir, adapter_from=source)
     metrics = trainer.evaluate()

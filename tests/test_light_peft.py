@@ -68,7 +68,7 @@ def test_optimizer_after_pruning_holds_only_live_parameters(tmp_path):
     assert not any(g["name"].startswith(("head_masks", "ffn_masks")) for g in trainer.optimizer.param_groups)
 
 
-@pytest.mark.parametrize("model", ["tiny_bert", "tiny_deberta", "tiny_llama"])
+@pytest.mark.parametrize("model", ["tiny_bert", "tiny_deberta", "tiny_llama", "tiny_opt"])
 @pytest.mark.parametrize("method", ["light_peft", "light_peft_adapter"])
 def test_run_prunes_reports_and_reloads(tmp_path, model, method):
     run = tmp_path / "run"

@@ -22,6 +22,7 @@ MODELS = {
     "deberta": ["model=tiny_deberta"],
     "deberta-own-pos-proj": ["model=tiny_deberta", "model.config.share_att_key=false"],
     "llama": ["model=tiny_llama"],
+    "opt": ["model=tiny_opt"],
 }
 
 
@@ -120,3 +121,46 @@ def test_unknown_architecture_and_empty_layers_fail_clearly():
     block = blocks(model.backbone)[0]
     with pytest.raises(ConfigError, match="every head"):
         prune_heads(model.backbone, block, torch.tensor([], dtype=torch.long))
+
+
+def test_opt_language_model_layout_prunes_like_its_masks_and_is_targeted_by_name():
+    """The causal LM's backbone is the OPT decoder itself (no ``decoder.`` prefix); pruned == masked on
+    the LM logits; the methods' keywords pick OPT's attention and FFN layers."""
+    from peftlab.blocks.targeting import match_targets
+
+    torch.manual_seed(0)
+    model, tokenizer = build_model(compose_config(["model=tiny_opt"]).model, 0, head="lm")
+    model.eval()
+    backbone = model.backbone
+    parts = blocks(backbone)
+    assert parts[1].qkv[0] == "layers.1.self_attn.q_proj" and parts[1].ffn_in == ("layers.1.fc1",)
+    leaves = lambda names: {n.rsplit(".", 1)[-1] for n in names}  # noqa: E731
+    assert leaves(match_targets(backbone, "ffn-linear")) == {"fc1", "fc2"}
+    assert leaves(match_targets(backbone, "sublayer-outputs")) == {"out_proj", "fc2"}
+    assert leaves(match_targets(backbone, "all-linear")) == {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "out_proj",
+        "fc1",
+        "fc2",
+    }
+    ids = tokenizer(["one sentence here", "and another"], padding=True, return_tensors="pt")
+    masks = StructureMasks(backbone, parts)
+    keep_heads, keep_ffn = torch.tensor([0, 3]), torch.arange(0, 128, 3)
+    with torch.no_grad():
+        masks.head.zero_()
+        masks.ffn.zero_()
+        masks.head[:, keep_heads] = 1.0
+        masks.ffn[:, keep_ffn] = 1.0
+    masks.apply_to(backbone)
+    with torch.no_grad():
+        masked = model(ids.input_ids, ids.attention_mask).logits
+    masks.remove()
+    for block in parts:
+        prune_heads(backbone, block, keep_heads)
+        prune_channels(backbone, block, keep_ffn)
+    with torch.no_grad():
+        pruned = model(ids.input_ids, ids.attention_mask).logits
+    torch.testing.assert_close(pruned, masked, rtol=1e-5, atol=1e-5)
+    assert backbone.get_submodule("layers.0.self_attn").num_heads == 2

@@ -2,8 +2,9 @@
 
 Known layouts: BERT / RoBERTa (``encoder.layer.N.attention.self.{query,key,value}``,
 ``attention.output.dense``, ``intermediate.dense``, ``output.dense``), DeBERTa-v2/v3 (the same with
-``{query,key,value}_proj``, plus ``pos_{key,query}_proj`` when keys are not shared) and Llama-style decoders
-(``layers.N.self_attn.{q,k,v,o}_proj``, ``mlp.{gate,up,down}_proj``; Mistral and Qwen2 share it).
+``{query,key,value}_proj``, plus ``pos_{key,query}_proj`` when keys are not shared), Llama-style decoders
+(``layers.N.self_attn.{q,k,v,o}_proj``, ``mlp.{gate,up,down}_proj``; Mistral and Qwen2 share it) and OPT
+(``layers.N.self_attn.{q,k,v,out}_proj``, ``layers.N.fc1``/``fc2``).
 In a Llama-style model with grouped KV heads, the unit of head pruning is a whole KV group (its key and
 value head and the query heads that read them), so every remaining group keeps the same number of query
 heads, as the attention code requires.
@@ -29,6 +30,7 @@ ENCODER_QKV = {
     "deberta-v2": ("query_proj", "key_proj", "value_proj"),
 }
 LLAMA_LIKE = ("llama", "mistral", "qwen2")
+OPT = "opt"
 
 
 @dataclass
@@ -72,10 +74,35 @@ def blocks(backbone: nn.Module) -> list[Block]:
             )
             for i in range(config.num_hidden_layers)
         ]
+    if kind == OPT:
+        return _opt_blocks(backbone)
     raise ConfigError(
         f"head/FFN pruning does not know the architecture {kind!r}; allowed: "
-        f"{', '.join((*ENCODER_QKV, *LLAMA_LIKE))}"
+        f"{', '.join((*ENCODER_QKV, *LLAMA_LIKE, OPT))}"
     )
+
+
+def _opt_blocks(backbone: nn.Module) -> list[Block]:
+    """OPT decoders: ``layers.N.self_attn.{q,k,v,out}_proj``, ``layers.N.fc1`` / ``fc2``. The classifier's
+    backbone is ``OPTModel`` (layers under ``decoder.``); the language model's is the ``OPTDecoder``."""
+    config = backbone.config
+    prefix = "" if hasattr(backbone, "layers") else "decoder."
+    result = []
+    for i in range(config.num_hidden_layers):
+        layer = f"{prefix}layers.{i}"
+        result.append(
+            Block(
+                attention=f"{layer}.self_attn",
+                qkv=tuple(f"{layer}.self_attn.{p}_proj" for p in "qkv"),  # type: ignore[arg-type]
+                out=f"{layer}.self_attn.out_proj",
+                ffn_in=(f"{layer}.fc1",),
+                ffn_out=f"{layer}.fc2",
+                head_dim=config.hidden_size // config.num_attention_heads,
+                heads_per_unit=1,
+                kv_heads_per_unit=1,
+            )
+        )
+    return result
 
 
 def _encoder_blocks(backbone: nn.Module, qkv: tuple[str, str, str]) -> list[Block]:

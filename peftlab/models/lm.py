@@ -34,6 +34,13 @@ class CausalLM(nn.Module):
         self.backbone = lm.get_decoder()
         self.lm_head = lm.get_output_embeddings()
         self.head = NoHead()
+        self._transformers_model = (lm,)  # in a tuple: not a submodule (no second copy in state_dict)
+
+    @property
+    def transformers_model(self) -> PreTrainedModel:
+        """The transformers model this wraps; it holds the same (adapted, pruned) modules, so evaluation
+        libraries that expect a transformers model (lm-evaluation-harness) see what training changed."""
+        return self._transformers_model[0]
 
     @property
     def config(self):

@@ -180,22 +180,25 @@ class ClassificationTask(Task):
         )
 
     @torch.inference_mode()
-    def predict(self, model: torch.nn.Module, loader: DataLoader, device: torch.device):
-        """Predictions (class ids, or scores for regression), gold labels and mean loss."""
+    def logits(self, model: torch.nn.Module, loader: DataLoader, device: torch.device):
+        """Logits (rows x labels, fp32), gold labels and mean loss over ``loader``."""
         was_training = model.training
         model.eval()
-        preds, golds, loss_sum = [], [], 0.0
+        outputs, golds, loss_sum = [], [], 0.0
         for batch in loader:
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             out = model(**batch)
-            logits = out.logits.float()
-            preds.append(logits.squeeze(-1) if self.regression else logits.argmax(-1))
+            outputs.append(out.logits.float())
             golds.append(batch["labels"])
             loss_sum += float(out.loss) * len(batch["labels"])
         model.train(was_training)
-        pred = torch.cat(preds).cpu().numpy()
         gold = torch.cat(golds).cpu().numpy()
-        return pred, gold, loss_sum / max(len(gold), 1)
+        return torch.cat(outputs).cpu().numpy(), gold, loss_sum / max(len(gold), 1)
+
+    def predict(self, model: torch.nn.Module, loader: DataLoader, device: torch.device):
+        """Predictions (class ids, or scores for regression), gold labels and mean loss."""
+        logits, gold, loss = self.logits(model, loader, device)
+        return (logits[:, 0] if self.regression else logits.argmax(-1)), gold, loss
 
     def score(self, pred: np.ndarray, gold: np.ndarray) -> dict[str, float]:
         return {name: METRICS[name](pred, gold) for name in self.metrics}

@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from abc import abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -28,6 +28,7 @@ from peftlab.errors import ConfigError
 from peftlab.models.lm import IGNORE_INDEX
 from peftlab.tasks._data_root import decode_problem
 from peftlab.tasks.base import HeldOutConfig, Task, TaskConfig
+from peftlab.zero_shot import suite_from_task_config
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,9 @@ class TextPair:
     source: str  # fills the prompt template's {source}
     target: str  # what the model learns to write after the prompt
     reference: str  # what a prediction is scored against
+    prompt: tuple[str, str] | None = (
+        None  # this example's own text (before, after) the source; None: task.prompt
+    )
 
 
 def check_prompt(prompt: object) -> None:
@@ -49,6 +53,11 @@ class GenerationConfig(TaskConfig):
     """``conf/task`` keys of prompt -> target tasks (GSM8k)."""
 
     prompt: str = "{source}"
+    # zero-shot multiple-choice tasks scored at every evaluation (peftlab/zero_shot.py), e.g. [arc_easy]
+    zero_shot: list[str] = field(default_factory=list)
+    zero_shot_limit: int | None = None  # items per zero-shot task; null: all
+    zero_shot_batch_size: int = 8
+    zero_shot_missing: str = "error"  # error | skip: a listed task whose data is missing
     max_prompt_tokens: int = 256
     max_target_tokens: int = 256
     max_new_tokens: int = 256
@@ -59,6 +68,9 @@ class GenerationConfig(TaskConfig):
         checks.integer("task.max_prompt_tokens", self.max_prompt_tokens, minimum=1)
         checks.integer("task.max_target_tokens", self.max_target_tokens, minimum=2)  # eos + one token
         checks.integer("task.max_new_tokens", self.max_new_tokens, minimum=1)
+        checks.integer("task.zero_shot_limit", self.zero_shot_limit, minimum=1, optional=True)
+        checks.integer("task.zero_shot_batch_size", self.zero_shot_batch_size, minimum=1)
+        checks.choice("task.zero_shot_missing", self.zero_shot_missing, ("error", "skip"))
 
 
 @dataclass
@@ -66,9 +78,10 @@ class HeldOutGenerationConfig(GenerationConfig, HeldOutConfig):
     """Generation tasks that hold out every ``eval_every_nth`` row of one file (CNN/DM)."""
 
 
-def read_jsonl(path: Path, keys: tuple[str, ...]) -> list[dict]:
-    """Rows of a JSON-lines file; every row must be an object whose ``keys`` hold strings. A bad row
-    (invalid UTF-8 or JSON, a missing or non-string value) is an error naming ``file:line``."""
+def read_jsonl(path: Path, keys: tuple[str, ...], strings: bool = True) -> list[dict]:
+    """Rows of a JSON-lines file; every row must be an object holding ``keys`` (strings, unless
+    ``strings=False``: SuperGLUE's labels and nested answers). A bad row (invalid UTF-8 or JSON, a
+    missing or non-string value) is an error naming ``file:line``."""
     rows = []
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, 1):
@@ -86,7 +99,7 @@ def read_jsonl(path: Path, keys: tuple[str, ...]) -> list[dict]:
             missing = [k for k in keys if not isinstance(row, dict) or k not in row]
             if missing:
                 raise ConfigError(f"{where}: row lacks keys {missing}; expected keys {list(keys)}")
-            for key in keys:
+            for key in keys if strings else ():
                 if not isinstance(row[key], str):
                     raise ConfigError(f"{where}: {key} is {json.dumps(row[key])}; expected a string")
             rows.append(row)
@@ -104,13 +117,23 @@ class GenerationTask(Task):
 
     def __init__(self, cfg, data_root):
         super().__init__(cfg, data_root)
-        check_prompt(cfg.prompt)
+        if cfg.get("prompt") is not None:  # Alpaca has no task-wide template (each example brings its own)
+            check_prompt(cfg.prompt)
         self.encoder_decoder = False
         self.tokenizer: PreTrainedTokenizerBase | None = None
+        # zero-shot multiple-choice tasks scored at every evaluation (task.zero_shot; checked here, before
+        # the model is built, so missing data fails before training)
+        self.zero_shot = suite_from_task_config(cfg, data_root)
 
     def use_model(self, model: torch.nn.Module) -> None:
         super().use_model(model)
         self.encoder_decoder = bool(getattr(model, "is_encoder_decoder", False))
+        if self.zero_shot is not None and self.encoder_decoder:
+            raise ConfigError(
+                "task.zero_shot scores a decoder-only model (lm-eval's causal LM); this model is an "
+                "encoder-decoder: use a causal LM (smollm2_135m, tiny_llama, tiny_opt, llama2_7b) or "
+                "task.zero_shot=[]"
+            )
         self._check_budgets()
 
     def _check_budgets(self) -> None:
@@ -140,9 +163,10 @@ class GenerationTask(Task):
         (cut to ``max_target_tokens``, eos last)."""
         cfg = self.cfg
         eos = eos_token_id(tokenizer)
+        before, after = example.prompt or cfg.prompt.split("{source}")
         if self.encoder_decoder:  # the tokenizer's own special tokens on both sides, as BART/T5 expect
             prompt = tokenizer(
-                self.cfg.prompt.format(source=example.source),
+                before + example.source + after,
                 truncation=True,
                 max_length=cfg.max_prompt_tokens,
             ).input_ids
@@ -150,7 +174,6 @@ class GenerationTask(Task):
                 text_target=example.target, truncation=True, max_length=cfg.max_target_tokens
             ).input_ids
             return {"prompt": prompt, "target": target}
-        before, after = cfg.prompt.split("{source}")
         pieces = [
             tokenizer(text, add_special_tokens=False).input_ids for text in (before, example.source, after)
         ]
@@ -215,6 +238,8 @@ class GenerationTask(Task):
         metrics = self.score(predictions, references)
         metrics["loss"] = loss_sum / max(token_count, 1)
         metrics["generated_tokens_per_s"] = generated / gen_time if gen_time else 0.0
+        if self.zero_shot is not None:
+            metrics.update(self.zero_shot.evaluate(model, tokenizer))
         return metrics
 
     def load_split(self, split: str) -> list[TextPair]:

@@ -44,13 +44,39 @@ def spearman(pred: np.ndarray, gold: np.ndarray) -> float:
     return pearson(rankdata(pred), rankdata(gold))
 
 
+def f1_macro(pred: np.ndarray, gold: np.ndarray) -> float:
+    """Mean over classes of each class's F1 (one-vs-rest), the classes being those in ``gold`` or ``pred``
+    (scikit-learn's ``f1_score(average="macro")``; SuperGLUE CB's F1)."""
+    classes = np.union1d(np.unique(pred), np.unique(gold))
+    return float(np.mean([f1_binary((pred == c).astype(int), (gold == c).astype(int)) for c in classes]))
+
+
 METRICS = {
     "accuracy": accuracy,
     "f1": f1_binary,
+    "f1_macro": f1_macro,
     "matthews_correlation": matthews_corrcoef,
     "pearson": pearson,
     "spearmanr": spearman,
 }
+
+
+# -- grouped metrics (several rows answer one question) ------------------------------------------------
+def choice_accuracy(scores: np.ndarray, gold: np.ndarray, groups: np.ndarray) -> float:
+    """Accuracy over questions whose options are separate rows (COPA): a question is right when its
+    highest-scored option is the one labelled 1."""
+    right = []
+    for group in np.unique(groups):
+        rows = np.flatnonzero(groups == group)
+        right.append(gold[rows[np.argmax(scores[rows])]] == 1)
+    return float(np.mean(right)) if right else 0.0
+
+
+def multirc_scores(pred: np.ndarray, gold: np.ndarray, groups: np.ndarray) -> dict[str, float]:
+    """SuperGLUE MultiRC: ``f1a``, binary F1 over every answer option, and ``em``, the fraction of
+    questions (``groups``) whose answer options are all labelled correctly."""
+    exact = [bool(np.all(pred[groups == g] == gold[groups == g])) for g in np.unique(groups)]
+    return {"f1a": f1_binary(pred, gold), "em": float(np.mean(exact)) if exact else 0.0}
 
 
 # -- generation metrics ------------------------------------------------------------------------------
