@@ -20,6 +20,7 @@ from peftlab.errors import ConfigError, TrainingDiverged
 from peftlab.loggers import build_logger
 from peftlab.methods.base import CalibrationData, build_method
 from peftlab.models import build_model, resolve_device
+from peftlab.models.footprint import Workload
 from peftlab.registry import TASKS
 from peftlab.tasks.base import Task
 from peftlab.train.checkpoint import latest_checkpoint
@@ -53,7 +54,7 @@ def build_trainer(cfg: DictConfig, run_dir: RunDir, adapter_from: Path | None = 
     eval_examples = {split: task.load_split(split) for split in task.eval_splits}
 
     seed_everything(cfg.seed)
-    model, tokenizer = build_model(cfg.model, task.num_labels, task.model_head)
+    model, tokenizer = build_model(cfg.model, task.num_labels, task.model_head, Workload.from_config(cfg))
     task.use_model(model)
     task.progress_bar = cfg.progress_bar
     params = count_parameters(model)
