@@ -18,6 +18,7 @@ has pruned (Light-PEFT after its estimation steps).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import shlex
 import time
@@ -213,18 +214,21 @@ def prune_early(trainer: Trainer, batch: dict[str, torch.Tensor]) -> None:
 
 
 def measure_once(row: Row, flops: bool = True) -> None:
-    """FLOPs and memory of one step (after warm-up, so optimizer state exists), and the weights."""
-    trainer, batch = row.trainer, row.batch
+    """FLOPs and memory of one training step, and the weights. The FLOP counter sees only matmul-like
+    ops, so counting the whole step (optimizer included) gives the forward + backward FLOPs; on CPU the
+    optimizer state is counted after the step, so no warm-up is needed for exact numbers."""
+    trainer = row.trainer
     assert trainer is not None, "measure before release()"
-    if flops:
-        row.flops = efficiency.count_flops(lambda: trainer.forward_backward(batch))
-        trainer.optimizer.zero_grad(set_to_none=True)
     tensors = [*trainer.model.parameters(), *trainer.model.buffers()]
     row.weights_bytes = sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors}.values())
-    if row.device.type == "cuda":
-        _cuda_step_memory(row)
-    else:
-        _cpu_step_memory(row)
+    counter = efficiency.flop_counter() if flops else contextlib.nullcontext()
+    with counter:
+        if row.device.type == "cuda":
+            _cuda_step_memory(row)
+        else:
+            _cpu_step_memory(row)
+    if flops:
+        row.flops = int(counter.get_total_flops())  # type: ignore[union-attr]
 
 
 def _cuda_step_memory(row: Row) -> None:

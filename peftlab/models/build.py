@@ -185,14 +185,20 @@ def _model_config(cfg: DictConfig, location: str, extra: dict[str, str], pretrai
             if cfg.source == "hub":
                 raise _hub_error(cfg, location, err) from err
             raise
+    return stored_config(cfg, len(tokenizer) if tokenizer is not None else None)
+
+
+def stored_config(cfg: DictConfig, default_vocab: int | None = None) -> Any:
+    """The transformers config from the architecture values kept in the model config (``architecture``
+    + ``config``: a hub model's config.json, or a tiny test model's shape)."""
     if not cfg.get("architecture") or cfg.get("config") is None:
         raise ConfigError(
             f"model {cfg.name!r}: model.pretrained=false needs its architecture values in "
             f"conf/model/{cfg.name}.yaml (architecture: <model_type>, config: {{...}} from config.json)"
         )
     values: dict[str, Any] = OmegaConf.to_container(cfg.config, resolve=True)  # type: ignore[assignment]
-    if tokenizer is not None:
-        values.setdefault("vocab_size", len(tokenizer))
+    if default_vocab is not None:
+        values.setdefault("vocab_size", default_vocab)
     return AutoConfig.for_model(cfg.architecture, **values)
 
 
