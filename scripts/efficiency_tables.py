@@ -552,10 +552,12 @@ class _Once(logging.Filter):
 def main(argv: list[str] | None = None) -> Path:
     spec, opts = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    handler = logging.StreamHandler()
-    handler.addFilter(_Once())
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    logging.getLogger("peftlab").addHandler(handler)
+    logger = logging.getLogger("peftlab")
+    if not any(isinstance(f, _Once) for h in logger.handlers for f in h.filters):
+        handler = logging.StreamHandler()
+        handler.addFilter(_Once())
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         results = [measure_model(spec, model, opts, Path(tmp)) for model in spec.models]
