@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import logging
 import os
 import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -48,7 +49,17 @@ from peftlab.paper_claims import CLAIMS, Claim  # noqa: E402
 
 GIB = 2**30
 DORA_NA = "n/a: DoRA not available"  # until method=lora method.variant=dora exists on this branch
-UNITS = {"mem": (GIB, "GiB"), "train_mem": (GIB, "GiB"), "params": (1e6, "M")}
+UNITS = {"mem": (GIB, "GiB"), "train_mem": (GIB, "GiB"), "params": (1e6, "M")}  # absolute claims
+# how the per-layer fit prints each quantity: (divide by, unit, decimals)
+DISPLAY = {
+    "time": (1e-3, "ms", 0),
+    "flops": (1e9, "GFLOP", 1),
+    "mem": (GIB, "GiB", 3),
+    "train_mem": (GIB, "GiB", 3),
+    "infer_time": (1e-3, "ms", 0),
+    "infer_mem": (GIB, "GiB", 3),
+    "params": (1e6, "M", 3),
+}
 
 
 @dataclass(frozen=True)
@@ -164,6 +175,8 @@ class Options:
     out: Path
     overrides: list[str] = field(default_factory=list)
     command: str = ""  # as typed, for the table's header
+    threads: int = field(default_factory=torch.get_num_threads)
+    render: Path | None = None  # a saved <table>.json to rewrite the tables from
 
 
 # -- what can be measured ----------------------------------------------------------------------------
@@ -408,13 +421,14 @@ def fit_markdown(result: ModelResult) -> list[str]:
     ]
     for label, fits in result.fits.items():
         for quantity, (intercept, slope) in fits.items():
-            scale, unit = UNITS.get(quantity, (1.0, ""))
-            if quantity in ("time", "flops", "infer_time", "infer_mem") and slope != slope:
+            if slope != slope:  # NaN: not measured in this table
                 continue
-            at = [result.measured[n][label][quantity] / scale for n in counts]
+            scale, unit, digits = DISPLAY[quantity]
+            at = [fmt(result.measured[n][label][quantity] / scale, digits) for n in counts]
+            extrapolated = (intercept + slope * result.full) / scale
             lines.append(
-                f"| {label} | {quantity} {unit} | {' | '.join(fmt(a) for a in at)} | {fmt(slope / scale)} "
-                f"| {fmt(intercept / scale)} | {fmt((intercept + slope * result.full) / scale)} |"
+                f"| {label} | {quantity} {unit} | {' | '.join(at)} | {fmt(slope / scale, digits)} "
+                f"| {fmt(intercept / scale, digits)} | {fmt(extrapolated, digits)} |"
             )
     return lines
 
@@ -455,7 +469,7 @@ def header_markdown(spec: TableSpec, opts: Options, seconds: float) -> list[str]
     return [
         f"## {spec.title}",
         "",
-        f"`{opts.command}`: {seconds:.0f} s on {opts.device}, threads={torch.get_num_threads()}"
+        f"`{opts.command}`: {seconds:.0f} s on {opts.device}, threads={opts.threads}"
         + (f" -- {quick_note(spec)}" if opts.quick else ""),
         "",
         f"- Setting: {spec.setting_note}.",
@@ -468,7 +482,7 @@ def header_markdown(spec: TableSpec, opts: Options, seconds: float) -> list[str]
 
 def quick_note(spec: TableSpec) -> str:
     extra = f", {' '.join(spec.quick_overrides)}" if spec.quick_overrides else ""
-    return f"QUICK: 1 block, {QUICK_SEQ_LEN}-token sequences, 2 steps{extra}; a pipeline check, not a result"
+    return f"QUICK: {QUICK_SEQ_LEN}-token sequences, 2 steps{extra}; a pipeline check, not a result"
 
 
 def write_table(spec: TableSpec, opts: Options, results: list[ModelResult], seconds: float) -> Path:
@@ -499,8 +513,35 @@ def write_table(spec: TableSpec, opts: Options, results: list[ModelResult], seco
         for result in results:
             for label, values in result.values.items():
                 writer.writerow([result.model, depth_note(result), label, *values.values()])
+    save_results(opts.out / f"{spec.name}{suffix}.json", opts, results, seconds)
     print("\n".join(lines))
     return markdown
+
+
+def save_results(path: Path, opts: Options, results: list[ModelResult], seconds: float) -> None:
+    """Every measured number, so ``--render`` can rewrite the tables without measuring again."""
+    run = {
+        k: v for k, v in asdict(opts).items() if k in ("quick", "device", "layers", "overrides", "command")
+    }
+    payload = {
+        "run": {**run, "threads": opts.threads, "seconds": seconds},
+        "results": [asdict(r) for r in results],
+    }
+    path.write_text(json.dumps(payload, indent=1, default=str) + "\n")
+
+
+def load_results(path: Path, out: Path) -> tuple[Options, list[ModelResult], float]:
+    """What ``save_results`` wrote (layer counts back to ints), with the tables going to ``out``."""
+    payload = json.loads(path.read_text())
+    run = payload["run"]
+    layers = tuple(run["layers"]) if run["layers"] else None
+    opts = Options(run["quick"], run["device"], layers, out, run["overrides"], run["command"], run["threads"])
+    results = []
+    for raw in payload["results"]:
+        raw["measured"] = {int(n): rows for n, rows in raw["measured"].items()}
+        raw["fits"] = {label: {q: tuple(f) for q, f in fits.items()} for label, fits in raw["fits"].items()}
+        results.append(ModelResult(**raw))
+    return opts, results, float(run["seconds"])
 
 
 def row_values_header() -> list[str]:
@@ -523,6 +564,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[TableSpec, Options]:
         help="blocks to measure (two or more: fit and extrapolate to full depth)",
     )
     parser.add_argument("--out", type=Path, default=Path("efficiency_tables"))
+    parser.add_argument(
+        "--render", type=Path, help="rewrite the tables from a saved <table>.json; measure nothing"
+    )
     parser.add_argument("override", nargs="*", help="extra Hydra overrides for every row")
     args = parser.parse_args(argv)
     if args.layers and min(args.layers) < 1:
@@ -530,7 +574,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TableSpec, Options]:
     layers = tuple(args.layers) if args.layers else None
     argv_used = sys.argv[1:] if argv is None else argv
     command = " ".join(["python scripts/efficiency_tables.py", *argv_used])
-    opts = Options(args.quick, args.device, layers, args.out, args.override, command)
+    opts = Options(args.quick, args.device, layers, args.out, args.override, command, render=args.render)
     return TABLES[args.table], opts
 
 
@@ -558,6 +602,9 @@ def main(argv: list[str] | None = None) -> Path:
         handler.addFilter(_Once())
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         logger.addHandler(handler)
+    if opts.render:
+        saved, results, seconds = load_results(opts.render, opts.out)
+        return write_table(spec, saved, results, seconds)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         results = [measure_model(spec, model, opts, Path(tmp)) for model in spec.models]
