@@ -221,9 +221,10 @@ def fit_borrowed_tokenizer(config: Any, tokenizer: PreTrainedTokenizerBase, mode
         tokenizer.model_input_names = [n for n in tokenizer.model_input_names if n != "token_type_ids"]
     log.warning(
         "model %s: RANDOM WEIGHTS AND A BORROWED TOKENIZER. Its own tokenizer is not available offline, so "
-        "the shipped MiniLM tokenizer is used (%d ids, all inside the model's %d-id vocabulary; pad/bos/eos "
+        "the shipped %s tokenizer is used (%d ids, all inside the model's %d-id vocabulary; pad/bos/eos "
         "mapped to %s/%s/%s). Results measure efficiency (time, FLOPs, memory), not accuracy.",
         model_name,
+        Path(tokenizer.name_or_path).parent.name or tokenizer.name_or_path,
         len(tokenizer),
         config.vocab_size,
         tokenizer.pad_token_id,
