@@ -67,6 +67,10 @@ SPSFT_FIGURES = {
 }
 
 
+# the paper's point, SPSFT's "mem" against LoRA's at about equal trainable parameters: row -> ref
+SPSFT_PAIRS = {"spsft128": "lora64", "fa-spsft128": "fa-lora64"}
+
+
 def _spsft_claims() -> tuple[Claim, ...]:
     claims = []
     for row, (mem2, params2, mem3, params3) in SPSFT_FIGURES.items():
@@ -76,6 +80,13 @@ def _spsft_claims() -> tuple[Claim, ...]:
             claims.append(Claim("spsft", row, "mem", "absolute", value, text, SPSFT_SOURCE, model=model))
             claims.append(
                 Claim("spsft", row, "params", "absolute", params, f"{params}M", SPSFT_SOURCE, model=model)
+            )
+    for row, ref in SPSFT_PAIRS.items():
+        for model, column in (("llama2_7b", 0), ("llama3_8b", 2)):
+            value = float(SPSFT_FIGURES[row][column]) / float(SPSFT_FIGURES[ref][column])
+            text = f"{value:.3f} ({SPSFT_FIGURES[row][column]} / {SPSFT_FIGURES[ref][column]} GB)"
+            claims.append(
+                Claim("spsft", row, "mem", "fraction", value, text, SPSFT_SOURCE, ref=ref, model=model)
             )
     return tuple(claims)
 
