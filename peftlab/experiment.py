@@ -23,6 +23,7 @@ from peftlab.errors import ConfigError, RunInterrupted, StorageError, TrainingDi
 from peftlab.loggers import build_logger
 from peftlab.methods.base import CalibrationData, Method, build_method
 from peftlab.models import build_model, resolve_device
+from peftlab.models.footprint import Workload
 from peftlab.registry import TASKS
 from peftlab.tasks.base import Task
 from peftlab.train.checkpoint import usable_checkpoint
@@ -59,7 +60,7 @@ def build_trainer(
     eval_examples = {split: task.load_split(split) for split in task.eval_splits}
 
     seed_everything(cfg.seed)
-    model, tokenizer = build_model(cfg.model, task.num_labels, task.model_head)
+    model, tokenizer = build_model(cfg.model, task.num_labels, task.model_head, Workload.from_config(cfg))
     task.use_model(model)
     task.progress_bar = cfg.progress_bar
     model.to(device)  # before attaching: adapters are created where their base layers are

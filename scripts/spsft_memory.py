@@ -19,12 +19,14 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 
-from bench import Row, add_common_args, run_rows
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from peftlab.train.efficiency import CPU_PEAK_GFLOPS
+from peftlab.benchmark import BenchSettings, Row, add_bench_arguments, run_rows  # noqa: E402
+from peftlab.train.efficiency import CPU_PEAK_GFLOPS  # noqa: E402
 
 SETTINGS = {"all": ("all-linear", "false"), "FA": ("ffn-linear", "true")}
 
@@ -43,19 +45,19 @@ def main() -> None:
     parser.add_argument("--ranks", type=int, nargs="+", default=[4, 8, 16], help="LoRA ranks r (SPSFT: 2r)")
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--lora-dropout", type=float, default=0.1)
-    add_common_args(parser)
+    add_bench_arguments(parser)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     pairs = [pair_specs(r, s, args.lora_dropout) for s in args.settings for r in args.ranks]
     specs = [spec for pair in pairs for spec in pair]
     with tempfile.TemporaryDirectory() as tmp:
-        rows = run_rows(specs, args, Path(tmp))
+        rows = run_rows(specs, BenchSettings.from_args(args), Path(tmp))
     report([(rows[2 * i], rows[2 * i + 1]) for i in range(len(pairs))], args)
 
 
 def report(pairs: list[tuple[Row, Row]], args: argparse.Namespace) -> None:
     lora0 = pairs[0][0]
-    device = lora0.trainer.device
+    device = lora0.device
     tokens = int(lora0.batch["attention_mask"].numel())
     print(
         f"\nmodel={args.model} task={args.task} batch={args.batch_size}x{tokens // args.batch_size} tokens "
@@ -72,8 +74,8 @@ def report(pairs: list[tuple[Row, Row]], args: argparse.Namespace) -> None:
         record = {
             "lora": lora.label,
             "spsft": spsft.label,
-            "lora_params": lora.trainer.trainable_count,
-            "spsft_params": spsft.trainer.trainable_count,
+            "lora_params": lora.trainable,
+            "spsft_params": spsft.trainable,
             "lora_memory_bytes": lora.memory_bytes,
             "spsft_memory_bytes": spsft.memory_bytes,
             "memory_ratio": spsft.memory_bytes / lora.memory_bytes,
@@ -85,8 +87,8 @@ def report(pairs: list[tuple[Row, Row]], args: argparse.Namespace) -> None:
             f"{100 * spsft.flops / t_spsft / 1e9 / CPU_PEAK_GFLOPS:.0f}%" if device.type == "cpu" else "n/a"
         )
         print(
-            f"| {lora.label} | {lora.trainer.trainable_count:,} | {lora.memory_bytes / 2**20:.1f} "
-            f"| {1000 * t_lora:.0f} | {spsft.label} | {spsft.trainer.trainable_count:,} "
+            f"| {lora.label} | {lora.trainable:,} | {lora.memory_bytes / 2**20:.1f} "
+            f"| {1000 * t_lora:.0f} | {spsft.label} | {spsft.trainable:,} "
             f"| {spsft.memory_bytes / 2**20:.1f} | {1000 * t_spsft:.0f} | {record['memory_ratio']:.3f} "
             f"| {record['time_ratio']:.3f} | {record['flops_ratio']:.3f} | {peak} |"
         )

@@ -14,6 +14,14 @@ ALL_LINEAR = "all-linear"  # every linear layer of the adapted module
 FFN_LINEAR = "ffn-linear"  # every linear layer outside attention (the SPSFT paper's "FA" setting)
 SUBLAYER_OUTPUTS = "sublayer-outputs"  # the projections that write attention / FFN back to the residual
 KEYWORDS = (ALL_LINEAR, FFN_LINEAR, SUBLAYER_OUTPUTS)
+# The BERT names of the attention projections as other families call them. A list entry that names no
+# layer of the model stands for these, so one method config (``method=lora``: [query, value]) adapts the
+# same projections of DeBERTa (query_proj, value_proj) and Llama/OPT/BART (q_proj, v_proj).
+FAMILY_ALIASES = {
+    "query": ("query_proj", "q_proj"),
+    "key": ("key_proj", "k_proj"),
+    "value": ("value_proj", "v_proj"),
+}
 
 
 def _matches(name: str, key: str) -> bool:
@@ -46,9 +54,10 @@ def match_targets(
     classification head is never among them), ``"ffn-linear"`` those outside attention (see
     ``module_role``), ``"sublayer-outputs"`` the attention-output and FFN-output projections (see
     ``is_sublayer_output``); another string is a regex that must fullmatch the
-    module name; a list selects names equal to an entry or ending in ``.<entry>``. Unlike peft, every
-    list entry must match something, so a typo in one of several keys fails loudly instead of
-    silently training fewer layers.
+    module name; a list selects names equal to an entry or ending in ``.<entry>`` (``query``, ``key``,
+    ``value`` stand for the family's own names when the model has no such layer: ``FAMILY_ALIASES``).
+    Unlike peft, every list entry must match something, so a typo in one of several keys fails loudly
+    instead of silently training fewer layers.
     """
     candidates = [
         name
@@ -68,13 +77,25 @@ def match_targets(
         if not selected:
             raise ConfigError(f"target_modules regex {targets!r} matches no layer; {_available(candidates)}")
         return selected
-    keys = list(targets)
+    keys = _with_family_aliases(list(targets), candidates)
     if not keys:
         raise ConfigError(f"target_modules is empty; {_available(candidates)}")
     unmatched = [key for key in keys if not any(_matches(name, key) for name in candidates)]
     if unmatched:
         raise ConfigError(f"target_modules {unmatched} match no layer; {_available(candidates)}")
     return [name for name in candidates if any(_matches(name, key) for key in keys)]
+
+
+def _with_family_aliases(keys: list[str], candidates: list[str]) -> list[str]:
+    """Each key that matches no candidate replaced by its ``FAMILY_ALIASES`` that do."""
+    resolved: list[str] = []
+    for key in keys:
+        if any(_matches(name, key) for name in candidates):
+            resolved.append(key)
+            continue
+        aliases = [a for a in FAMILY_ALIASES.get(key, ()) if any(_matches(n, a) for n in candidates)]
+        resolved.extend(aliases or [key])
+    return resolved
 
 
 def _available(candidates: list[str]) -> str:

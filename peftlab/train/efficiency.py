@@ -46,12 +46,16 @@ def _conv_backward_flops(
     return forward * (int(output_mask[0]) + int(output_mask[1]))
 
 
-def count_flops(fn: Callable[[], object]) -> int:
-    """FLOPs of the matmul-like ops that ``fn`` runs (forward and backward), by torch's counter (with the
-    convolution backward counted per group)."""
-    counter = FlopCounterMode(
+def flop_counter() -> FlopCounterMode:
+    """torch's FLOP counter (matmul-like ops only), with the convolution backward counted per group."""
+    return FlopCounterMode(
         display=False, custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flops}
     )
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of the matmul-like ops that ``fn`` runs (forward and backward)."""
+    counter = flop_counter()
     with counter:
         fn()
     return int(counter.get_total_flops())
