@@ -7,6 +7,7 @@ Each check raises one ConfigError line: the key, the bad value and what is allow
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterable
 from typing import Any
 
@@ -47,15 +48,19 @@ def number(
     if value is None and optional:
         return
     bounds = [
-        (above, "> {}", lambda v, b: v > b),
-        (at_least, ">= {}", lambda v, b: v >= b),
-        (at_most, "<= {}", lambda v, b: v <= b),
-        (below, "< {}", lambda v, b: v < b),
+        (sign, compare, bound)
+        for sign, compare, bound in (
+            (">", operator.gt, above),
+            (">=", operator.ge, at_least),
+            ("<=", operator.le, at_most),
+            ("<", operator.lt, below),
+        )
+        if bound is not None
     ]
-    wanted = [(text.format(b), test, b) for b, text, test in bounds if b is not None]
-    if not _is_number(value) or not all(test(value, b) for _, test, b in wanted):
-        allowed = "a finite number" + (" " + " and ".join(t for t, _, _ in wanted) if wanted else "")
-        raise refuse(key, value, allowed + (", or null" if optional else ""))
+    if not _is_number(value) or not all(compare(value, bound) for _, compare, bound in bounds):
+        ranges = " and ".join(f"{sign} {bound}" for sign, _, bound in bounds)
+        allowed = f"a finite number {ranges}".rstrip() + (", or null" if optional else "")
+        raise refuse(key, value, allowed)
 
 
 def choice(key: str, value: Any, allowed: Iterable[str]) -> None:

@@ -304,7 +304,7 @@ def test_ctrl_c_writes_interrupted_and_says_how_to_resume(tmp_path):
     assert f"interrupted; resume with: python -m peftlab resume={tmp_path}" in output
     assert "Traceback" not in output and len(output.splitlines()) < 40
     assert results(tmp_path)["status"] == "interrupted" and results(tmp_path)["steps"] < 60
-    resumed = cli(f"resume={tmp_path}")
+    resumed = cli(f"resume={tmp_path}", f"hydra.run.dir={tmp_path.parent / 'resume_log'}")
     assert resumed.returncode == 0, resumed.stdout[-2000:]
     assert results(tmp_path)["status"] == "completed" and results(tmp_path)["steps"] == 60
 

@@ -42,11 +42,6 @@ def checkpoint_paths(run_path: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def latest_checkpoint(run_path: Path) -> Path | None:
-    paths = checkpoint_paths(run_path)
-    return paths[-1] if paths else None
-
-
 def usable_checkpoint(run_path: Path, run_id: str | None) -> Path:
     """The newest checkpoint that can be read and belongs to run ``run_id``; older ones are tried when
     the newest is unreadable (cut short) or another run's (each skip is a warning naming the file).
