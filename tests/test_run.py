@@ -141,7 +141,7 @@ def test_cli_bad_input_is_one_clear_error(tmp_path, override, message):
 def test_unknown_task_is_refused_by_the_registry(tmp_path):
     cfg = tiny_config(tmp_path)
     cfg.task.name = "nosuch"
-    with pytest.raises(ConfigError, match="unknown task 'nosuch'; available: caltech101, cifar100, cnn_dm"):
+    with pytest.raises(ConfigError, match="unknown task 'nosuch'; available: alpaca, boolq, caltech101, cb"):
         run_experiment(cfg)
 
 
