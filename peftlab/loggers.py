@@ -71,6 +71,9 @@ class WandbLogger:
         if figures:
             self.run.log({f"figures/{png.stem}": self.wandb.Image(str(png)) for png in figures})
         self.run.finish()
+        # finish() returns before the service has flushed an offline run's event file; teardown waits for
+        # it (measured: a second offline run in one process could read a 7-byte file right after finish)
+        self.wandb.teardown()
 
 
 def build_logger(cfg: DictConfig, run_path: Path) -> MetricsLogger:
