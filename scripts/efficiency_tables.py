@@ -240,6 +240,7 @@ class ModelResult:
     values: dict[str, dict[str, float]] = field(default_factory=dict)  # at full depth
     fits: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)  # (intercept, per layer)
     unavailable: dict[str, str] = field(default_factory=dict)  # row -> why it is not measured
+    notes: dict[str, str] = field(default_factory=dict)  # row -> what it kept (pruned rows, deepest build)
 
 
 def row_values(row: Row) -> dict[str, float]:
@@ -273,6 +274,7 @@ def measure_model(spec: TableSpec, model: str, opts: Options, workdir: Path) -> 
         with shared_weights():
             rows = run(specs, settings, workdir / f"{model}_{layers}")
         result.measured[layers] = {row.label: row_values(row) for row in rows}
+        result.notes = {row.label: f"{row.note} (at {layers} blocks)" for row in rows if row.note}
     fit_to_full_depth(result)
     derive = DERIVED.get(spec.name)
     if derive:
@@ -403,6 +405,7 @@ def rows_markdown(spec: TableSpec, result: ModelResult) -> list[str]:
             f"| {fmt(v['mem'] / 2**20, 0)} | {fmt(v['train_mem'] / 2**20, 0)} "
             f"| {fmt(1000 * v['infer_time'], 0)} | {fmt(v['infer_mem'] / 2**20, 0)} |"
         )
+    lines += [f"- {label}: {note}" for label, note in result.notes.items()]
     return lines + fit_markdown(result)
 
 
