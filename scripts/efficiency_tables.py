@@ -6,6 +6,11 @@
     python scripts/efficiency_tables.py spsft --quick              # 1 layer, short sequences, 2 steps
     python scripts/efficiency_tables.py aflora --device cuda       # whole models on a GPU
     python scripts/efficiency_tables.py light-peft --layers 1 2    # fit per-layer costs, extrapolate
+    python scripts/efficiency_tables.py spsft --render efficiency_tables/spsft.json   # rewrite, no measuring
+
+Default depth: the whole model, except SPSFT's 7B/8B models on the CPU, measured at 1 and 2 blocks and
+extrapolated to 32 (a whole one needs ~60 GiB). CPU timing: the measuring step, then 2 timed steps per
+row in 2 interleaved rounds; CUDA: 3 warm-up, 1 measuring, 10 timed steps in 5 rounds.
 
 Every model is the paper's architecture built from its stored config.json values with random weights
 (``model.pretrained=false``): step time, FLOPs and memory do not depend on the weights' values. Rows are
