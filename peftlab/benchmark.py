@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import re
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -89,6 +90,7 @@ class Row:
     inference_peak: int = 0  # CUDA only
     infer_times: list[float] = field(default_factory=list)
     infer_memory_bytes: int = 0
+    note: str = ""  # what a pruned row kept
 
     @property
     def train_total_bytes(self) -> int:
@@ -158,6 +160,8 @@ def make_row(spec: str, settings: BenchSettings, steps: int, run_dir: RunDir) ->
     if pruned:
         prune_early(trainer, batch)
     row = Row(label, trainer, batch, trainer.trainable_count, trainer.device)
+    if pruned:
+        row.note = pruning_note(trainer.method.record)
     row.inference_peak = inference_peak(trainer, batch)
     return row
 
@@ -211,6 +215,15 @@ def prune_early(trainer: Trainer, batch: dict[str, torch.Tensor]) -> None:
         raise ConfigError(f"{PRUNED}: method {trainer.method.name} does not prune")
     while trainer.method.record is None:
         trainer.train_step(batch)
+
+
+def pruning_note(record: dict) -> str:
+    """Which PEFT modules a Light-PEFT pruning kept: the backward pass reaches down to the lowest of
+    them, so where they are decides much of the training cost."""
+    kept, total = record.get("ranks", {}), len(record.get("module_scores", {}))
+    blocks = sorted({int(m.group(1)) for name in kept if (m := re.search(r"\.layers?\.(\d+)\.", name))})
+    where = f", in blocks {blocks}" if blocks else ""
+    return f"PEFT modules kept: {len(kept)} of {total}{where}"
 
 
 def measure_once(row: Row, flops: bool = True) -> None:

@@ -6,6 +6,11 @@
     python scripts/efficiency_tables.py spsft --quick              # 1 layer, short sequences, 2 steps
     python scripts/efficiency_tables.py aflora --device cuda       # whole models on a GPU
     python scripts/efficiency_tables.py light-peft --layers 1 2    # fit per-layer costs, extrapolate
+    python scripts/efficiency_tables.py spsft --render efficiency_tables/spsft.json   # rewrite, no measuring
+
+Default depth: the whole model, except SPSFT's 7B/8B models on the CPU, measured at 1 and 2 blocks and
+extrapolated to 32 (a whole one needs ~60 GiB). CPU timing: the measuring step, then 2 timed steps per
+row in 2 interleaved rounds; CUDA: 3 warm-up, 1 measuring, 10 timed steps in 5 rounds.
 
 Every model is the paper's architecture built from its stored config.json values with random weights
 (``model.pretrained=false``): step time, FLOPs and memory do not depend on the weights' values. Rows are
@@ -240,6 +245,7 @@ class ModelResult:
     values: dict[str, dict[str, float]] = field(default_factory=dict)  # at full depth
     fits: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)  # (intercept, per layer)
     unavailable: dict[str, str] = field(default_factory=dict)  # row -> why it is not measured
+    notes: dict[str, str] = field(default_factory=dict)  # row -> what it kept (pruned rows, deepest build)
 
 
 def row_values(row: Row) -> dict[str, float]:
@@ -273,6 +279,7 @@ def measure_model(spec: TableSpec, model: str, opts: Options, workdir: Path) -> 
         with shared_weights():
             rows = run(specs, settings, workdir / f"{model}_{layers}")
         result.measured[layers] = {row.label: row_values(row) for row in rows}
+        result.notes = {row.label: f"{row.note} (at {layers} blocks)" for row in rows if row.note}
     fit_to_full_depth(result)
     derive = DERIVED.get(spec.name)
     if derive:
@@ -403,6 +410,7 @@ def rows_markdown(spec: TableSpec, result: ModelResult) -> list[str]:
             f"| {fmt(v['mem'] / 2**20, 0)} | {fmt(v['train_mem'] / 2**20, 0)} "
             f"| {fmt(1000 * v['infer_time'], 0)} | {fmt(v['infer_mem'] / 2**20, 0)} |"
         )
+    lines += [f"- {label}: {note}" for label, note in result.notes.items()]
     return lines + fit_markdown(result)
 
 
