@@ -3,10 +3,11 @@
 The model is first built on the meta device (no memory), so the parameter count is exact; the rest is
 an estimate: gradients and the two fp32 Adam moments of the trained parameters (all of them for full
 fine-tuning, at most ``PEFT_TRAINABLE_SHARE`` of them otherwise: adapters are attached later), and the
-activations a backward pass keeps, after Korthikanti et al. 2022 (34 x hidden bytes per token and layer
-at 16 bits, plus 5 x heads x sequence when attention scores are stored, i.e. not with SDPA/flash),
-plus the logits of a language-model head. It is meant to catch a 7B model on a 24 GiB machine, not to
-predict a peak to the megabyte.
+activations a backward pass keeps, after Korthikanti et al. 2022 (per token and block at 16 bits:
+17 x hidden + 4 x FFN width bytes, their 34 x hidden for a 4 x hidden FFN, plus 5 x heads x sequence when
+attention scores are stored, i.e. not with SDPA/flash), times ``ACTIVATION_MARGIN``, plus the logits of a
+language-model head. It is meant to catch a 7B model on a 24 GiB machine, not to predict a peak to the
+megabyte.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ ADAM_BYTES = 2 * 4  # two fp32 moments per trained parameter
 PEFT_TRAINABLE_SHARE = 0.03  # LoRA r=64 on every linear layer of Llama-2-7B trains 2.4%
 FULL_FINETUNE = ("fft",)
 HEAD_ONLY = ("head",)  # no backward through the backbone: no activations kept
+# The tensors autograd saved in our CPU measurements (scripts/efficiency_tables.py) were 1.4-2.4x that
+# count: LoRA's dropout copies, SwiGLU's extra FFN tensors, DeBERTa's three attention score maps.
+ACTIVATION_MARGIN = 1.5
+FFN_WIDTH_KEYS = ("intermediate_size", "ffn_dim", "encoder_ffn_dim")
 FUSED_ATTENTION = ("sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 
 
@@ -94,8 +99,9 @@ def estimate(model: nn.Module, config: Any, workload: Workload | None, lm_head: 
 
 
 def activation_bytes(config: Any, workload: Workload, element: int, lm_head: bool) -> int:
-    """Rough bytes a backward pass keeps (Korthikanti et al. 2022, Table 2, no recomputation), scaled
-    from their 16-bit count to ``element`` bytes; 0 for a model without a transformers config."""
+    """Rough bytes a backward pass keeps (Korthikanti et al. 2022, Table 2, no recomputation, with the
+    FFN width apart), scaled from their 16-bit count to ``element`` bytes and by ``ACTIVATION_MARGIN``;
+    0 for a model without a transformers config."""
     hidden = getattr(config, "hidden_size", None)
     if config is None or hidden is None:
         return 0
@@ -105,10 +111,11 @@ def activation_bytes(config: Any, workload: Workload, element: int, lm_head: boo
         return 0
     tokens_per_row = _tokens_per_row(config, workload)
     tokens = workload.batch_size * tokens_per_row
-    per_token_layer = 34 * hidden
+    ffn = next((int(getattr(config, k)) for k in FFN_WIDTH_KEYS if getattr(config, k, None)), 4 * hidden)
+    per_token_layer = 17 * hidden + 4 * ffn
     if getattr(config, "_attn_implementation", None) not in FUSED_ATTENTION:
         per_token_layer += 5 * int(getattr(config, "num_attention_heads", 1)) * tokens_per_row
-    total = layers * tokens * per_token_layer * element // 2
+    total = int(ACTIVATION_MARGIN * layers * tokens * per_token_layer * element / 2)
     vocab = getattr(config, "vocab_size", None)
     if lm_head and vocab:
         total += 2 * tokens * int(vocab) * 4  # fp32 logits and their gradient
