@@ -41,31 +41,27 @@ def _choices(question: dict) -> dict[str, list[str]]:
     return {key: [c[key] for c in question["choices"]] for key in ("text", "label")}
 
 
-def arc_rows(path: Path) -> list[dict]:
-    """The ARC release layout (question.stem, question.choices) as the hub's (question, choices)."""
-    rows = [json.loads(line) for line in path.open(encoding="utf-8") if line.strip()]
-    return [
-        {
-            "id": r["id"],
-            "question": r["question"]["stem"],
-            "choices": _choices(r["question"]),
-            "answerKey": r["answerKey"],
-        }
-        for r in rows
-    ]
+def release_rows(stem_key: str) -> Callable[[Path], list[dict]]:
+    """ARC / OpenBookQA release files (question.stem, question.choices) in the hub's layout, with the stem
+    under ``stem_key`` (ARC: question, OpenBookQA: question_stem)."""
+
+    def read(path: Path) -> list[dict]:
+        rows = [json.loads(line) for line in path.open(encoding="utf-8") if line.strip()]
+        return [
+            {
+                "id": r["id"],
+                stem_key: r["question"]["stem"],
+                "choices": _choices(r["question"]),
+                "answerKey": r["answerKey"],
+            }
+            for r in rows
+        ]
+
+    return read
 
 
-def openbookqa_rows(path: Path) -> list[dict]:
-    rows = [json.loads(line) for line in path.open(encoding="utf-8") if line.strip()]
-    return [
-        {
-            "id": r["id"],
-            "question_stem": r["question"]["stem"],
-            "choices": _choices(r["question"]),
-            "answerKey": r["answerKey"],
-        }
-        for r in rows
-    ]
+arc_rows = release_rows("question")
+openbookqa_rows = release_rows("question_stem")
 
 
 def rte_rows(path: Path) -> list[dict]:

@@ -10,7 +10,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from peftlab.blocks.lowrank import LowRankLinear, low_rank_layers, merge_all, unmerge_all
+from peftlab.blocks.lowrank import LowRankLinear, low_rank_layers
+from peftlab.blocks.protocol import merge_adapters, unmerge_adapters
 from peftlab.errors import ConfigError
 from peftlab.methods.base import build_method
 
@@ -57,12 +58,12 @@ def test_merged_equals_unmerged(tiny_model, batch):
     randomize_adapters(model)
     base_weight = model.backbone.encoder.layer[0].attention.self.query.base_layer.weight.clone()
     unmerged = model(**batch).logits
-    merge_all(model)
+    merge_adapters(model)
     torch.testing.assert_close(model(**batch).logits, unmerged, rtol=1e-5, atol=1e-5)
     assert not torch.equal(
         model.backbone.encoder.layer[0].attention.self.query.base_layer.weight, base_weight
     )
-    unmerge_all(model)
+    unmerge_adapters(model)
     torch.testing.assert_close(model(**batch).logits, unmerged, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(
         model.backbone.encoder.layer[0].attention.self.query.base_layer.weight, base_weight, rtol=0, atol=1e-6

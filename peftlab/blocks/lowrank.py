@@ -20,8 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peftlab.blocks.protocol import adapter_layers, copy_into, kept, merge_adapters, sliced_linear
-from peftlab.blocks.protocol import unmerge_adapters as _unmerge_adapters
+from peftlab.blocks.protocol import adapter_layers, copy_into, kept, sliced_linear
 from peftlab.blocks.targeting import TargetSpec, match_targets, replace_module
 from peftlab.errors import ConfigError
 from peftlab.registry import LORA_VARIANTS
@@ -408,8 +407,6 @@ def low_rank_layers(model: nn.Module) -> list[tuple[str, LowRankLinear]]:
     return [(name, m) for name, m in adapter_layers(model) if isinstance(m, LowRankLinear)]
 
 
-merge_all = merge_adapters
-unmerge_all = _unmerge_adapters
 
 
 def vector_param_groups(model: nn.Module, decay_vectors: bool) -> list[dict[str, Any]]:

@@ -218,7 +218,10 @@ def pruning_report(record: dict[str, Any] | None, step_times: list[float]) -> di
         return {"pruned": False}
     k = record["step"]
     before, after = step_times[1:k], step_times[k + 1 :]  # the first step and the pruning step left out
-    count = lambda key: sum(len(v) for v in record[key].values())  # noqa: E731
+
+    def count(key: str) -> int:
+        return sum(len(v) for v in record[key].values())
+
     return {
         "pruned": True,
         "pruned_at_step": k,
