@@ -201,11 +201,16 @@ def choose_pruning(
     }
 
 
-def apply_pruning(backbone: nn.Module, structure: list[Block], record: dict[str, Any]) -> None:
-    """Remove heads, channels, PEFT modules and ranks as ``record`` says (training or reloading)."""
+def prune_structure(backbone: nn.Module, structure: list[Block], record: dict[str, Any]) -> None:
+    """Keep only the heads and FFN channels ``record`` lists per block (also a merged export's reload)."""
     for i, block in enumerate(structure):
         prune_heads(backbone, block, torch.tensor(record["heads"][str(i)], dtype=torch.long))
         prune_channels(backbone, block, torch.tensor(record["ffn_channels"][str(i)], dtype=torch.long))
+
+
+def apply_pruning(backbone: nn.Module, structure: list[Block], record: dict[str, Any]) -> None:
+    """Remove heads, channels, PEFT modules and ranks as ``record`` says (training or reloading)."""
+    prune_structure(backbone, structure, record)
     for name in record["removed_modules"]:
         backbone.set_submodule(name, backbone.get_submodule(name).removed())
     for name, keep in record["ranks"].items():

@@ -52,7 +52,7 @@ RUN_FILES = (
     "failure.json",
 )
 RUN_PATTERNS = ("predictions_*.jsonl", ".*.tmp")
-RUN_FOLDERS = (CHECKPOINTS, "wandb")
+RUN_FOLDERS = (CHECKPOINTS, "wandb", "export")  # export: python -m peftlab.export
 
 
 # -- whole files --------------------------------------------------------------------------------------
