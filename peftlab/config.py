@@ -22,7 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 from peftlab import checks
 from peftlab.errors import ConfigError
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+# The config groups ship inside the package (``peftlab/conf``: a link to the checkout's ``conf/``, copied
+# into a wheel as package data), so an installed peftlab finds them as an editable checkout does.
+CONF_DIR = Path(__file__).parent / "conf"
 
 
 @dataclass
@@ -49,6 +51,7 @@ class ScheduleSchema:
     # step: the warmup/decay schedule advances every optimizer step | epoch: once per epoch, as SPSFT's code
     # steps its scheduler (the LR then stays near its peak: ~2e-5 throughout its GLUE runs)
     scheduler_step: str = "step"
+    lr_scheduler: str = "linear"  # after the warmup: linear | cosine (decay to 0) | constant (transformers')
     # Per-task or per-method values (a paper's table) live in conf/experiment presets, not here: a group
     # file depends on no other group's values.
 
@@ -71,6 +74,7 @@ class ScheduleSchema:
         checks.integer("schedule.max_seq_length", self.max_seq_length, minimum=4)
         checks.choice("schedule.precision", self.precision, ("fp32", "bf16"))
         checks.choice("schedule.scheduler_step", self.scheduler_step, ("step", "epoch"))
+        checks.choice("schedule.lr_scheduler", self.lr_scheduler, ("linear", "cosine", "constant"))
 
 
 @dataclass
@@ -140,16 +144,17 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def register_schemas() -> None:
-    ConfigStore.instance().store(group="schedule", name="_schema", node=ScheduleSchema)
+    ConfigStore.instance().store(name="schedule_schema", node=ScheduleSchema)
 
 
 def conf_dir() -> Path:
-    if not CONF_DIR.is_dir():
+    """The folder of the config groups (``config.yaml``, ``method/``, ...), inside the package."""
+    if not (CONF_DIR / "config.yaml").is_file():
         raise FileNotFoundError(
-            f"config directory {CONF_DIR} not found: install peftlab editable (pip install -e .), "
-            "as `make setup` does, so conf/ is found next to the package"
+            f"config directory {CONF_DIR} not found or without config.yaml: reinstall peftlab "
+            "(pip install . or pip install -e .); in a checkout peftlab/conf links to conf/"
         )
-    return CONF_DIR
+    return CONF_DIR.resolve()
 
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:

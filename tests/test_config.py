@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
+from conftest import ROOT, cli
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
@@ -68,6 +70,30 @@ def test_experiment_presets_compose_for_every_swept_value(experiment):
 def test_schedule_is_type_checked_at_composition():
     with pytest.raises((ValidationError, ConfigCompositionException), match="abc"):
         compose_config(["schedule.lr=abc"])
+
+
+def test_config_groups_ship_inside_the_package():
+    """An installed (non-editable) peftlab finds conf/ inside the package: the search path is the
+    package's ``conf`` folder (a link to the checkout's conf/), and the wheel takes its YAML files."""
+    import tomllib
+
+    import peftlab
+
+    assert conf_dir() == (Path(peftlab.__file__).parent / "conf").resolve()
+    assert (conf_dir() / "config.yaml").is_file() and options("method")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert project["project"]["scripts"]["peftlab"] == "peftlab.__main__:main"
+    patterns = project["tool"]["setuptools"]["package-data"]["peftlab"]
+    package = Path(peftlab.__file__).parent
+    shipped = {p.relative_to(package / "conf") for pattern in patterns for p in package.glob(pattern)}
+    in_checkout = {p.relative_to(ROOT / "conf") for p in (ROOT / "conf").rglob("*.yaml")}
+    assert in_checkout and shipped == in_checkout
+
+
+def test_help_lists_presets_not_the_schedule_schema():
+    result = cli("--help")
+    groups = dict(line.split(": ", 1) for line in result.stdout.splitlines() if line.startswith("schedule: "))
+    assert "default" in groups["schedule"].split(", ") and "_schema" not in result.stdout
 
 
 def test_unknown_group_option_names_the_value_and_the_choices():

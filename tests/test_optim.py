@@ -1,12 +1,19 @@
 """The optimizer holds only trainable parameters; rebuilds keep the moments of what is still trained;
-the head gets its own LR; the LR schedule is linear warmup then linear decay."""
+the head gets its own LR; the LR schedule is a linear warmup, then transformers' linear, cosine or constant
+schedule, as a function of the step."""
 
 from __future__ import annotations
 
+import json
+import math
+
 import pytest
 import torch
+from conftest import tiny_config
 
 from peftlab.config import compose_config
+from peftlab.errors import ConfigError
+from peftlab.experiment import run_experiment
 from peftlab.methods.base import build_method
 from peftlab.train.optim import build_optimizer, default_param_groups, lr_factor, rebuild_optimizer
 
@@ -50,3 +57,43 @@ def test_rebuild_drops_frozen_and_keeps_moments(tiny_model, batch):
 @pytest.mark.parametrize(("step", "factor"), [(0, 0.0), (5, 0.5), (10, 1.0), (55, 0.5), (100, 0.0)])
 def test_linear_warmup_then_decay(step, factor):
     assert lr_factor(step, total_steps=100, warmup_steps=10) == pytest.approx(factor)
+
+
+COSINE_AT_40 = 0.5 * (1 + math.cos(math.pi / 3))  # a third of the decay (steps 10..100) done
+
+
+@pytest.mark.parametrize(
+    ("kind", "step", "factor"),
+    [
+        ("cosine", 5, 0.5),  # every schedule warms up linearly
+        ("cosine", 10, 1.0),
+        ("cosine", 40, COSINE_AT_40),
+        ("cosine", 55, 0.5),
+        ("cosine", 100, 0.0),
+        ("constant", 5, 0.5),
+        ("constant", 10, 1.0),
+        ("constant", 100, 1.0),
+    ],
+)
+def test_cosine_and_constant_schedules(kind, step, factor):
+    assert lr_factor(step, total_steps=100, warmup_steps=10, kind=kind) == pytest.approx(factor)
+
+
+def test_unknown_schedule_is_refused_with_the_choices():
+    with pytest.raises(ConfigError, match="lr_scheduler='step'.*linear, cosine, constant"):
+        lr_factor(1, 10, 0, kind="step")
+    with pytest.raises(ConfigError, match="schedule.lr_scheduler"):
+        from peftlab.config import check_config
+
+        check_config(compose_config(["schedule.lr_scheduler=polynomial"]))
+
+
+def test_a_run_trains_with_the_configured_schedule(tmp_path):
+    """The LR logged at step k is the one step k used: lr x cosine((k - 1) / 4), no warmup."""
+    overrides = ["schedule.lr_scheduler=cosine", "schedule.max_steps=4", "schedule.log_every_steps=1"]
+    overrides += ["schedule.warmup_ratio=0", "schedule.lr=0.001", "measure.flops=false"]
+    run_experiment(tiny_config(tmp_path, *overrides))
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    logged = [row["lr"] for row in rows if "lr" in row]
+    expected = [0.001 * 0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)]
+    assert logged == pytest.approx(expected)

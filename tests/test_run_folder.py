@@ -77,12 +77,16 @@ def test_second_run_into_an_owned_folder_is_refused_with_the_owner(tmp_path):
     try:
         wait_for(lambda: (run / "config.yaml").exists(), owner, "the owner saved its config")
         run_id = OmegaConf.load(run / "config.yaml").run_id
+        hydra_record = {p.name: p.read_text() for p in (run / ".hydra").iterdir()}
+        assert sorted(hydra_record) == ["config.yaml", "hydra.yaml", "overrides.yaml"]
+        assert "schedule.max_steps=100000" in hydra_record["overrides.yaml"]
         second = cli(*COMMON, "overwrite=true", f"hydra.run.dir={run}")
         output = second.stdout + second.stderr
         assert second.returncode == 2 and "Traceback" not in output
         assert f"output dir {run} is in use by another run (pid {owner.pid} on host " in output
         assert ", started 20" in output
         assert OmegaConf.load(run / "config.yaml").run_id == run_id  # overwrite=true cleared nothing
+        assert {p.name: p.read_text() for p in (run / ".hydra").iterdir()} == hydra_record  # nor rewrote
     finally:
         owner.kill()
         owner.communicate()

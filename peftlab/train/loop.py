@@ -184,7 +184,8 @@ class Trainer:
         state = self.state
         # "epoch": the scheduler advances once per epoch (SPSFT's code), so the LR barely decays
         t = state.step if self.sched.scheduler_step == "step" else state.step // state.steps_per_epoch
-        set_lr(self.optimizer, lr_factor(t, state.total_steps, self.warmup_steps))
+        kind = self.sched.get("lr_scheduler", "linear")  # a run saved before the option: linear
+        set_lr(self.optimizer, lr_factor(t, state.total_steps, self.warmup_steps, kind))
         if state.step == 0 and self.cfg.measure.flops:
             loss_box: list[torch.Tensor] = []
             self.history.flops_per_step = efficiency.count_flops(

@@ -1,4 +1,5 @@
-"""AdamW over the trainable parameters, a linear warmup/decay schedule, and optimizer rebuilds.
+"""AdamW over the trainable parameters, the LR schedule (transformers' linear / cosine / constant, after a
+linear warmup), and optimizer rebuilds.
 
 Only parameters with ``requires_grad`` enter the optimizer, so a frozen parameter has no optimizer
 state and no weight decay. When a method changes the trainable set mid-run the optimizer is rebuilt
@@ -7,7 +8,8 @@ and keeps the state of the parameters that are still trained.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -15,6 +17,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from peftlab.blocks.params import trainable_named_parameters
+from peftlab.errors import ConfigError
 
 
 def default_param_groups(model: nn.Module, decayed: Collection[nn.Parameter] = ()) -> list[dict[str, Any]]:
@@ -64,11 +67,31 @@ def rebuild_optimizer(
     return new
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
-    """Linear warmup from 0, then linear decay to 0 (HF ``get_linear_schedule_with_warmup``)."""
-    if step < warmup_steps:
-        return step / max(1, warmup_steps)
-    return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+# schedule.lr_scheduler -> the name ``transformers.get_scheduler`` knows (every one warms up linearly first)
+LR_SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, kind: str = "linear") -> float:
+    """The LR multiplier at ``step``: a linear warmup from 0, then ``kind`` (linear decay to 0, cosine
+    decay to 0, or constant), as ``transformers.get_scheduler`` computes it. A function of the step,
+    not a scheduler object: optimizer rebuilds and resumed runs need no scheduler state to match."""
+    return _schedule(kind, total_steps, warmup_steps)(step)
+
+
+@lru_cache(maxsize=32)
+def _schedule(kind: str, total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """transformers' schedule as a function of the step: the lambda of the LambdaLR it builds."""
+    from transformers import get_scheduler
+
+    if kind not in LR_SCHEDULERS:
+        raise ConfigError(
+            f"schedule.lr_scheduler={kind!r} is not allowed; allowed: {', '.join(LR_SCHEDULERS)}"
+        )
+    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    scheduler = get_scheduler(
+        LR_SCHEDULERS[kind], probe, num_warmup_steps=warmup_steps, num_training_steps=total_steps
+    )
+    return scheduler.lr_lambdas[0]
 
 
 def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:

@@ -40,6 +40,10 @@ RESULTS = "results.json"
 METRICS = "metrics.jsonl"
 LOCK = ".peftlab.lock"
 CHECKPOINTS = "checkpoints"
+# Hydra's own record of the job (config.yaml unresolved, hydra.yaml, overrides.yaml). peftlab writes it
+# once the folder is this run's (Hydra's output_subdir would write it before the folder is checked, over
+# the files of a live or finished run that then refuses the new one).
+HYDRA_FOLDER = ".hydra"
 # What a run writes into its folder (methods name theirs in Method.output_files).
 RUN_FILES = (
     "config.yaml",
@@ -52,7 +56,7 @@ RUN_FILES = (
     "failure.json",
 )
 RUN_PATTERNS = ("predictions_*.jsonl", ".*.tmp")
-RUN_FOLDERS = (CHECKPOINTS, "wandb", "export")  # export: python -m peftlab.export
+RUN_FOLDERS = (CHECKPOINTS, "wandb", "export", HYDRA_FOLDER)  # export: python -m peftlab.export
 
 
 # -- whole files --------------------------------------------------------------------------------------
@@ -240,7 +244,7 @@ class RunDir:
 
     def remove_temp_files(self) -> None:
         """Temp files of saves a kill interrupted (never renamed into place, so never read)."""
-        for folder in (self.path, self.path / CHECKPOINTS):
+        for folder in (self.path, self.path / CHECKPOINTS, self.path / HYDRA_FOLDER):
             for tmp in [*folder.glob(".*.tmp"), *folder.glob("step_*.tmp")]:
                 tmp.unlink(missing_ok=True)
                 log.info("removed %s, left by an interrupted save", tmp)
@@ -255,13 +259,26 @@ class RunDir:
                 os.truncate(name, 0)
 
     def save_config(self, cfg: DictConfig) -> None:
-        """The resolved config, and the command-line overrides when run through Hydra."""
+        """The resolved config, and when run through Hydra the command-line overrides and Hydra's
+        ``.hydra/`` folder (as its ``output_subdir`` writes it)."""
         if not self.writes:
             return
-        write_text_atomic(self.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        overrides = None
         if HydraConfig.initialized():
-            overrides = list(HydraConfig.get().overrides.task)
-            write_text_atomic(self.path / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides)))
+            hydra = HydraConfig.get()
+            overrides = OmegaConf.to_yaml(OmegaConf.create(list(hydra.overrides.task)))
+            self.save_hydra_folder(cfg, hydra, overrides)
+        write_text_atomic(self.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        if overrides is not None:
+            write_text_atomic(self.path / "overrides.yaml", overrides)
+
+    def save_hydra_folder(self, cfg: DictConfig, hydra: DictConfig, overrides: str) -> None:
+        """``.hydra/config.yaml`` (the composed config, unresolved), ``hydra.yaml``, ``overrides.yaml``."""
+        folder = self.path / HYDRA_FOLDER
+        folder.mkdir(exist_ok=True)
+        write_text_atomic(folder / "config.yaml", OmegaConf.to_yaml(cfg))
+        write_text_atomic(folder / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra})))
+        write_text_atomic(folder / "overrides.yaml", overrides)
 
     def log_metrics(self, row: dict[str, Any]) -> None:
         if not self.writes:
