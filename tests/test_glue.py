@@ -81,9 +81,15 @@ def test_quotes_are_kept_and_pairs_are_read():
     assert task("cola").load_split("train")[0].text_b is None
 
 
-def test_sample_limits():
+def test_sample_limits(caplog):
     t = task("rte", max_train_samples=10, max_eval_samples=5)
-    assert len(t.load_split("train")) == 10 and len(t.load_split("validation")) == 5
+    with caplog.at_level("INFO", logger="peftlab.tasks"):
+        assert len(t.load_split("train")) == 10 and len(t.load_split("validation")) == 5
+        assert len(task("rte").load_split("validation")) == 277
+    # the log says how many examples the run uses, not only how many the file holds
+    assert "rte train: using the first 10 of 2490 (task.max_train_samples)" in caplog.text
+    assert "rte validation: using the first 5 of 277 (task.max_eval_samples)" in caplog.text
+    assert "rte validation: using all 277" in caplog.text
 
 
 def test_missing_file_lists_where_it_looked(tmp_path):

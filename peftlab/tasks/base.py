@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
@@ -16,6 +17,8 @@ from peftlab import checks
 from peftlab.errors import ConfigError
 from peftlab.models.build import position_limit
 from peftlab.tasks.metrics import METRICS
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -63,6 +66,7 @@ class Task(ABC):
     def best_by(self) -> str:
         """The metric by which the best evaluation of a run is chosen (results.json's best_eval)."""
         return self.select_metric or self.main_metric
+
     config_class: ClassVar[type[TaskConfig]] = TaskConfig  # the keys and values its config may hold
 
     def __init__(self, cfg: DictConfig, data_root: str | None) -> None:
@@ -77,8 +81,15 @@ class Task(ABC):
         An empty split is refused here: training on it would never end (max_steps) or do nothing."""
         if not examples:
             raise ConfigError(f"task {self.cfg.name}: the {split} split holds no examples")
-        count = self.cfg.get("max_train_samples" if split == "train" else "max_eval_samples")
-        return examples[:count] if count else examples
+        key = "max_train_samples" if split == "train" else "max_eval_samples"
+        count = self.cfg.get(key)
+        if count and count < len(examples):
+            log.info(
+                "%s %s: using the first %d of %d (task.%s)", self.cfg.name, split, count, len(examples), key
+            )
+            return examples[:count]
+        log.info("%s %s: using all %d", self.cfg.name, split, len(examples))
+        return examples
 
     def held_out(self, items: list, split: str) -> list:
         """A fixed split of one list: positions 0, n, 2n, ... (n = ``task.eval_every_nth``) are the

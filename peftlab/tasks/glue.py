@@ -224,7 +224,7 @@ class GlueTask(ClassificationTask):
         path, tried = find_data_file(self.data_root, relative)
         if path is not None:
             examples = read_glue_tsv(path, self.spec, self.cfg.get("on_bad_row", "error"))
-            log.info("%s %s: %d examples from %s", self.spec.name, split, len(examples), path)
+            log.info("%s %s: read %d examples from %s", self.spec.name, split, len(examples), path)
         else:
             examples = self._load_from_hub(split, tried)
         return self.limit(examples, split)
