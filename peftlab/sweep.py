@@ -85,9 +85,15 @@ def job_row(job_dir: Path) -> dict[str, Any]:
 
 
 def summarize(sweep_dir: Path) -> list[dict[str, Any]]:
-    """A row for every job folder (one holding config.yaml or failure.json) below ``sweep_dir``."""
+    """A row for every job folder (one holding config.yaml or failure.json) below ``sweep_dir``; hidden
+    folders (a job's ``.hydra/config.yaml``, ``.submitit/``) are not jobs."""
     jobs = {p.parent for name in ("config.yaml", FAILURE) for p in sweep_dir.glob(f"**/{name}")}
-    return [job_row(job) for job in sorted(jobs)]
+    return [job_row(job) for job in sorted(jobs) if not hidden(job, sweep_dir)]
+
+
+def hidden(path: Path, root: Path) -> bool:
+    """Whether ``path`` lies in a hidden folder below ``root`` (Hydra's .hydra/, submitit's .submitit/)."""
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
 def to_markdown(rows: list[dict[str, Any]]) -> str:

@@ -42,6 +42,8 @@ def collect(
     problems: list[str] = []
     for config_path in sorted(root.glob("**/config.yaml")):
         job = config_path.parent
+        if any(part.startswith(".") for part in job.relative_to(root).parts):  # .hydra/config.yaml
+            continue
         config = OmegaConf.load(config_path)
         row = " / ".join(lookup(config, key) for key in rows)
         col = " / ".join(lookup(config, key) for key in cols)
