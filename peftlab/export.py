@@ -16,6 +16,7 @@ Every export writes ``export.json``: the source run, the base model, how to load
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -326,13 +327,19 @@ def export(run_dir: str | Path, to: str, out: str | Path | None = None) -> Path:
 
 
 def describe(run: Rebuilt, to: str, notes: list[str]) -> dict[str, Any]:
+    """export.json: where the export came from and how to load it (the base class names the key layout:
+    a causal LM's keys start with ``model.``, a bare encoder's do not)."""
     base = base_location(run.cfg)
+    cls = type(transformers_root(run.model)).__name__
     load = {
-        "peft": "PeftModel.from_pretrained(AutoModel.from_pretrained(BASE), DIR)",
-        "merged": "AutoModel.from_pretrained(DIR), or peftlab.export.load_merged(DIR)",
+        "peft": f"PeftModel.from_pretrained({cls}.from_pretrained(BASE), DIR)",
+        "merged": f"{cls}.from_pretrained(DIR) (pruned: peftlab.export.load_merged(DIR))",
     }[to]
     if base is None:
         notes = [*notes, f"the base model {run.cfg.model.name!r} has random weights (no checkpoint to name)"]
+    inputs = None
+    if dataclasses.is_dataclass(run.processor):  # image models: resolution and normalisation
+        inputs = dataclasses.asdict(run.processor)
     return {
         "format": to,
         "run": str(run.run_dir),
@@ -340,7 +347,9 @@ def describe(run: Rebuilt, to: str, notes: list[str]) -> dict[str, Any]:
         "model": run.cfg.model.name,
         "task": run.cfg.task.name,
         "base_model": base,
+        "base_class": cls,
         "load": load,
+        "image_inputs": inputs,
         "notes": notes,
     }
 
