@@ -134,3 +134,32 @@ def test_cli_default_folder_and_refusals(runs, tmp_path, capsys):
     assert not list((run_dir / "export").glob(".*.tmp"))
     assert main([str(tmp_path), "--to", "merged"]) == 2
     assert "no config.yaml" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_causal_lm_exports_load_as_transformers_causal_lms(tmp_path):
+    """A decoder's adapter goes onto AutoModelForCausalLM (keys under ``model.``); merged, the LM head
+    comes along: both give peftlab's logits."""
+    from transformers import AutoModelForCausalLM
+
+    overrides = ["model=tiny_llama", "task=gsm8k", "method=lora", "method.target_modules=[q_proj,v_proj]"]
+    overrides += ["schedule.max_steps=2", "schedule.lr=0.05", "measure.flops=false", "task.max_new_tokens=2"]
+    overrides += ["task.max_prompt_tokens=32", "task.max_target_tokens=8"]
+    run_experiment(tiny_config(tmp_path / "run", *overrides))
+    peft_dir = export(tmp_path / "run", "peft")
+    merged_dir = export(tmp_path / "run", "merged")
+    run = rebuild(tmp_path / "run")
+    inputs = run.processor(["Natalia sold clips to 48 of her friends"], return_tensors="pt")
+    inputs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
+    with torch.no_grad():
+        ours = run.model(**inputs).logits
+        seed_everything(run.cfg.seed)
+        base = build_model(run.cfg.model, 0, "lm")[0].transformers_model.eval()
+        before = base(**inputs).logits
+        theirs = PeftModel.from_pretrained(base, str(peft_dir)).eval()(**inputs).logits
+        merged = AutoModelForCausalLM.from_pretrained(str(merged_dir)).eval()(**inputs).logits
+    assert not torch.allclose(before, ours, atol=1e-4)
+    torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(merged, ours, rtol=1e-4, atol=1e-5)
+    assert json.loads((peft_dir / "export.json").read_text())["base_class"].endswith("ForCausalLM")
+    assert not (peft_dir / "head.safetensors").exists()  # the LM head is the model's own
