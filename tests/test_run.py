@@ -37,6 +37,9 @@ def test_cli_run_writes_every_output(tmp_path):
         "adapter.json",
         "peftlab.log",
         "overrides.yaml",
+        ".hydra/config.yaml",  # Hydra's record of the job
+        ".hydra/hydra.yaml",
+        ".hydra/overrides.yaml",
     ):
         assert (run / name).is_file(), name
     results = json.loads((run / "results.json").read_text())
@@ -53,7 +56,8 @@ def test_cli_run_writes_every_output(tmp_path):
     assert "final mrpc dev accuracy" in (run / "peftlab.log").read_text()
 
     # a finished run folder is not overwritten silently
-    before = {name: (run / name).read_bytes() for name in ("config.yaml", "overrides.yaml", "results.json")}
+    kept = ("config.yaml", "overrides.yaml", "results.json", ".hydra/config.yaml", ".hydra/overrides.yaml")
+    before = {name: (run / name).read_bytes() for name in kept}
     again = cli(*QUICK, "task=mrpc", f"hydra.run.dir={run}", cwd=ROOT)
     assert again.returncode == 2
     assert "already holds a finished run" in again.stderr + again.stdout
