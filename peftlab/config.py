@@ -122,10 +122,13 @@ def check_run_options(cfg: DictConfig) -> None:
 def check_model(model: DictConfig) -> None:
     """The model keys every model config has (the rest are read, and checked, when it is built)."""
     from peftlab.models.build import resolve_dtype  # imports transformers: only when checking a run
+    from peftlab.models.heads import HEAD_POOLERS, POOLER_ACTIVATIONS
 
     resolve_dtype(model.dtype)
     checks.number("model.head_dropout", model.head_dropout, at_least=0, below=1)
     checks.number("model.dropout", model.get("dropout"), at_least=0, below=1, optional=True)
+    checks.choice("model.head_pooler", model.get("head_pooler", "trainable"), HEAD_POOLERS)
+    checks.choice("model.pooler_activation", model.get("pooler_activation", "tanh"), POOLER_ACTIVATIONS)
 
 
 def check_config(cfg: DictConfig) -> None:

@@ -108,3 +108,26 @@ def test_adapter_only_parameter_average_leaves_the_head_out(tmp_path):
         for row in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())
         if "eval_f1" in row
     )
+
+
+def test_frozen_pooler_gets_no_grad_no_optimizer_state_and_is_not_counted(tmp_path):
+    overrides = ["experiment=aflora_glue", "method=aflora", "model=tiny_deberta", "model.pooling=pooler"]
+    cfg = tiny_config(tmp_path, *overrides, "task=mrpc", "schedule.max_steps=2", "schedule.batch_size=8")
+    assert cfg.model.head_pooler == "frozen" and cfg.model.pooler_activation == "gelu"
+    trainer = build_trainer(cfg, RunDir(tmp_path))
+    head = trainer.model.head
+    dense, activation = head.pooler
+    assert isinstance(activation, torch.nn.GELU)  # DeBERTa's ContextPooler
+    assert abs(float(dense.weight.std()) - 0.02) < 0.003 and not dense.bias.any()  # HF's init, bias 0
+    before = dense.weight.detach().clone()
+    pooler_ids = {id(p) for p in head.pooler.parameters()}
+    optimized = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert not pooler_ids & optimized and all(p.requires_grad for p in head.classifier.parameters())
+    assert trainer.trainable_head_count == sum(p.numel() for p in head.classifier.parameters())
+    trainer.fit()
+    assert dense.weight.grad is None and torch.equal(dense.weight, before)
+    assert not pooler_ids & {id(p) for p in trainer.optimizer.state}
+    assert "head.pooler.0.weight" in trainer.method.adapter_state_dict(trainer.model)  # saved: a random draw
+    trainable_cfg = tiny_config(tmp_path, *overrides, "model.head_pooler=trainable")
+    trainable = build_trainer(trainable_cfg, RunDir(tmp_path))
+    assert trainable.trainable_head_count == trainer.trainable_head_count + 32 * 32 + 32

@@ -21,7 +21,7 @@ from torch import nn
 
 from peftlab import distributed
 from peftlab.blocks.importance import l2_row_scores, mean_gradients, quantile_mean, taylor_row_scores
-from peftlab.blocks.params import freeze
+from peftlab.blocks.params import freeze, train_head
 from peftlab.blocks.selection import keep_highest
 from peftlab.blocks.sparse_rows import SparseRowsLayer, row_shape, saved_row_selections, sparse_rows_layers
 from peftlab.blocks.targeting import ALL_LINEAR, match_targets, module_role
@@ -145,7 +145,7 @@ class Spsft(Method):
             self._choose({name: l2_row_scores(layer.weight) for name, layer in layers.items()})
         for name, index in self.rows.items():
             self._wrap(model.backbone, name, index)
-        model.head.requires_grad_(True)
+        train_head(model)
 
     def _wrap(self, root: nn.Module, name: str, index: torch.Tensor) -> None:
         layer = SparseRowsLayer(root.get_submodule(name), index, self.config.train_bias)
