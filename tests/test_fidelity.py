@@ -131,3 +131,30 @@ def test_frozen_pooler_gets_no_grad_no_optimizer_state_and_is_not_counted(tmp_pa
     trainable_cfg = tiny_config(tmp_path, *overrides, "model.head_pooler=trainable")
     trainable = build_trainer(trainable_cfg, RunDir(tmp_path))
     assert trainable.trainable_head_count == trainer.trainable_head_count + 32 * 32 + 32
+
+
+def test_light_peft_restart_gives_a_fresh_optimizer_and_lr_schedule(tmp_path, monkeypatch):
+    from peftlab.train import loop
+
+    factors: list[float] = []
+    set_lr = loop.set_lr
+    monkeypatch.setattr(loop, "set_lr", lambda opt, factor: (factors.append(factor), set_lr(opt, factor)))
+    overrides = ["method=light_peft", "method.estimation_steps=3", "schedule.max_steps=4"]
+    cfg = tiny_config(tmp_path, *overrides, "schedule.warmup_ratio=0.5")
+    assert cfg.method.restart_after_pruning  # the authors' protocol is the default
+    trainer = build_trainer(cfg, RunDir(tmp_path))
+    first_optimizer = trainer.optimizer
+    trainer.fit()
+    assert trainer.state.step == 3 + 4 and trainer.method.record["step"] == 3  # estimation is its own run
+    # each run: warmup over ceil(0.5 x its steps), then linear decay to 0; the second starts at 0 again
+    assert factors == pytest.approx([0.0, 0.5, 1.0, 0.0, 0.5, 1.0, 0.5])
+    assert trainer.optimizer is not first_optimizer
+    adam_steps = {float(s["step"]) for s in trainer.optimizer.state.values()}
+    assert adam_steps == {4.0}  # moments from the 4 steps after pruning only, none carried over
+
+    one_run = tiny_config(tmp_path, *overrides, "method.restart_after_pruning=false")
+    trainer = build_trainer(one_run, RunDir(tmp_path))
+    trainer.fit()
+    assert trainer.state.step == 4 and trainer.method.record["step"] == 3
+    head = trainer.model.head.classifier.weight
+    assert float(trainer.optimizer.state[head]["step"]) == 4.0  # Adam moments kept across the pruning

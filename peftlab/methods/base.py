@@ -105,6 +105,13 @@ class Method:
 
         return default_param_groups(model)
 
+    def first_run_steps(self, scheduled_steps: int) -> int:
+        """Steps of a separate run ahead of the ``scheduled_steps`` (Light-PEFT's estimation run, as the
+        authors' scripts run it): the loop gives it its own LR schedule, then a fresh optimizer and a
+        restarted schedule for the scheduled steps. Default 0: one run."""
+        del scheduled_steps
+        return 0
+
     # -- per step -------------------------------------------------------------------------------
     def extra_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """A term added to the task loss (e.g. an L1 penalty on masks)."""
