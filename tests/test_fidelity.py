@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from conftest import tiny_config
+from test_spsft import Toy, hand_gradients, hand_taylor, toy_batches
 
 from peftlab.blocks.adapter import BottleneckAdapter
 from peftlab.blocks.lowrank import low_rank_layers
@@ -158,3 +160,86 @@ def test_light_peft_restart_gives_a_fresh_optimizer_and_lr_schedule(tmp_path, mo
     assert trainer.state.step == 4 and trainer.method.record["step"] == 3
     head = trainer.model.head.classifier.weight
     assert float(trainer.optimizer.state[head]["step"]) == 4.0  # Adam moments kept across the pruning
+
+
+def test_spsft_official_trainable_set_matches_the_arithmetic_on_tiny_deberta():
+    # DeBERTaV3-base by the same arithmetic (README "Fidelity"): word 128100 x 768 + relative 512 x 768
+    # + 12 x (4 x 38 x 768 + 152 x 768 + 38 x 3072) rows + 26 LayerNorms x 38 x 2 + pooler/classifier
+    # 592,130 = 103,570,618 = 103.57M as printed (5% rows rounded to 154 instead of 152: 103.58M)
+    overrides = ["method=spsft_official", "model=tiny_deberta", "method.importance=l2"]
+    cfg = compose_config([*overrides, "method.ratio=0.3", "method.norm_ratio=0.3"])
+    model, _ = build_model(cfg.model, num_labels=2)
+    build_method(cfg.method).setup(model)
+    norms = [m for m in model.backbone.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert len(norms) == 6  # embeddings, 2 per layer, the relative-position embeddings' norm
+    rows_32, rows_64 = 8, 18  # 2 floor(0.3 x n / 2): 9.6 -> 8, 19.2 -> 18 (round would give 10 and 19)
+    per_layer = 4 * rows_32 * 32 + rows_64 * 32 + rows_32 * 64  # q, k, v, attn-out; FFN in; FFN out
+    expected = 30522 * 32 + 2 * 16 * 32 + 2 * per_layer + 6 * 8 * 2 + (32 * 2 + 2)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == expected
+    assert {
+        "backbone.embeddings.word_embeddings.weight",
+        "backbone.encoder.rel_embeddings.weight",
+    } <= trainable
+    assert "backbone.embeddings.position_embeddings.weight" not in trainable
+    paper_text = compose_config(
+        ["method=spsft", "model=tiny_deberta", "method.importance=l2", "method.ratio=0.3"]
+    )
+    model, _ = build_model(paper_text.model, num_labels=2)
+    build_method(paper_text.method).setup(model)
+    rounded = 2 * (4 * 10 * 32 + 19 * 32 + 10 * 64) + 66  # round(9.6) = 10, round(19.2) = 19, head only
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == rounded
+
+
+def _toy_spsft(**options):
+    from peftlab.methods.base import CalibrationData
+    from peftlab.methods.spsft import Spsft, SpsftConfig
+
+    model = Toy()
+    x, y, batches = toy_batches()
+    method = Spsft(SpsftConfig(target_modules=["fc"], **options))
+    method.prepare(model, CalibrationData(batches, torch.device("cpu"), num_labels=3))
+    return model, x.numpy(), y.numpy(), method.scores["fc"].numpy()
+
+
+def test_qm_taylor_scores_each_class_on_its_first_n_examples_with_fresh_gradients():
+    model, x, y, scores = _toy_spsft(importance="qm_taylor", class_samples=2)
+    first_two = [np.flatnonzero(y == label)[:2] for label in range(3)]  # in data order: 0,3 / 1,5 / 2,6
+    assert [i.tolist() for i in first_two] == [[0, 3], [1, 5], [2, 6]]
+    # each class from its own gradient: no accumulation from the classes scored before it
+    per_class = np.stack([hand_taylor(model, x[i], y[i]) for i in first_two])
+    expected = np.mean([np.quantile(per_class, q, axis=0) for q in np.linspace(0, 1, 11)], axis=0)
+    np.testing.assert_allclose(scores, expected, rtol=1e-6)
+    _, _, _, every = _toy_spsft(importance="qm_taylor")  # null: every example of the batches
+    assert not np.allclose(every, scores)
+
+
+def test_taylor_without_the_bias_term():
+    model, x, y, with_bias = _toy_spsft(importance="taylor")
+    _, _, _, weights_only = _toy_spsft(importance="taylor", taylor_bias=False)
+    gw, gb = hand_gradients(model, x, y)
+    bias = model.backbone.fc.bias.detach().numpy()
+    np.testing.assert_allclose(weights_only, np.abs(model.backbone.fc.weight.detach().numpy() * gw).sum(1))
+    np.testing.assert_allclose(with_bias - weights_only, np.abs(bias * gb), rtol=1e-6)
+
+
+def test_even_row_counts_round_down_as_the_official_code():
+    from peftlab.methods.spsft import row_count
+
+    assert [row_count(n, 0.05, even=True) for n in (768, 3072, 32)] == [38, 152, 2]
+    assert [row_count(n, 0.05, even=False) for n in (768, 3072, 32)] == [38, 154, 2]
+
+
+@pytest.mark.parametrize("model_name", ["tiny_bert", "tiny_deberta"])
+def test_spsft_official_preset_runs_saves_and_reloads(tmp_path, model_name):
+    from peftlab.experiment import run_experiment
+
+    run = tmp_path / "run"
+    overrides = ["experiment=spsft_table3", "method=spsft_official", f"model={model_name}"]
+    short = ["schedule.max_steps=3", "schedule.batch_size=8", "method.importance_batches=2"]
+    results = run_experiment(tiny_config(run, *overrides, *short, "method.norm_ratio=0.25"))
+    saved = json.loads((run / "adapter.json").read_text())["tensors"]
+    assert any(k.endswith("LayerNorm.rows_index") for k in saved)  # norm features saved with their index
+    assert any("word_embeddings" in k for k in saved)
+    reloaded = run_experiment(tiny_config(tmp_path / "eval", "eval_only=true", f"load_from={run}"))
+    assert reloaded["eval"]["loss"] == pytest.approx(results["final_eval"]["loss"], abs=1e-6)

@@ -214,6 +214,92 @@ class SparseRowsLayer(nn.Module):
         return f"rows={self.rank}/{rows}, row_len={row_len}, bias={self.rows_bias is not None}"
 
 
+class SparseRowsNorm(nn.Module):
+    """``base_layer`` (a frozen ``nn.LayerNorm``) + trainable scale and shift deltas on the features
+    ``rows_index`` (zero-initialised): SPSFT's official code also tunes a fraction of every LayerNorm's
+    features. A feature of a norm is its "row", so it saves and reloads as ``SparseRowsLayer`` does."""
+
+    def __init__(self, base_layer: nn.LayerNorm, index: torch.Tensor, train_bias: bool = True) -> None:
+        super().__init__()
+        if not isinstance(base_layer, nn.LayerNorm) or base_layer.weight is None:
+            raise ConfigError(f"SPSFT norm rows need an affine nn.LayerNorm, got {base_layer}")
+        index = torch.as_tensor(index, dtype=torch.long).flatten()
+        features = base_layer.weight.numel()
+        if index.numel() == 0 or int(index.min()) < 0 or int(index.max()) >= features:
+            raise ConfigError(f"SPSFT norm features out of range 0..{features - 1}: {index.tolist()[:10]}")
+        self.base_layer = base_layer
+        self.base_layer.requires_grad_(False)
+        weight = base_layer.weight
+        self.register_buffer("rows_index", index.to(weight.device))
+        self.rows_weight = nn.Parameter(torch.zeros(index.numel(), dtype=weight.dtype, device=weight.device))
+        has_bias = train_bias and base_layer.bias is not None
+        self.rows_bias = nn.Parameter(torch.zeros_like(self.rows_weight)) if has_bias else None
+        self.merged = False
+
+    @property
+    def rank(self) -> int:
+        return self.rows_index.numel()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        base = self.base_layer
+        if self.merged:
+            return base(x)
+        weight = base.weight.index_add(0, self.rows_index, self.rows_weight)
+        bias = base.bias
+        if self.rows_bias is not None:
+            bias = bias.index_add(0, self.rows_index, self.rows_bias)
+        return F.layer_norm(x, base.normalized_shape, weight, bias, base.eps)
+
+    def adapter_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {"rows_index": self.rows_index, "rows_weight": self.rows_weight}
+        if self.rows_bias is not None:
+            tensors["rows_bias"] = self.rows_bias
+        return tensors
+
+    def load_adapter_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        index = tensors.get("rows_index")
+        if index is not None and not torch.equal(index.cpu(), self.rows_index.cpu()):
+            raise ConfigError(f"saved norm features {index.tolist()[:10]} differ from this layer's")
+        copy_into(self.adapter_tensors(), tensors, f"sparse-rows norm ({self.extra_repr()})")
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if not self.merged:
+            self._add(1.0)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            self._add(-1.0)
+            self.merged = False
+
+    def _add(self, sign: float) -> None:
+        self.base_layer.weight.index_add_(0, self.rows_index, self.rows_weight, alpha=sign)
+        if self.rows_bias is not None:
+            self.base_layer.bias.index_add_(0, self.rows_index, self.rows_bias, alpha=sign)
+
+    def keep_outputs(self, index: torch.Tensor) -> None:
+        raise ConfigError("structural pruning of a LayerNorm with SPSFT feature rows is not supported")
+
+    keep_inputs = keep_ranks = keep_outputs
+
+    def removed(self) -> nn.Module:
+        self.unmerge()
+        return self.base_layer
+
+    def extra_repr(self) -> str:
+        return f"features={self.rank}/{self.base_layer.weight.numel()}, bias={self.rows_bias is not None}"
+
+
+def sparse_rows_layer(base: nn.Module, index: torch.Tensor, train_bias: bool) -> nn.Module:
+    """The SPSFT wrapper for ``base``: rows of a linear / 1x1 conv, or features of a LayerNorm (whose
+    shift is trained with its scale, as the official code tunes both)."""
+    if isinstance(base, nn.LayerNorm):
+        return SparseRowsNorm(base, index)
+    return SparseRowsLayer(base, index, train_bias)
+
+
 def sparse_rows_layers(model: nn.Module) -> Iterator[tuple[str, SparseRowsLayer]]:
     return ((n, m) for n, m in model.named_modules() if isinstance(m, SparseRowsLayer))
 

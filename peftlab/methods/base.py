@@ -11,7 +11,7 @@ keeps the optimizer state only of the parameters that are still trained.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -65,12 +65,14 @@ class CalibrationData:
     device: torch.device
     num_labels: int
 
+    def stream(self) -> Iterator[dict[str, torch.Tensor]]:
+        """The batches in order (this rank's share of each, when data-parallel), on the device."""
+        for batch in self.loader:
+            yield {k: v.to(self.device) for k, v in distributed.shard(batch).items()}
+
     def batches(self, limit: int) -> list[dict[str, torch.Tensor]]:
-        """The first ``limit`` batches (this rank's share of each, when data-parallel), on the device."""
-        return [
-            {k: v.to(self.device) for k, v in distributed.shard(b).items()}
-            for b in islice(self.loader, limit)
-        ]
+        """The first ``limit`` batches."""
+        return list(islice(self.stream(), limit))
 
 
 class Method:
