@@ -243,3 +243,22 @@ def test_spsft_official_preset_runs_saves_and_reloads(tmp_path, model_name):
     assert any("word_embeddings" in k for k in saved)
     reloaded = run_experiment(tiny_config(tmp_path / "eval", "eval_only=true", f"load_from={run}"))
     assert reloaded["eval"]["loss"] == pytest.approx(results["final_eval"]["loss"], abs=1e-6)
+
+
+@pytest.mark.parametrize("model_name", ["tiny_bert", "tiny_deberta"])
+def test_light_peft_official_lora_baseline_adapts_query_and_value(tmp_path, model_name):
+    overrides = ["experiment=light_peft_lora_baseline", f"model={model_name}", "schedule.max_steps=2"]
+    schedule = compose_config(["experiment=light_peft_lora_baseline"]).schedule
+    assert (schedule.warmup_ratio, schedule.weight_decay, schedule.lr, schedule.name) == (
+        0.06,
+        0.1,
+        3e-4,
+        "light_peft_glue",
+    )
+    cfg = tiny_config(tmp_path, *overrides)  # schedule=quick, with the preset's warmup and decay
+    assert (cfg.schedule.warmup_ratio, cfg.schedule.weight_decay) == (0.06, 0.1)
+    trainer = build_trainer(cfg, RunDir(tmp_path))
+    names = sorted({name.rsplit(".", 1)[-1] for name, _ in low_rank_layers(trainer.model)})
+    assert names == (["query", "value"] if model_name == "tiny_bert" else ["query_proj", "value_proj"])
+    assert len(low_rank_layers(trainer.model)) == 2 * cfg.model.config.num_hidden_layers
+    trainer.fit()
