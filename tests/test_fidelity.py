@@ -262,3 +262,28 @@ def test_light_peft_official_lora_baseline_adapts_query_and_value(tmp_path, mode
     assert names == (["query", "value"] if model_name == "tiny_bert" else ["query_proj", "value_proj"])
     assert len(low_rank_layers(trainer.model)) == 2 * cfg.model.config.num_hidden_layers
     trainer.fit()
+
+
+def test_aflora_scripts_table_differs_from_table_7_where_the_scripts_do(tmp_path):
+    def values(preset: str, task: str) -> tuple:
+        cfg = compose_config([f"experiment={preset}", "method=aflora", f"task={task}"])
+        return cfg.schedule.lr, cfg.schedule.head_lr, cfg.schedule.batch_size, cfg.method.rank
+
+    scripts = {t: values("aflora_glue_scripts", t) for t in ("stsb", "rte", "mnli", "qnli", "qqp", "mrpc")}
+    assert scripts == {
+        "stsb": (2e-2, 2e-2, 64, 4),
+        "rte": (1e-2, 4e-2, 64, 4),
+        "mnli": (1e-2, 4e-3, 256, 1024),
+        "qnli": (1e-3, 4e-3, 256, 4),
+        "qqp": (4e-3, 4e-3, 256, 1024),
+        "mrpc": (1e-2, 8e-2, 64, 4),
+    }
+    assert values("aflora_glue", "stsb") == (2e-3, 2e-2, 64, 4) and values("aflora_glue", "mnli")[3] == 4
+    for model_name in ("tiny_bert", "tiny_deberta"):
+        run = tmp_path / model_name
+        run.mkdir()
+        preset = ["experiment=aflora_glue_scripts", f"model={model_name}"]
+        cfg = tiny_config(run, *preset, "schedule.max_steps=2")
+        trainer = build_trainer(cfg, RunDir(run))
+        trainer.fit()
+        assert trainer.state.step == 2
