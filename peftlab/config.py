@@ -49,6 +49,10 @@ class ScheduleSchema:
     # step: the warmup/decay schedule advances every optimizer step | epoch: once per epoch, as SPSFT's code
     # steps its scheduler (the LR then stays near its peak: ~2e-5 throughout its GLUE runs)
     scheduler_step: str = "step"
+    # linear: warmup then linear decay to 0 | cosine: cosine decay to min_lr (SPSFT's vision runs: to 1e-9;
+    # with scheduler_step=epoch over the epochs, as torch's CosineAnnealingLR(T_max=epochs))
+    decay: str = "linear"
+    min_lr: float = 0.0
     # Per-task or per-method values (a paper's table) live in conf/experiment presets, not here: a group
     # file depends on no other group's values.
 
@@ -71,6 +75,8 @@ class ScheduleSchema:
         checks.integer("schedule.max_seq_length", self.max_seq_length, minimum=4)
         checks.choice("schedule.precision", self.precision, ("fp32", "bf16"))
         checks.choice("schedule.scheduler_step", self.scheduler_step, ("step", "epoch"))
+        checks.choice("schedule.decay", self.decay, ("linear", "cosine"))
+        checks.number("schedule.min_lr", self.min_lr, at_least=0, below=self.lr)
 
 
 @dataclass

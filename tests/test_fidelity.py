@@ -287,3 +287,20 @@ def test_aflora_scripts_table_differs_from_table_7_where_the_scripts_do(tmp_path
         trainer = build_trainer(cfg, RunDir(run))
         trainer.fit()
         assert trainer.state.step == 2
+
+
+def test_spsft_vision_schedule_is_cosine_per_epoch_down_to_1e9(tmp_path, monkeypatch):
+    from peftlab.train import loop
+
+    factors: list[float] = []
+    set_lr = loop.set_lr
+    monkeypatch.setattr(loop, "set_lr", lambda opt, factor: (factors.append(factor), set_lr(opt, factor)))
+    sched = compose_config(["schedule=spsft_vision"]).schedule
+    assert (sched.lr, sched.weight_decay, sched.batch_size, sched.min_lr) == (1e-4, 0.0, 64, 1e-9)
+    overrides = ["schedule=spsft_vision", "schedule.epochs=3", "schedule.batch_size=16", "method=head"]
+    trainer = build_trainer(tiny_config(tmp_path, *overrides), RunDir(tmp_path))
+    trainer.fit()  # 32 examples: 2 steps an epoch
+    floor = 1e-9 / 1e-4
+    per_epoch = [floor + (1 - floor) * (1 + math.cos(math.pi * e / 3)) / 2 for e in range(3)]
+    assert factors == pytest.approx([f for f in per_epoch for _ in range(2)], rel=1e-9, abs=1e-12)
+    assert per_epoch[1] == pytest.approx(0.75, abs=1e-5) and per_epoch[2] == pytest.approx(0.25, abs=1e-5)

@@ -179,10 +179,14 @@ class Trainer:
         ``scheduler_step=epoch`` advances it once per epoch (SPSFT's code: the LR barely decays)."""
         step, first = self.state.step, self.first_run
         start, length = (0, first) if step < first else (first, self.state.total_steps - first)
-        t = step - start
-        if self.sched.scheduler_step == "epoch":
+        t, sched = step - start, self.sched
+        decay = sched.get("decay", "linear")  # (configs saved before it existed)
+        if sched.scheduler_step == "epoch":
             t //= self.state.steps_per_epoch
-        return lr_factor(t, length, math.ceil(self.sched.warmup_ratio * length))
+            if decay == "cosine":  # CosineAnnealingLR(T_max = epochs), stepped once per epoch
+                length = math.ceil(length / self.state.steps_per_epoch)
+        warmup = math.ceil(sched.warmup_ratio * length)
+        return lr_factor(t, length, warmup, decay, sched.get("min_lr", 0.0) / sched.lr)
 
     # -- one step ---------------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:

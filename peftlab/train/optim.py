@@ -7,6 +7,7 @@ and keeps the state of the parameters that are still trained.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection
 from typing import Any
 
@@ -64,10 +65,16 @@ def rebuild_optimizer(
     return new
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
-    """Linear warmup from 0, then linear decay to 0 (HF ``get_linear_schedule_with_warmup``)."""
+def lr_factor(
+    step: int, total_steps: int, warmup_steps: int, decay: str = "linear", floor: float = 0.0
+) -> float:
+    """Linear warmup from 0, then linear decay to 0 (HF ``get_linear_schedule_with_warmup``), or cosine
+    decay to ``floor`` (torch's ``CosineAnnealingLR`` with eta_min = floor x lr: SPSFT's vision runs)."""
     if step < warmup_steps:
         return step / max(1, warmup_steps)
+    if decay == "cosine":
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return floor + (1.0 - floor) * (1.0 + math.cos(math.pi * progress)) / 2.0
     return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
 
