@@ -304,3 +304,51 @@ def test_spsft_vision_schedule_is_cosine_per_epoch_down_to_1e9(tmp_path, monkeyp
     per_epoch = [floor + (1 - floor) * (1 + math.cos(math.pi * e / 3)) / 2 for e in range(3)]
     assert factors == pytest.approx([f for f in per_epoch for _ in range(2)], rel=1e-9, abs=1e-12)
     assert per_epoch[1] == pytest.approx(0.75, abs=1e-5) and per_epoch[2] == pytest.approx(0.25, abs=1e-5)
+
+
+def test_spsft_rows_of_kxk_grouped_convolutions_and_batchnorm_features():
+    from peftlab.blocks.sparse_rows import SparseRowsLayer, SparseRowsNorm
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 9, 9)
+    for groups in (1, 2, 8):  # dense, grouped, depthwise: a row is one output channel's whole kernel
+        base = torch.nn.Conv2d(8, 6 if groups < 8 else 8, 3, stride=2, padding=1, groups=groups).double()
+        layer = SparseRowsLayer(base, torch.tensor([0, 3, 5]), train_bias=True).double()
+        assert torch.equal(layer(x.double()), base(x.double()))  # zero-initialised: the base layer
+        with torch.no_grad():
+            layer.rows_weight.normal_()
+            layer.rows_bias.normal_()
+        out = layer(x.double())
+        out.square().sum().backward()
+        assert layer.rows_weight.grad is not None and base.weight.grad is None
+        untouched = [c for c in range(base.out_channels) if c not in (0, 3, 5)]
+        assert torch.equal(out[:, untouched], base(x.double())[:, untouched])
+        layer.merge()  # W + M W_f: the rows' kernels added into the base kernels
+        torch.testing.assert_close(base(x.double()), out.detach())
+    norm = torch.nn.BatchNorm2d(8).eval()
+    norm.running_mean.normal_()
+    wrapped = SparseRowsNorm(norm, torch.tensor([1, 6]))
+    with torch.no_grad():
+        wrapped.rows_weight.fill_(0.5)
+        wrapped.rows_bias.fill_(-1.0)
+    expected = norm(x)
+    expected[:, [1, 6]] += (
+        0.5
+        * (expected[:, [1, 6]] - norm.bias[[1, 6]].view(1, -1, 1, 1))
+        / norm.weight[[1, 6]].view(1, -1, 1, 1)
+        - 1.0
+    )
+    torch.testing.assert_close(wrapped(x), expected)
+
+
+def test_spsft_vision_preset_trains_conv_and_norm_rows_of_efficientnet():
+    cfg = compose_config(["method=spsft_vision", "model=tiny_efficientnet", "method.importance=l2"])
+    model, _ = build_model(cfg.model, num_labels=3, head="image")
+    convs = {n: m for n, m in model.backbone.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    norms = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    build_method(cfg.method).setup(model)
+    rows = sum(max(1, round(0.05 * c.out_channels)) * c.weight[0].numel() for c in convs.values())
+    features = sum(2 * max(1, round(0.05 * n.num_features)) for n in norms)
+    head = sum(p.numel() for p in model.head.parameters())
+    assert any(c.groups > 1 for c in convs.values()) and any(c.kernel_size != (1, 1) for c in convs.values())
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == rows + features + head

@@ -27,6 +27,7 @@ from peftlab.blocks.params import freeze, train_head
 from peftlab.blocks.protocol import adapter_layers
 from peftlab.blocks.selection import keep_highest
 from peftlab.blocks.sparse_rows import (
+    NORMS,
     SparseRowsLayer,
     SparseRowsNorm,
     row_shape,
@@ -56,12 +57,13 @@ class SpsftConfig(MethodConfig):
     class_samples: int | None = None
     target_modules: list[str] | str = ALL_LINEAR  # or names / a regex, as lora's target_modules
     freeze_attention: bool = False  # "FA": adapt only feed-forward (MLP) layers among the targets
+    conv_rows: bool = False  # also rows of every k x k / grouped convolution (the official vision code)
     train_bias: bool = False  # also train a bias for the selected rows
     # The official code's trainable set (README "Fidelity"): these embeddings fully, a fraction of every
     # LayerNorm's features, row counts rounded down to an even number; and Taylor scores with or without
     # the bias term.
     train_embeddings: list[str] = field(default_factory=list)  # e.g. [word_embeddings, rel_embeddings]
-    norm_ratio: float = 0.0  # fraction of the features of every nn.LayerNorm (scale and shift) trained
+    norm_ratio: float = 0.0  # fraction of the features of every LayerNorm / BatchNorm (scale, shift) trained
     even_rows: bool = False  # rows per layer: 2 floor(ratio x n / 2) (the official code) | round(ratio x n)
     taylor_bias: bool = True  # Taylor row score sums |b g_b| with |w g_w| (Torch-Pruning) | weights only
     merge_after_training: bool = False  # fold W_f into the base weights before the final evaluation
@@ -140,22 +142,24 @@ class Spsft(Method):
                     "spsft freeze_attention=true left no target layer: every target is attention"
                 )
         layers = {name: backbone.get_submodule(name) for name in names}
+        if self.config.conv_rows:  # the convolutions that are not linear-like (k x k, grouped) too
+            layers.update(
+                (n, m) for n, m in backbone.named_modules() if isinstance(m, nn.Conv2d) and n not in layers
+            )
         for layer in layers.values():
             row_shape(layer)  # a clear error for layers SPSFT cannot adapt
         return layers
 
     def norm_layers(self, backbone: nn.Module) -> dict[str, nn.Module]:
-        """Every affine ``nn.LayerNorm`` of the backbone when ``norm_ratio`` > 0 (the official code tunes
-        a fraction of their features too)."""
+        """Every affine LayerNorm / BatchNorm of the backbone when ``norm_ratio`` > 0 (the official code
+        tunes a fraction of their features too)."""
         if not self.config.norm_ratio:
             return {}
-        norms = {
-            n: m for n, m in backbone.named_modules() if isinstance(m, nn.LayerNorm) and m.weight is not None
-        }
+        norms = {n: m for n, m in backbone.named_modules() if isinstance(m, NORMS) and m.weight is not None}
         if not norms:
             raise ConfigError(
-                f"spsft norm_ratio={self.config.norm_ratio}: the backbone has no affine nn.LayerNorm "
-                "(RMSNorm and BatchNorm are not supported); set norm_ratio=0"
+                f"spsft norm_ratio={self.config.norm_ratio}: the backbone has no affine LayerNorm or "
+                "BatchNorm (RMSNorm is not supported); set norm_ratio=0"
             )
         return norms
 
@@ -188,7 +192,7 @@ class Spsft(Method):
         ``norm_ratio``, per norm."""
         cfg = self.config
         self.scores = scores
-        norms = {n for n in scores if isinstance(backbone.get_submodule(n), nn.LayerNorm)}
+        norms = {n for n in scores if isinstance(backbone.get_submodule(n), NORMS)}
         linear = {n: s for n, s in scores.items() if n not in norms}
         self.rows = select_rows(linear, cfg.rank, cfg.ratio, cfg.selection, cfg.even_rows)
         if norms:
