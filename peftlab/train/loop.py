@@ -345,7 +345,7 @@ class Trainer:
         history = self.history
         history.last_eval, history.last_eval_step = metrics, self.state.step
         best_by = self.task.best_by
-        in_first_run = self.state.step <= self.first_run  # not the scheduled run's model (unpruned)
+        in_first_run = 0 < self.state.step <= self.first_run  # not the scheduled run's model (unpruned)
         if not in_first_run and (history.best_eval is None or metrics[best_by] > history.best_eval[best_by]):
             history.best_eval, history.best_step = metrics, self.state.step
         self.run_dir.log_metrics(
