@@ -51,7 +51,10 @@ class ScheduleSchema:
     # step: the warmup/decay schedule advances every optimizer step | epoch: once per epoch, as SPSFT's code
     # steps its scheduler (the LR then stays near its peak: ~2e-5 throughout its GLUE runs)
     scheduler_step: str = "step"
-    lr_scheduler: str = "linear"  # after the warmup: linear | cosine (decay to 0) | constant (transformers')
+    lr_scheduler: str = "linear"  # after the warmup: linear | cosine | constant (transformers')
+    # the cosine's floor (SPSFT's vision runs: 1e-9; with scheduler_step=epoch the cosine spans the epochs,
+    # as torch's CosineAnnealingLR(T_max=epochs))
+    min_lr: float = 0.0
     # Per-task or per-method values (a paper's table) live in conf/experiment presets, not here: a group
     # file depends on no other group's values.
 
@@ -75,6 +78,7 @@ class ScheduleSchema:
         checks.choice("schedule.precision", self.precision, ("fp32", "bf16"))
         checks.choice("schedule.scheduler_step", self.scheduler_step, ("step", "epoch"))
         checks.choice("schedule.lr_scheduler", self.lr_scheduler, ("linear", "cosine", "constant"))
+        checks.number("schedule.min_lr", self.min_lr, at_least=0, below=self.lr)
 
 
 @dataclass
@@ -126,10 +130,13 @@ def check_run_options(cfg: DictConfig) -> None:
 def check_model(model: DictConfig) -> None:
     """The model keys every model config has (the rest are read, and checked, when it is built)."""
     from peftlab.models.build import resolve_dtype  # imports transformers: only when checking a run
+    from peftlab.models.heads import HEAD_POOLERS, POOLER_ACTIVATIONS
 
     resolve_dtype(model.dtype)
     checks.number("model.head_dropout", model.head_dropout, at_least=0, below=1)
     checks.number("model.dropout", model.get("dropout"), at_least=0, below=1, optional=True)
+    checks.choice("model.head_pooler", model.get("head_pooler", "trainable"), HEAD_POOLERS)
+    checks.choice("model.pooler_activation", model.get("pooler_activation", "tanh"), POOLER_ACTIVATIONS)
 
 
 def check_config(cfg: DictConfig) -> None:

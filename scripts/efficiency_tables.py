@@ -132,9 +132,9 @@ TABLES = {
         seq_len=128,
         rows=(
             RowSpec("lora", "method=lora method.target_modules=all-linear method.dropout=0.05"),
-            RowSpec("light-peft-lora", "method=light_peft @pruned"),
+            RowSpec("light-peft-lora", "method=light_peft method.estimation_steps=2 @pruned"),
             RowSpec("adapter", "method=adapter"),
-            RowSpec("light-peft-adapter", "method=light_peft_adapter @pruned"),
+            RowSpec("light-peft-adapter", "method=light_peft_adapter method.estimation_steps=2 @pruned"),
         ),
         overrides=("schedule=light_peft_glue",),
         setting_note="the authors' GLUE scripts: batch 32, max length 128; pruned after the estimation "

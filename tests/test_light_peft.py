@@ -53,7 +53,7 @@ def test_prune_removes_exactly_the_lowest_scored_units(tiny_model):
 
 
 def test_optimizer_after_pruning_holds_only_live_parameters(tmp_path):
-    cfg = tiny_config(tmp_path, "method=light_peft", "schedule.max_steps=6")
+    cfg = tiny_config(tmp_path, "method=light_peft", "schedule.max_steps=6", "method.estimation_steps=null")
     trainer = build_trainer(cfg, RunDir(tmp_path))
     assert any(g["name"].startswith("head_masks") for g in trainer.optimizer.param_groups)
     for _ in range(3):
@@ -73,6 +73,7 @@ def test_optimizer_after_pruning_holds_only_live_parameters(tmp_path):
 def test_run_prunes_reports_and_reloads(tmp_path, model, method):
     run = tmp_path / "run"
     overrides = [f"method={method}", f"model={model}", "schedule.max_steps=6", "method.head_ratio=0.5"]
+    overrides.append("method.estimation_steps=null")  # a separate run of max(2, ceil(0.1 x 6)) = 2 steps
     results = run_experiment(tiny_config(run, *overrides))  # tiny_llama: 2 KV groups per layer, 1 goes
     report = results["method_report"]
     assert report["pruned"] and report["params_after"] < report["params_before"]

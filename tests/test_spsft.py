@@ -104,8 +104,8 @@ def test_layer_starts_equal_to_base_and_rejects_bad_rows():
         SparseRowsLayer(nn.Linear(8, 6), torch.tensor([6]))
     with pytest.raises(ConfigError, match="distinct"):
         SparseRowsLayer(nn.Linear(8, 6), torch.tensor([1, 1]))
-    with pytest.raises(ConfigError, match="1x1"):
-        SparseRowsLayer(nn.Conv2d(3, 4, kernel_size=3), torch.tensor([0]))
+    with pytest.raises(ConfigError, match="padding_mode zeros"):  # k x k: tests/test_fidelity.py
+        SparseRowsLayer(nn.Conv2d(3, 4, kernel_size=3, padding=1, padding_mode="reflect"), torch.tensor([0]))
 
 
 def saved_activation_bytes(layer: nn.Module, x: torch.Tensor) -> int:

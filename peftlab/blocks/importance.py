@@ -104,7 +104,7 @@ class SmoothedSensitivity:
 
 def l2_row_scores(weight: torch.Tensor) -> torch.Tensor:
     """||w_i||_2 of every output row i (a conv's output channel counts as a row)."""
-    return weight.detach().flatten(1).float().norm(dim=1)
+    return weight.detach().reshape(weight.shape[0], -1).float().norm(dim=1)
 
 
 def taylor_row_scores(
@@ -115,7 +115,7 @@ def taylor_row_scores(
 ) -> torch.Tensor:
     """First-order Taylor importance of every row: sum_j |w_ij g_ij| (+ |b_i g_i| when there is a bias),
     as Torch-Pruning's TaylorImportance scores an output channel."""
-    scores = (weight.detach() * grad).abs().flatten(1).float().sum(1)
+    scores = (weight.detach() * grad).abs().reshape(weight.shape[0], -1).float().sum(1)
     if bias is not None and bias_grad is not None:
         scores = scores + (bias.detach() * bias_grad).abs().float()
     return scores

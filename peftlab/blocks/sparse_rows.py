@@ -4,7 +4,10 @@
 M is never built as a matrix. The backward is written by hand so that autograd keeps only the input x
 (the base weight and W_f are parameters, already resident): the r-dim intermediate x W_f^T is not
 cached, which is where SPSFT saves memory over LoRA (which caches A x to compute dL/dB).
-Linear layers and 1x1 convolutions (channels are rows) are supported.
+Linear layers and 1x1 convolutions (channels are rows) take that path; k x k and grouped convolutions
+(a row: one output channel's kernel, c_in / groups x k x k) and the features of LayerNorm / BatchNorm
+(``SparseRowsNorm``) run through the base layer's own forward with plain autograd, as SPSFT's official
+code tunes rows of every convolution and norm of a vision model.
 """
 
 from __future__ import annotations
@@ -21,18 +24,28 @@ from peftlab.blocks.targeting import is_pointwise_conv
 from peftlab.errors import ConfigError
 
 SparseRowsBase = nn.Linear | nn.Conv2d
+NORMS = (nn.LayerNorm, nn.modules.batchnorm._BatchNorm)  # whose features SparseRowsNorm trains
 
 
 def row_shape(layer: nn.Module) -> tuple[int, int]:
-    """(rows, row length) of a supported layer: (out, in) features or channels."""
+    """(rows, row length) of a supported layer: (out, in) features, or output channels and the length of
+    one output channel's kernel (in / groups x k x k)."""
     if isinstance(layer, nn.Linear):
         return layer.out_features, layer.in_features
-    if is_pointwise_conv(layer):
-        return layer.out_channels, layer.in_channels
+    if isinstance(layer, nn.Conv2d) and layer.padding_mode == "zeros":
+        return layer.out_channels, layer.weight[0].numel()
     raise ConfigError(
-        f"SPSFT cannot adapt {type(layer).__name__} {layer}; allowed: nn.Linear and 1x1 nn.Conv2d "
-        "(groups=1, no padding or dilation)"
+        f"SPSFT cannot adapt {type(layer).__name__} {layer}; allowed: nn.Linear and nn.Conv2d "
+        "(padding_mode zeros)"
     )
+
+
+def _conv_with(conv: nn.Conv2d, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``conv``'s own forward (its padding, stride, dilation, groups) with ``weight`` and no bias."""
+    params = {"weight": weight}
+    if conv.bias is not None:
+        params["bias"] = weight.new_zeros(weight.shape[0])
+    return torch.func.functional_call(conv, params, (x,))
 
 
 class _SparseRowsLinear(torch.autograd.Function):
@@ -126,6 +139,11 @@ class SparseRowsLayer(nn.Module):
     def rank(self) -> int:
         return self.rows_index.numel()
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The base layer's weight: models read it (ViT's patch embedding reads its dtype)."""
+        return self.base_layer.weight
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         base = self.base_layer
         if self.merged:
@@ -134,9 +152,24 @@ class SparseRowsLayer(nn.Module):
             return _SparseRowsLinear.apply(
                 x, base.weight, base.bias, self.rows_weight, self.rows_bias, self.rows_index
             )
-        return _SparseRowsConv1x1.apply(
-            x, base.weight, base.bias, self.rows_weight, self.rows_bias, self.rows_index, base.stride
-        )
+        if is_pointwise_conv(base):
+            return _SparseRowsConv1x1.apply(
+                x, base.weight, base.bias, self.rows_weight, self.rows_bias, self.rows_index, base.stride
+            )
+        return self._conv_rows(x)
+
+    def _conv_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """A k x k or grouped convolution: the rows' kernels through the base layer's own forward."""
+        base, index = self.base_layer, self.rows_index
+        kernel = self.rows_weight.view(self.rank, *base.weight.shape[1:])
+        if base.groups == 1:
+            rows = _conv_with(base, kernel, x)
+        else:  # a row reads only its group's channels: the base convolution with only those kernels set
+            full = base.weight.new_zeros(base.weight.shape).index_add(0, index, kernel)
+            rows = _conv_with(base, full, x).index_select(1, index)
+        if self.rows_bias is not None:
+            rows = rows + self.rows_bias.view(1, -1, 1, 1)
+        return base(x).index_add(1, index, rows)
 
     # -- the adapter-layer protocol (peftlab/blocks/protocol.py) -------------------------------------
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
@@ -212,6 +245,91 @@ class SparseRowsLayer(nn.Module):
     def extra_repr(self) -> str:
         rows, row_len = row_shape(self.base_layer)
         return f"rows={self.rank}/{rows}, row_len={row_len}, bias={self.rows_bias is not None}"
+
+
+class SparseRowsNorm(nn.Module):
+    """``base_layer`` (a frozen LayerNorm or BatchNorm) + trainable scale and shift deltas on the features
+    ``rows_index`` (zero-initialised): SPSFT's official code also tunes a fraction of every norm's
+    features. A feature of a norm is its "row", so it saves and reloads as ``SparseRowsLayer`` does."""
+
+    def __init__(self, base_layer: nn.Module, index: torch.Tensor, train_bias: bool = True) -> None:
+        super().__init__()
+        if not isinstance(base_layer, NORMS) or base_layer.weight is None:
+            raise ConfigError(f"SPSFT norm rows need an affine LayerNorm or BatchNorm, got {base_layer}")
+        index = torch.as_tensor(index, dtype=torch.long).flatten()
+        features = base_layer.weight.numel()
+        if index.numel() == 0 or int(index.min()) < 0 or int(index.max()) >= features:
+            raise ConfigError(f"SPSFT norm features out of range 0..{features - 1}: {index.tolist()[:10]}")
+        self.base_layer = base_layer
+        self.base_layer.requires_grad_(False)
+        weight = base_layer.weight
+        self.register_buffer("rows_index", index.to(weight.device))
+        self.rows_weight = nn.Parameter(torch.zeros(index.numel(), dtype=weight.dtype, device=weight.device))
+        has_bias = train_bias and base_layer.bias is not None
+        self.rows_bias = nn.Parameter(torch.zeros_like(self.rows_weight)) if has_bias else None
+        self.merged = False
+
+    @property
+    def rank(self) -> int:
+        return self.rows_index.numel()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        base = self.base_layer
+        if self.merged:
+            return base(x)
+        params = {"weight": base.weight.index_add(0, self.rows_index, self.rows_weight)}
+        if self.rows_bias is not None:
+            params["bias"] = base.bias.index_add(0, self.rows_index, self.rows_bias)
+        return torch.func.functional_call(base, params, (x,))  # BatchNorm: its running statistics too
+
+    def adapter_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {"rows_index": self.rows_index, "rows_weight": self.rows_weight}
+        if self.rows_bias is not None:
+            tensors["rows_bias"] = self.rows_bias
+        return tensors
+
+    def load_adapter_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        index = tensors.get("rows_index")
+        if index is not None and not torch.equal(index.cpu(), self.rows_index.cpu()):
+            raise ConfigError(f"saved norm features {index.tolist()[:10]} differ from this layer's")
+        copy_into(self.adapter_tensors(), tensors, f"sparse-rows norm ({self.extra_repr()})")
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if not self.merged:
+            self._add(1.0)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            self._add(-1.0)
+            self.merged = False
+
+    def _add(self, sign: float) -> None:
+        self.base_layer.weight.index_add_(0, self.rows_index, self.rows_weight, alpha=sign)
+        if self.rows_bias is not None:
+            self.base_layer.bias.index_add_(0, self.rows_index, self.rows_bias, alpha=sign)
+
+    def keep_outputs(self, index: torch.Tensor) -> None:
+        raise ConfigError("structural pruning of a LayerNorm with SPSFT feature rows is not supported")
+
+    keep_inputs = keep_ranks = keep_outputs
+
+    def removed(self) -> nn.Module:
+        self.unmerge()
+        return self.base_layer
+
+    def extra_repr(self) -> str:
+        return f"features={self.rank}/{self.base_layer.weight.numel()}, bias={self.rows_bias is not None}"
+
+
+def sparse_rows_layer(base: nn.Module, index: torch.Tensor, train_bias: bool) -> nn.Module:
+    """The SPSFT wrapper for ``base``: rows of a linear / 1x1 conv, or features of a LayerNorm (whose
+    shift is trained with its scale, as the official code tunes both)."""
+    if isinstance(base, NORMS):
+        return SparseRowsNorm(base, index)
+    return SparseRowsLayer(base, index, train_bias)
 
 
 def sparse_rows_layers(model: nn.Module) -> Iterator[tuple[str, SparseRowsLayer]]:

@@ -9,7 +9,7 @@ from torch import nn
 
 from peftlab.blocks.adapter import ACTIVATIONS, ADAPTER_INITS, BottleneckAdapter
 from peftlab.blocks.lowrank import check_rank, wrap_targets
-from peftlab.blocks.params import freeze
+from peftlab.blocks.params import freeze, train_head
 from peftlab.blocks.targeting import SUBLAYER_OUTPUTS
 from peftlab.errors import ConfigError
 from peftlab.methods.base import Method, MethodConfig, register_method
@@ -55,4 +55,4 @@ class Adapter(Method):
         # bottleneck adapters sit on linear layers only (a conv target matches nothing: clear error);
         # a new adapter's tensors train
         wrap_targets(model.backbone, cfg.target_modules, make, (nn.Linear,))
-        model.head.requires_grad_(True)
+        train_head(model)

@@ -31,7 +31,7 @@ from torch import nn
 from peftlab import distributed
 from peftlab.blocks.importance import SENSITIVITIES, SmoothedSensitivity
 from peftlab.blocks.lowrank import check_rank, vector_param_groups, wrap_with_vectors
-from peftlab.blocks.params import freeze
+from peftlab.blocks.params import freeze, train_head
 from peftlab.blocks.schedules import cubic_fraction
 from peftlab.blocks.selection import lowest
 from peftlab.blocks.targeting import ALL_LINEAR, module_role
@@ -102,7 +102,7 @@ class Aflora(Method):
                 if trainable:
                     self.pm_names.append(f"backbone.{name}.{key}")
                     pms.append(param)
-        model.head.requires_grad_(True)
+        train_head(model)
         self.scorer = SmoothedSensitivity(pms, cfg.score, cfg.beta1, cfg.beta2, cfg.delta_t)
         self.frozen_at: dict[str, int] = {}
         self.scored = cfg.freezing and bool(pms)

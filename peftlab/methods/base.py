@@ -11,7 +11,7 @@ keeps the optimizer state only of the parameters that are still trained.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -65,12 +65,14 @@ class CalibrationData:
     device: torch.device
     num_labels: int
 
+    def stream(self) -> Iterator[dict[str, torch.Tensor]]:
+        """The batches in order (this rank's share of each, when data-parallel), on the device."""
+        for batch in self.loader:
+            yield {k: v.to(self.device) for k, v in distributed.shard(batch).items()}
+
     def batches(self, limit: int) -> list[dict[str, torch.Tensor]]:
-        """The first ``limit`` batches (this rank's share of each, when data-parallel), on the device."""
-        return [
-            {k: v.to(self.device) for k, v in distributed.shard(b).items()}
-            for b in islice(self.loader, limit)
-        ]
+        """The first ``limit`` batches."""
+        return list(islice(self.stream(), limit))
 
 
 class Method:
@@ -104,6 +106,13 @@ class Method:
         from peftlab.train.optim import default_param_groups
 
         return default_param_groups(model)
+
+    def first_run_steps(self, scheduled_steps: int) -> int:
+        """Steps of a separate run ahead of the ``scheduled_steps`` (Light-PEFT's estimation run, as the
+        authors' scripts run it): the loop gives it its own LR schedule, then a fresh optimizer and a
+        restarted schedule for the scheduled steps. Default 0: one run."""
+        del scheduled_steps
+        return 0
 
     # -- per step -------------------------------------------------------------------------------
     def extra_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:

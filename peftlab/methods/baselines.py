@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from torch import nn
 
-from peftlab.blocks.params import freeze
+from peftlab.blocks.params import freeze, train_head
 from peftlab.errors import ConfigError
 from peftlab.methods.base import Method, register_method
 
 
 @register_method("fft")
 class FullFineTuning(Method):
-    """Every parameter is trained."""
+    """Every parameter is trained (but a frozen pooler, ``model.head_pooler=frozen``)."""
 
     def attach(self, model: nn.Module) -> None:
         model.requires_grad_(True)
+        if hasattr(model, "head"):
+            train_head(model)
 
 
 @register_method("head")
@@ -28,4 +30,4 @@ class HeadOnly(Method):
                 "reuse the pretrained output projection; use fft or a PEFT method"
             )
         freeze(model)
-        model.head.requires_grad_(True)
+        train_head(model)

@@ -16,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from peftlab.blocks.lowrank import FixedProjections, vector_param_groups, wrap_with_vectors
-from peftlab.blocks.params import freeze
+from peftlab.blocks.params import freeze, train_head
 from peftlab.blocks.targeting import ALL_LINEAR
 from peftlab.errors import ConfigError
 from peftlab.methods.base import Method, MethodConfig, register_method
@@ -67,4 +67,4 @@ class Elora(Method):
                 cfg.rank, layer.in_features, layer.out_features, cfg.projection_seed + index, dtype, device
             )
             layer.use_fixed_projections(own, save=cfg.save_projections)
-        model.head.requires_grad_(True)
+        train_head(model)

@@ -1,14 +1,17 @@
 """Light-PEFT (Gu et al. 2024): early pruning of the foundation model and of the PEFT modules, in one run.
 
-1. Estimation (the first ``estimation_ratio`` of the steps): trainable masks on head units and FFN
-   channels (init 1, L1 penalty ``l1_coef`` in the loss, LR = schedule LR x ``*_mask_lr_coef``) train
+1. Estimation (``estimation_steps``, or ``estimation_ratio`` of the steps): trainable masks on head units
+   and FFN channels (init 1, L1 penalty ``l1_coef`` in the loss, LR = schedule LR x ``*_mask_lr_coef``) train
    with the PEFT module (``peft``: a ``lora`` or ``adapter`` config). Over the second half of these
    steps each PEFT module's importance ||ΔW x|| / ||W x|| (mean over non-pad tokens) and each rank's
    first-order Taylor score |mean_in(A ⊙ dA)| + |mean_out(B ⊙ dB)| are averaged.
 2. Pruning, then normal training: the lowest-mask heads of every layer (``head_ratio``), the
    lowest-mask FFN channels over all layers (``ffn_ratio``), the least important PEFT modules
    (``module_ratio``) and ranks over all kept modules (``rank_ratio``) are removed physically (weights
-   sliced, head counts updated, masks dropped); the loop rebuilds the optimizer and trains on.
+   sliced, head counts updated, masks dropped). With ``restart_after_pruning`` (the authors' protocol)
+   the estimation was a run of its own (``Method.first_run_steps``: its own LR schedule) and the pruned
+   model trains for the scheduled steps with a fresh optimizer and a restarted LR schedule; without it
+   the loop rebuilds the optimizer (Adam moments kept) and the one schedule goes on.
 
 Counts decide what goes: floor(ratio x n) FFN channels, modules and ranks; per layer, the heads strictly
 below the ratio-quantile of its masks, ceil((n - 1) x ratio), as the authors' quantile rule (4 of 12 heads
@@ -60,7 +63,11 @@ def default_peft() -> dict[str, Any]:
 @dataclass
 class LightPeftConfig(MethodConfig):
     peft: dict[str, Any] = field(default_factory=default_peft)
-    estimation_ratio: float = 0.1  # fraction of the training steps spent estimating
+    # The authors' protocol: estimation is its own run of ``estimation_steps`` (800 in their scripts, the LR
+    # decaying to 0 within it), then a fresh run (new optimizer, restarted LR schedule) on the pruned model.
+    estimation_steps: int | None = 800  # null: estimation_ratio of the scheduled steps
+    restart_after_pruning: bool = True  # false: one run, estimation its first steps, Adam moments kept
+    estimation_ratio: float = 0.1  # fraction of the training steps spent estimating (estimation_steps null)
     l1_coef: float = 1e-4
     head_mask_lr_coef: float = 1.0  # mask LR = schedule LR x coef (the authors' scripts: 1)
     ffn_mask_lr_coef: float = 1.0
@@ -74,6 +81,18 @@ class LightPeftConfig(MethodConfig):
         if self.peft.get("name") not in PEFT_NAMES:
             raise ConfigError(
                 f"light_peft peft.name={self.peft.get('name')!r}; allowed: {', '.join(PEFT_NAMES)}"
+            )
+        if self.estimation_steps is not None and (
+            isinstance(self.estimation_steps, bool)
+            or not isinstance(self.estimation_steps, int)
+            or self.estimation_steps < 2
+        ):
+            raise ConfigError(
+                f"light_peft estimation_steps={self.estimation_steps!r}; allowed: an integer >= 2, or null"
+            )
+        if not isinstance(self.restart_after_pruning, bool):
+            raise ConfigError(
+                f"light_peft restart_after_pruning={self.restart_after_pruning!r}; allowed: true, false"
             )
         if not 0 < self.estimation_ratio < 1:
             raise ConfigError(f"light_peft estimation_ratio={self.estimation_ratio}; allowed: 0 < ratio < 1")
@@ -302,10 +321,25 @@ class LightPeft(Method):
         return self.masks is not None and self.estimation_steps // 2 < step <= self.estimation_steps
 
     def _set_estimation_steps(self, total_steps: int) -> None:
+        """Estimation inside the run: its first ``estimation_steps`` (or ``estimation_ratio``) steps."""
         if total_steps < 3:
             raise ConfigError(f"light_peft needs at least 3 training steps, this run has {total_steps}")
-        steps = max(2, math.ceil(self.config.estimation_ratio * total_steps))
+        fixed = self.config.estimation_steps
+        if fixed is not None and fixed >= total_steps:
+            raise ConfigError(
+                f"light_peft estimation_steps={fixed} leaves no step to train the pruned model (the run has "
+                f"{total_steps}); lower it, or set restart_after_pruning=true (a separate estimation run)"
+            )
+        steps = fixed or max(2, math.ceil(self.config.estimation_ratio * total_steps))
         self.estimation_steps = min(steps, total_steps - 1)
+
+    def first_run_steps(self, scheduled_steps: int) -> int:
+        """With ``restart_after_pruning`` the estimation is a separate run ahead of the scheduled steps."""
+        if not self.config.restart_after_pruning:
+            return 0
+        fixed = self.config.estimation_steps
+        self.estimation_steps = fixed or max(2, math.ceil(self.config.estimation_ratio * scheduled_steps))
+        return self.estimation_steps
 
     def after_backward(self, state: TrainState) -> None:
         if not self.estimation_steps:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from peftlab.blocks.lowrank import LowRankLinear, check_rank, wrap_targets
-from peftlab.blocks.params import freeze
+from peftlab.blocks.params import freeze, train_head
 from peftlab.errors import ConfigError
 from peftlab.methods.base import Method, MethodConfig, register_method
 from peftlab.registry import LORA_VARIANTS
@@ -61,4 +61,4 @@ class Lora(Method):
             return LowRankLinear(layer, cfg.rank, cfg.scale, cfg.dropout, init=cfg.init, variant=cfg.variant)
 
         wrap_targets(model.backbone, cfg.target_modules, make)
-        model.head.requires_grad_(True)
+        train_head(model)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +21,19 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from peftlab import distributed
+from peftlab import checks, distributed
 from peftlab.blocks.importance import l2_row_scores, mean_gradients, quantile_mean, taylor_row_scores
-from peftlab.blocks.params import freeze
+from peftlab.blocks.params import freeze, train_head
+from peftlab.blocks.protocol import adapter_layers
 from peftlab.blocks.selection import keep_highest
-from peftlab.blocks.sparse_rows import SparseRowsLayer, row_shape, saved_row_selections, sparse_rows_layers
+from peftlab.blocks.sparse_rows import (
+    NORMS,
+    SparseRowsLayer,
+    SparseRowsNorm,
+    row_shape,
+    saved_row_selections,
+    sparse_rows_layer,
+)
 from peftlab.blocks.targeting import ALL_LINEAR, match_targets, module_role
 from peftlab.errors import ConfigError
 from peftlab.methods.base import CalibrationData, Method, MethodConfig, TrainState, register_method
@@ -31,6 +41,7 @@ from peftlab.methods.base import CalibrationData, Method, MethodConfig, TrainSta
 log = logging.getLogger(__name__)
 
 IMPORTANCES = ("l2", "taylor", "qm_taylor")
+SPARSE_ROWS = (SparseRowsLayer, SparseRowsNorm)
 SELECTIONS = ("layer", "global")
 
 
@@ -41,9 +52,20 @@ class SpsftConfig(MethodConfig):
     selection: str = "layer"  # layer: top rows of each layer | global: top rows over all target layers
     importance: str = "taylor"  # l2 | taylor | qm_taylor
     importance_batches: int = 50  # training batches whose gradients Taylor scores use
+    # qm_taylor: up to N training examples of every class (the official code: 500) | null: the examples
+    # of each class inside the importance_batches (the paper's 50 batches)
+    class_samples: int | None = None
     target_modules: list[str] | str = ALL_LINEAR  # or names / a regex, as lora's target_modules
     freeze_attention: bool = False  # "FA": adapt only feed-forward (MLP) layers among the targets
+    conv_rows: bool = False  # also rows of every k x k / grouped convolution (the official vision code)
     train_bias: bool = False  # also train a bias for the selected rows
+    # The official code's trainable set (README "Fidelity"): these embeddings fully, a fraction of every
+    # LayerNorm's features, row counts rounded down to an even number; and Taylor scores with or without
+    # the bias term.
+    train_embeddings: list[str] = field(default_factory=list)  # e.g. [word_embeddings, rel_embeddings]
+    norm_ratio: float = 0.0  # fraction of the features of every LayerNorm / BatchNorm (scale, shift) trained
+    even_rows: bool = False  # rows per layer: 2 floor(ratio x n / 2) (the official code) | round(ratio x n)
+    taylor_bias: bool = True  # Taylor row score sums |b g_b| with |w g_w| (Torch-Pruning) | weights only
     merge_after_training: bool = False  # fold W_f into the base weights before the final evaluation
 
     def __post_init__(self) -> None:
@@ -55,17 +77,34 @@ class SpsftConfig(MethodConfig):
             raise ConfigError(f"spsft rank={self.rank} is not allowed; allowed: null or an integer >= 1")
         if self.rank is None and not 0 < self.ratio <= 1:
             raise ConfigError(f"spsft ratio={self.ratio} is not allowed; allowed: 0 < ratio <= 1")
+        if not 0 <= self.norm_ratio <= 1:
+            raise ConfigError(f"spsft norm_ratio={self.norm_ratio} is not allowed; allowed: 0 <= ratio <= 1")
+        if isinstance(self.train_embeddings, str) or not all(
+            isinstance(n, str) and n for n in self.train_embeddings
+        ):
+            raise ConfigError(
+                f"spsft train_embeddings={self.train_embeddings!r}; allowed: a list of module names"
+            )
+        checks.integer("spsft class_samples", self.class_samples, minimum=1, optional=True)
         if self.importance_batches < 1:
             raise ConfigError(f"spsft importance_batches={self.importance_batches}; allowed: >= 1")
 
 
+def row_count(rows: int, ratio: float, even: bool) -> int:
+    """Rows to train of a layer with ``rows``: round(ratio x rows), at least 1; ``even``: rounded down to
+    an even number, at least 2, as the official code (5% of 3072 rows: 152, not 154)."""
+    if even:
+        return min(rows, max(2, 2 * math.floor(ratio * rows / 2)))
+    return max(1, round(ratio * rows))
+
+
 def select_rows(
-    scores: dict[str, torch.Tensor], rank: int | None, ratio: float, scope: str
+    scores: dict[str, torch.Tensor], rank: int | None, ratio: float, scope: str, even: bool = False
 ) -> dict[str, torch.Tensor]:
-    """Indices (sorted) of the rows to train in each layer: the top ``rank`` (or ``ratio`` of the rows)
-    of each layer, or, with ``scope="global"``, the same total taken over all layers after dividing each
-    layer's scores by their mean (so layers of different scale compete fairly). Layers that get no row
-    are left out."""
+    """Indices (sorted) of the rows to train in each layer: the top ``rank`` (or ``row_count`` of the
+    rows) of each layer, or, with ``scope="global"``, the same total taken over all layers after dividing
+    each layer's scores by their mean (so layers of different scale compete fairly). Layers that get no
+    row are left out."""
     sizes = {name: s.numel() for name, s in scores.items()}
     if rank is not None:
         too_big = {name: n for name, n in sizes.items() if rank > n}
@@ -73,7 +112,7 @@ def select_rows(
             name, n = next(iter(too_big.items()))
             raise ConfigError(f"spsft rank={rank} is larger than layer {name!r} ({n} rows); allowed: 1..{n}")
     names = list(scores)
-    per_layer = [rank if rank is not None else max(1, round(ratio * sizes[n])) for n in names]
+    per_layer = [rank if rank is not None else row_count(sizes[n], ratio, even) for n in names]
     kept = keep_highest(
         [scores[n] for n in names], per_layer, scope="group" if scope == "layer" else "global", normalize=True
     )
@@ -103,30 +142,62 @@ class Spsft(Method):
                     "spsft freeze_attention=true left no target layer: every target is attention"
                 )
         layers = {name: backbone.get_submodule(name) for name in names}
+        if self.config.conv_rows:  # the convolutions that are not linear-like (k x k, grouped) too
+            layers.update(
+                (n, m) for n, m in backbone.named_modules() if isinstance(m, nn.Conv2d) and n not in layers
+            )
         for layer in layers.values():
             row_shape(layer)  # a clear error for layers SPSFT cannot adapt
         return layers
 
+    def norm_layers(self, backbone: nn.Module) -> dict[str, nn.Module]:
+        """Every affine LayerNorm / BatchNorm of the backbone when ``norm_ratio`` > 0 (the official code
+        tunes a fraction of their features too)."""
+        if not self.config.norm_ratio:
+            return {}
+        norms = {n: m for n, m in backbone.named_modules() if isinstance(m, NORMS) and m.weight is not None}
+        if not norms:
+            raise ConfigError(
+                f"spsft norm_ratio={self.config.norm_ratio}: the backbone has no affine LayerNorm or "
+                "BatchNorm (RMSNorm is not supported); set norm_ratio=0"
+            )
+        return norms
+
+    def scored_layers(self, backbone: nn.Module) -> dict[str, nn.Module]:
+        return {**self.target_layers(backbone), **self.norm_layers(backbone)}
+
     def prepare(self, model: nn.Module, data: CalibrationData) -> None:
-        kind = self.config.importance
+        kind, with_bias = self.config.importance, self.config.taylor_bias
         if kind == "l2":
             return  # needs no data; attach scores it (so a saved run rebuilds it the same way)
-        layers = self.target_layers(model.backbone)
-        batches = data.batches(self.config.importance_batches)
+        layers = self.scored_layers(model.backbone)
+        samples = self.config.class_samples
+        if kind == "qm_taylor" and samples is not None and data.num_labels >= 2:
+            batches = examples_per_class(data.stream(), data.num_labels, samples)
+        else:
+            batches = data.batches(self.config.importance_batches)
         if kind == "taylor":
-            self._choose(taylor_scores(model, layers, batches))
+            self._choose(taylor_scores(model, layers, batches, with_bias), model.backbone)
             return
         if data.num_labels < 2:
             raise ConfigError(
                 "spsft importance=qm_taylor needs a classification task (per-class scores); this task "
                 "has a single output; allowed here: l2, taylor"
             )
-        self._choose(class_quantile_mean_scores(model, layers, batches, data.num_labels))
+        scores = class_quantile_mean_scores(model, layers, batches, data.num_labels, with_bias)
+        self._choose(scores, model.backbone)
 
-    def _choose(self, scores: dict[str, torch.Tensor]) -> None:
+    def _choose(self, scores: dict[str, torch.Tensor], backbone: nn.Module) -> None:
+        """Rows of the linear layers by ``rank`` / ``ratio`` and ``selection``; features of every norm by
+        ``norm_ratio``, per norm."""
         cfg = self.config
         self.scores = scores
-        self.rows = select_rows(scores, cfg.rank, cfg.ratio, cfg.selection)
+        norms = {n for n in scores if isinstance(backbone.get_submodule(n), NORMS)}
+        linear = {n: s for n, s in scores.items() if n not in norms}
+        self.rows = select_rows(linear, cfg.rank, cfg.ratio, cfg.selection, cfg.even_rows)
+        if norms:
+            norm_scores = {n: scores[n] for n in norms}
+            self.rows.update(select_rows(norm_scores, None, cfg.norm_ratio, "layer", cfg.even_rows))
         distributed.assert_ranks_agree("SPSFT rows", {k: v.tolist() for k, v in self.rows.items()})
         log.info(
             "spsft: %s importance over %d layers; training %d of %d rows in %d layers",
@@ -141,20 +212,43 @@ class Spsft(Method):
     def attach(self, model: nn.Module) -> None:
         freeze(model)
         if not self.rows and self.config.importance == "l2":
-            layers = self.target_layers(model.backbone)
-            self._choose({name: l2_row_scores(layer.weight) for name, layer in layers.items()})
+            layers = self.scored_layers(model.backbone)
+            scores = {name: l2_row_scores(layer.weight) for name, layer in layers.items()}
+            self._choose(scores, model.backbone)
         for name, index in self.rows.items():
             self._wrap(model.backbone, name, index)
-        model.head.requires_grad_(True)
+        self._train_embeddings(model.backbone)
+        train_head(model)
 
     def _wrap(self, root: nn.Module, name: str, index: torch.Tensor) -> None:
-        layer = SparseRowsLayer(root.get_submodule(name), index, self.config.train_bias)
+        layer = sparse_rows_layer(root.get_submodule(name), index, self.config.train_bias)
         root.set_submodule(name, layer)
+
+    def _train_embeddings(self, backbone: nn.Module) -> None:
+        """``train_embeddings``: the backbone's embedding tables of those names train fully (the official
+        code: word and relative-position embeddings; a BERT has no relative ones, so a name may be absent,
+        but one of them must be there)."""
+        names = set(self.config.train_embeddings)
+        if not names:
+            return
+        found = [
+            (n, m)
+            for n, m in backbone.named_modules()
+            if isinstance(m, nn.Embedding) and n.rsplit(".", 1)[-1] in names
+        ]
+        if not found:
+            tables = sorted(n for n, m in backbone.named_modules() if isinstance(m, nn.Embedding))
+            raise ConfigError(
+                f"spsft train_embeddings={sorted(names)} names no embedding of the backbone; it has: {tables}"
+            )
+        for _, table in found:
+            table.requires_grad_(True)
+        log.info("spsft: training embeddings %s fully", [n for n, _ in found])
 
     # -- end of training ----------------------------------------------------------------------------
     def on_train_end(self, state: TrainState) -> None:
         if self.config.merge_after_training:  # in place: the layers keep W_f, so the adapter still saves
-            layers = list(sparse_rows_layers(state.model))
+            layers = [(n, m) for n, m in adapter_layers(state.model) if isinstance(m, SPARSE_ROWS)]
             for _, layer in layers:
                 layer.merge()
             self.merged = True
@@ -192,7 +286,7 @@ class Spsft(Method):
         for name, index in saved_row_selections(tensors).items():
             if not name.startswith(prefix):
                 raise ConfigError(f"saved SPSFT rows of {name} are not inside the backbone")
-            if not isinstance(model.get_submodule(name), SparseRowsLayer):
+            if not isinstance(model.get_submodule(name), SPARSE_ROWS):
                 self._wrap(model.backbone, name[len(prefix) :], index)
                 self.rows[name[len(prefix) :]] = index
         super().load_adapter_state_dict(model, tensors)
@@ -208,30 +302,61 @@ def _weights_and_biases(layers: dict[str, nn.Module]) -> list[torch.Tensor]:
 
 
 def _row_scores_from_grads(
-    layers: dict[str, nn.Module], grads: list[torch.Tensor]
+    layers: dict[str, nn.Module], grads: list[torch.Tensor], with_bias: bool = True
 ) -> dict[str, torch.Tensor]:
     scores, it = {}, iter(grads)
     for name, layer in layers.items():
         weight_grad = next(it)
         bias_grad = next(it) if layer.bias is not None else None
-        scores[name] = taylor_row_scores(layer.weight, weight_grad, layer.bias, bias_grad)
+        bias = layer.bias if with_bias else None
+        scores[name] = taylor_row_scores(layer.weight, weight_grad, bias, bias_grad)
     return scores
 
 
 def taylor_scores(
-    model: nn.Module, layers: dict[str, nn.Module], batches: list[dict[str, torch.Tensor]]
+    model: nn.Module,
+    layers: dict[str, nn.Module],
+    batches: list[dict[str, torch.Tensor]],
+    with_bias: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """Taylor importance of every row, from the mean gradient over ``batches``."""
+    """Taylor importance of every row, from the mean gradient over ``batches``; ``with_bias=False``
+    leaves the |b g_b| term out (``taylor_bias``)."""
     grads = mean_gradients(model, _weights_and_biases(layers), batches)
-    return _row_scores_from_grads(layers, grads)
+    return _row_scores_from_grads(layers, grads, with_bias)
+
+
+def examples_per_class(
+    batches: Iterable[dict[str, torch.Tensor]], num_labels: int, limit: int
+) -> list[dict[str, torch.Tensor]]:
+    """The first ``limit`` examples of every class, in data order (the official code scores each class on
+    up to 500 of its training examples): batches cut to the examples still wanted, read until every
+    class has ``limit`` or the data ends."""
+    taken, kept = [0] * num_labels, []
+    for batch in batches:
+        labels = batch["labels"]
+        keep = torch.zeros_like(labels, dtype=torch.bool)
+        for label in labels.unique().tolist():
+            where = (labels == label).nonzero().flatten()[: max(0, limit - taken[label])]
+            keep[where] = True
+            taken[label] += where.numel()
+        if keep.any():
+            kept.append({k: v[keep] for k, v in batch.items()})
+        if min(taken) >= limit:
+            break
+    return kept
 
 
 def class_quantile_mean_scores(
-    model: nn.Module, layers: dict[str, nn.Module], batches: list[dict[str, torch.Tensor]], num_labels: int
+    model: nn.Module,
+    layers: dict[str, nn.Module],
+    batches: list[dict[str, torch.Tensor]],
+    num_labels: int,
+    with_bias: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Class-aware Quantile-Mean Taylor (Eq. 7): a Taylor score per class from the gradient of that
     class's mean loss, then per row the mean of the 0,10,...,100% quantiles over the classes present.
-    One class at a time, so memory holds one set of gradients whatever the number of classes."""
+    One class at a time, each from fresh gradients (the official code lets gradients accumulate from
+    class to class, so a later class's score also holds the earlier ones'); memory holds one set."""
     per_class: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
     for label in range(num_labels):
         subsets = [_rows_with_label(b, label) for b in batches]
@@ -239,7 +364,7 @@ def class_quantile_mean_scores(
         present = distributed.all_reduce_sum(torch.tensor(float(sum(len(b["labels"]) for b in subsets))))
         if not present:  # the class is absent from every rank's share of the batches
             continue
-        for name, scores in taylor_scores(model, layers, subsets).items():
+        for name, scores in taylor_scores(model, layers, subsets, with_bias).items():
             per_class[name].append(scores)
     if not per_class or not next(iter(per_class.values())):
         raise ConfigError("spsft importance=qm_taylor: the calibration batches hold no labelled example")

@@ -335,7 +335,14 @@ def build_model(
         backbone, processor = _build_transformer(cfg, dtype, head, pretrained, workload)
     model: torch.nn.Module
     if head == "classifier":
-        model = SequenceClassifier(backbone, num_labels, pooling=cfg.pooling, dropout=cfg.head_dropout)
+        model = SequenceClassifier(
+            backbone,
+            num_labels,
+            pooling=cfg.pooling,
+            dropout=cfg.head_dropout,
+            head_pooler=cfg.get("head_pooler", "trainable"),
+            pooler_activation=cfg.get("pooler_activation", "tanh"),
+        )
     elif head == "lm":
         model = CausalLM(backbone) if not backbone.config.is_encoder_decoder else Seq2SeqLM(backbone)
     else:

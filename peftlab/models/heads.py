@@ -16,6 +16,10 @@ from torch import nn
 from peftlab.errors import ConfigError
 
 POOLINGS = ("mean", "cls", "pooler")
+HEAD_POOLERS = ("trainable", "frozen")
+# Activation of a fresh pooler (a backbone without one): tanh as BERT's pooler, gelu as DeBERTa's
+# ContextPooler (transformers' DebertaV2ForSequenceClassification).
+POOLER_ACTIVATIONS = {"tanh": nn.Tanh, "gelu": nn.GELU}
 
 
 @dataclass
@@ -24,19 +28,50 @@ class ModelOutput:
     loss: torch.Tensor | None = None
 
 
+def fresh_pooler(hidden_size: int, activation: str, init_std: float | None) -> nn.Sequential:
+    """Dense + activation on [CLS], for a backbone without a pooler (DeBERTa). ``init_std``: the weight is
+    drawn N(0, init_std) with a zero bias, as transformers initialises DeBERTa's ContextPooler (the
+    DeBERTaV3 checkpoints hold no pooler weights, so the AFLoRA authors' frozen pooler is this draw)."""
+    if activation not in POOLER_ACTIVATIONS:
+        raise ConfigError(
+            f"model.pooler_activation={activation!r} is not allowed; allowed: {', '.join(POOLER_ACTIVATIONS)}"
+        )
+    dense = nn.Linear(hidden_size, hidden_size)
+    if init_std is not None:
+        nn.init.normal_(dense.weight, std=init_std)
+        nn.init.zeros_(dense.bias)
+    return nn.Sequential(dense, POOLER_ACTIVATIONS[activation]())
+
+
 class ClassificationHead(nn.Module):
-    """Pooling -> (optional dense+tanh pooler) -> dropout -> linear."""
+    """Pooling -> (optional dense+activation pooler) -> dropout -> linear.
+
+    ``pooler_trainable=False`` keeps the pooler frozen (``train_head`` leaves it out), as the AFLoRA
+    authors' DeBERTa runs, where only the classifier is trained; it is still saved with the head."""
 
     def __init__(
-        self, hidden_size: int, num_labels: int, pooling: str, dropout: float, pooler: nn.Module | None
+        self,
+        hidden_size: int,
+        num_labels: int,
+        pooling: str,
+        dropout: float,
+        pooler: nn.Module | None,
+        pooler_trainable: bool = True,
+        pooler_activation: str = "tanh",
+        init_std: float | None = None,
     ) -> None:
         super().__init__()
         self.pooling = pooling
         if pooling == "pooler" and pooler is None:
-            pooler = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.Tanh())
+            pooler = fresh_pooler(hidden_size, pooler_activation, init_std)
         self.pooler = pooler if pooling == "pooler" else None
+        self.pooler_trainable = pooler_trainable
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(hidden_size, num_labels)
+
+    def frozen_parts(self) -> list[nn.Module]:
+        """Parts of the head that stay frozen when the head is trained."""
+        return [self.pooler] if self.pooler is not None and not self.pooler_trainable else []
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         if self.pooling == "mean":
@@ -54,18 +89,39 @@ class ClassificationHead(nn.Module):
 class SequenceClassifier(nn.Module):
     """Backbone (``AutoModel``) + ``ClassificationHead``; regression when ``num_labels == 1``."""
 
-    def __init__(self, backbone: nn.Module, num_labels: int, pooling: str = "mean", dropout: float = 0.1):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_labels: int,
+        pooling: str = "mean",
+        dropout: float = 0.1,
+        head_pooler: str = "trainable",
+        pooler_activation: str = "tanh",
+    ):
         super().__init__()
         if pooling not in POOLINGS:
             raise ConfigError(f"model.pooling={pooling!r} is not allowed; allowed: {', '.join(POOLINGS)}")
+        if head_pooler not in HEAD_POOLERS:
+            raise ConfigError(
+                f"model.head_pooler={head_pooler!r} is not allowed; allowed: {', '.join(HEAD_POOLERS)}"
+            )
         # The backbone's pooler is part of the head when used (trained and saved with it), else dropped.
         backbone_pooler = getattr(backbone, "pooler", None)
         if backbone_pooler is not None:
             backbone.pooler = None
         self.backbone = backbone
         self.num_labels = num_labels
-        hidden = backbone.config.hidden_size
-        self.head = ClassificationHead(hidden, num_labels, pooling, dropout, backbone_pooler)
+        config = backbone.config
+        self.head = ClassificationHead(
+            config.hidden_size,
+            num_labels,
+            pooling,
+            dropout,
+            backbone_pooler,
+            pooler_trainable=head_pooler == "trainable",
+            pooler_activation=pooler_activation,
+            init_std=getattr(config, "initializer_range", None),
+        )
 
     @property
     def config(self):

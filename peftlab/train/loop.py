@@ -124,9 +124,12 @@ class Trainer:
         self.train_loader, self.eval_loaders = train_loader, eval_loaders
         self.device, self.run_dir = device, run_dir
         steps_per_epoch = len(train_loader)
-        total = self.sched.max_steps or steps_per_epoch * self.sched.epochs
+        scheduled = self.sched.max_steps or steps_per_epoch * self.sched.epochs
+        # a method's separate first run ahead of the scheduled one (Light-PEFT's official estimation run)
+        self.first_run = method.first_run_steps(scheduled)
+        total = scheduled + self.first_run
         self.state = TrainState(model, step=0, total_steps=total, steps_per_epoch=steps_per_epoch)
-        self.warmup_steps = math.ceil(self.sched.warmup_ratio * total)
+        self.warmup_steps = math.ceil(self.sched.warmup_ratio * scheduled)
         self.eval_every = self.sched.eval_every_steps or steps_per_epoch
         self.history = History()
         self.header: dict[str, Any] = {}  # what the run is (method, task, seed, ...), for results.json
@@ -164,6 +167,28 @@ class Trainer:
             self.trainable_count,
         )
 
+    def restart(self) -> None:
+        """The method's first run is over: a fresh optimizer (no Adam moments) over what is trained now;
+        the LR schedule starts again (``lr_factor``), as a new run on the (pruned) model would."""
+        self.state.rebuild_requested = False
+        self._set_up_optimizer(None)
+        log.info("step %d: first run over, fresh optimizer and LR schedule", self.state.step)
+
+    def lr_factor(self) -> float:
+        """Warmup then the decay (``schedule.lr_scheduler``) over the current run: the method's first
+        run, or the scheduled one.
+        ``scheduler_step=epoch`` advances it once per epoch (SPSFT's code: the LR barely decays)."""
+        step, first = self.state.step, self.first_run
+        start, length = (0, first) if step < first else (first, self.state.total_steps - first)
+        t, sched = step - start, self.sched
+        kind = sched.get("lr_scheduler", "linear")  # (configs saved before it existed)
+        if sched.scheduler_step == "epoch":
+            t //= self.state.steps_per_epoch
+            if kind == "cosine":  # CosineAnnealingLR(T_max = epochs), stepped once per epoch
+                length = math.ceil(length / self.state.steps_per_epoch)
+        warmup = math.ceil(sched.warmup_ratio * length)
+        return lr_factor(t, length, warmup, kind, sched.get("min_lr", 0.0) / sched.lr)
+
     # -- one step ---------------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
         """bf16 autocast of a forward pass when ``schedule.precision=bf16``; nothing for fp32."""
@@ -182,10 +207,7 @@ class Trainer:
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         state = self.state
-        # "epoch": the scheduler advances once per epoch (SPSFT's code), so the LR barely decays
-        t = state.step if self.sched.scheduler_step == "step" else state.step // state.steps_per_epoch
-        kind = self.sched.get("lr_scheduler", "linear")  # a run saved before the option: linear
-        set_lr(self.optimizer, lr_factor(t, state.total_steps, self.warmup_steps, kind))
+        set_lr(self.optimizer, self.lr_factor())
         if state.step == 0 and self.cfg.measure.flops:
             loss_box: list[torch.Tensor] = []
             self.history.flops_per_step = efficiency.count_flops(
@@ -201,7 +223,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         state.step += 1
         self.method.after_step(state)
-        if state.rebuild_requested:
+        if self.first_run and state.step == self.first_run:
+            self.restart()
+        elif state.rebuild_requested:
             self.apply_param_change()
         return loss
 
@@ -322,7 +346,8 @@ class Trainer:
         history = self.history
         history.last_eval, history.last_eval_step = metrics, self.state.step
         best_by = self.task.best_by
-        if history.best_eval is None or metrics[best_by] > history.best_eval[best_by]:
+        in_first_run = 0 < self.state.step <= self.first_run  # not the scheduled run's model (unpruned)
+        if not in_first_run and (history.best_eval is None or metrics[best_by] > history.best_eval[best_by]):
             history.best_eval, history.best_step = metrics, self.state.step
         self.run_dir.log_metrics(
             {

@@ -71,15 +71,18 @@ def rebuild_optimizer(
 LR_SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int, kind: str = "linear") -> float:
+def lr_factor(
+    step: int, total_steps: int, warmup_steps: int, kind: str = "linear", floor: float = 0.0
+) -> float:
     """The LR multiplier at ``step``: a linear warmup from 0, then ``kind`` (linear decay to 0, cosine
-    decay to 0, or constant), as ``transformers.get_scheduler`` computes it. A function of the step,
-    not a scheduler object: optimizer rebuilds and resumed runs need no scheduler state to match."""
-    return _schedule(kind, total_steps, warmup_steps)(step)
+    decay to ``floor``, or constant), as ``transformers.get_scheduler`` computes it. A cosine with a floor
+    is torch's ``CosineAnnealingLR`` with eta_min = floor x lr (SPSFT's vision runs). A function of the
+    step, not a scheduler object: optimizer rebuilds and resumed runs need no scheduler state to match."""
+    return _schedule(kind, total_steps, warmup_steps, floor)(min(step, total_steps))
 
 
 @lru_cache(maxsize=32)
-def _schedule(kind: str, total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+def _schedule(kind: str, total_steps: int, warmup_steps: int, floor: float) -> Callable[[int], float]:
     """transformers' schedule as a function of the step: the lambda of the LambdaLR it builds."""
     from transformers import get_scheduler
 
@@ -87,9 +90,13 @@ def _schedule(kind: str, total_steps: int, warmup_steps: int) -> Callable[[int],
         raise ConfigError(
             f"schedule.lr_scheduler={kind!r} is not allowed; allowed: {', '.join(LR_SCHEDULERS)}"
         )
+    name, extra = LR_SCHEDULERS[kind], {}
+    if kind == "cosine" and floor > 0:
+        name, extra = "cosine_with_min_lr", {"min_lr_rate": floor}
     probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     scheduler = get_scheduler(
-        LR_SCHEDULERS[kind], probe, num_warmup_steps=warmup_steps, num_training_steps=total_steps
+        name, probe, num_warmup_steps=warmup_steps, num_training_steps=total_steps,
+        scheduler_specific_kwargs=extra,
     )
     return scheduler.lr_lambdas[0]
 
