@@ -45,7 +45,13 @@ class ScheduleSchema:
     max_seq_length: int = 128
     eval_every_steps: Optional[int] = None  # noqa: UP045 - null: after each epoch
     log_every_steps: int = 10
-    precision: str = "fp32"  # fp32 | bf16 (autocast for forward passes; parameters and optimizer stay fp32)
+    # fp32 | bf16 | fp16: autocast of the forwards (fp16 with a gradient scaler); trained tensors and
+    # optimizer state stay fp32. A bf16/fp16 base (model.dtype) autocasts to its dtype even with fp32.
+    precision: str = "fp32"
+    # examples per forward/backward: the gradients of schedule.batch_size examples are accumulated over
+    # batch_size / micro_batch_size micro-batches per optimizer step (null: the whole batch at once)
+    micro_batch_size: Optional[int] = None  # noqa: UP045
+    activation_checkpointing: bool = False  # recompute each block's activations in the backward (less memory)
     # step: the warmup/decay schedule advances every optimizer step | epoch: once per epoch, as SPSFT's code
     # steps its scheduler (the LR then stays near its peak: ~2e-5 throughout its GLUE runs)
     scheduler_step: str = "step"
@@ -69,7 +75,9 @@ class ScheduleSchema:
             checks.integer(f"schedule.{key}", getattr(self, key), minimum=1, optional=True)
         # room for the special tokens ([CLS] a [SEP] b [SEP]) and some text
         checks.integer("schedule.max_seq_length", self.max_seq_length, minimum=4)
-        checks.choice("schedule.precision", self.precision, ("fp32", "bf16"))
+        checks.choice("schedule.precision", self.precision, ("fp32", "bf16", "fp16"))
+        checks.integer("schedule.micro_batch_size", self.micro_batch_size, minimum=1, optional=True)
+        checks.boolean("schedule.activation_checkpointing", self.activation_checkpointing)
         checks.choice("schedule.scheduler_step", self.scheduler_step, ("step", "epoch"))
 
 

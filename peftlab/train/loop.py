@@ -1,8 +1,8 @@
 """The training loop. One loop for every method; methods act only through their hooks.
 
-The hot path per step is: forward, (extra loss), backward, after_backward hook, grad clipping,
-optimizer step, after_step hook. No Python loop over parameters and no host sync except at logging
-points (every ``log_every_steps``) and evaluation.
+The hot path per step is: forward, (extra loss), backward (once per micro-batch: ``accumulate``),
+after_backward hook, grad clipping, optimizer step, after_step hook. No Python loop over parameters and
+no host sync except at logging points (every ``log_every_steps``), evaluation and fp16's overflow check.
 """
 
 from __future__ import annotations
@@ -26,14 +26,15 @@ from peftlab.blocks.params import count_parameters, trainable_named_parameters
 from peftlab.errors import ConfigError, TrainingDiverged
 from peftlab.methods.base import Method, TrainState
 from peftlab.tasks.base import Task
-from peftlab.train import efficiency
+from peftlab.train import accumulate, efficiency
 from peftlab.train.checkpoint import load_checkpoint, save_checkpoint
 from peftlab.train.optim import build_optimizer, lr_factor, rebuild_optimizer, set_lr
+from peftlab.train.precision import Precision, keep_trained_fp32
+from peftlab.train.recompute import enable_activation_checkpointing
 from peftlab.train.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "bf16")
 SCHEDULER_STEPS = ("step", "epoch")
 
 
@@ -111,10 +112,6 @@ class Trainer:
         run_dir: RunDir,
     ) -> None:
         self.cfg, self.sched = cfg, cfg.schedule
-        if self.sched.precision not in PRECISIONS:
-            raise ConfigError(
-                f"schedule.precision={self.sched.precision!r}; allowed: {', '.join(PRECISIONS)}"
-            )
         if self.sched.scheduler_step not in SCHEDULER_STEPS:
             raise ConfigError(
                 f"schedule.scheduler_step={self.sched.scheduler_step!r}; "
@@ -123,6 +120,9 @@ class Trainer:
         self.model, self.method, self.task = model, method, task
         self.train_loader, self.eval_loaders = train_loader, eval_loaders
         self.device, self.run_dir = device, run_dir
+        self.precision = Precision(self.sched.precision, _base_dtype(model), device)
+        if self.sched.get("activation_checkpointing"):
+            enable_activation_checkpointing(model)
         steps_per_epoch = len(train_loader)
         total = self.sched.max_steps or steps_per_epoch * self.sched.epochs
         self.state = TrainState(model, step=0, total_steps=total, steps_per_epoch=steps_per_epoch)
@@ -135,6 +135,7 @@ class Trainer:
 
     # -- optimizer --------------------------------------------------------------------------------
     def _set_up_optimizer(self, old: torch.optim.Optimizer | None) -> None:
+        keep_trained_fp32(self.model)  # also what a hook unfroze: fp32 weights and Adam state
         self.forward_model = self._data_parallel()
         groups = self.method.param_groups(self.model)
         self.optimizer = (
@@ -166,37 +167,53 @@ class Trainer:
 
     # -- one step ---------------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
-        """bf16 autocast of a forward pass when ``schedule.precision=bf16``; nothing for fp32."""
-        if self.sched.precision == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        """Autocast of a forward pass to the run's precision (``train.precision``); nothing for fp32."""
+        return self.precision.autocast()
 
-    def forward_backward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward_backward(self, batch: dict[str, torch.Tensor], weight: float = 1.0) -> torch.Tensor:
+        """Forward and backward of one micro-batch whose mean loss counts ``weight`` of the step's."""
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         with self.autocast():
             loss = self.forward_model(**batch).loss
             extra = self.method.extra_loss(self.model, batch)
             if extra is not None:
                 loss = loss + extra
-        loss.backward()
-        return loss.detach()
+        self.precision.backward(loss * weight if weight != 1.0 else loss)
+        return loss.detach() * weight
 
-    def train_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def accumulate(self, micro: list[accumulate.MicroBatch]) -> torch.Tensor:
+        """Sum the gradients of every micro-batch (DDP all-reduces only in the last one's backward);
+        returns the step's loss (this rank's weighted share)."""
+        total = torch.zeros((), device=self.device)
+        for i, part in enumerate(micro):
+            last = i == len(micro) - 1
+            no_sync = getattr(self.forward_model, "no_sync", None)
+            with no_sync() if no_sync is not None and not last else contextlib.nullcontext():
+                total += self.forward_backward(part.batch, part.weight)
+        return total
+
+    def train_step(self, batch: dict[str, torch.Tensor], total_targets: int | None = None) -> torch.Tensor:
+        """One optimizer step on ``batch`` (this rank's share), in micro-batches when configured.
+        ``total_targets``: the targets of the whole global batch (see ``accumulate.split``)."""
         state = self.state
         # "epoch": the scheduler advances once per epoch (SPSFT's code), so the LR barely decays
         t = state.step if self.sched.scheduler_step == "step" else state.step // state.steps_per_epoch
         set_lr(self.optimizer, lr_factor(t, state.total_steps, self.warmup_steps))
+        micro = accumulate.split(batch, self.sched.get("micro_batch_size"), self.model, total_targets)
         if state.step == 0 and self.cfg.measure.flops:
             loss_box: list[torch.Tensor] = []
             self.history.flops_per_step = efficiency.count_flops(
-                lambda: loss_box.append(self.forward_backward(batch))
+                lambda: loss_box.append(self.accumulate(micro))
             )
             loss = loss_box[0]
         else:
-            loss = self.forward_backward(batch)
-        self.method.after_backward(state)
-        if self.sched.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(self.trainable, self.sched.max_grad_norm, foreach=True)
-        self.optimizer.step()
+            loss = self.accumulate(micro)
+        finite = self.precision.unscale(self.optimizer, self.trainable)
+        if finite:  # an fp16 overflow: the scaler skips this step; hooks must not read inf gradients
+            self.method.after_backward(state)
+            if self.sched.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(self.trainable, self.sched.max_grad_norm, foreach=True)
+        self.precision.step(self.optimizer, finite)
         self.optimizer.zero_grad(set_to_none=True)
         state.step += 1
         self.method.after_step(state)
@@ -258,13 +275,13 @@ class Trainer:
         """One optimizer step on ``batch`` (this rank's share), timed and counted in the history."""
         history = self.history
         start = time.perf_counter()
+        total_targets = accumulate.count_targets(self.model, batch["labels"])  # of the global batch
         batch = distributed.shard(batch)
         if "attention_mask" in batch:  # counted on the host copy: no device sync
             history.tokens += int(batch["attention_mask"].sum()) * distributed.world_size()
-        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         history.trainable_param_steps += self.trainable_count  # what this step trains
         history.adapter_param_steps += self.trainable_count - self.trainable_head_count
-        loss = self.train_step(batch)
+        loss = self.train_step(batch, total_targets)
         efficiency.synchronize(self.device)
         elapsed = time.perf_counter() - start
         history.train_time_s += elapsed
@@ -291,7 +308,7 @@ class Trainer:
         if not math.isfinite(mean_loss):
             raise TrainingDiverged(
                 f"train loss is {mean_loss} over steps {self.state.step - window + 1}..{self.state.step}; "
-                f"stopping (lower schedule.lr, set schedule.max_grad_norm, or check the data)"
+                f"stopping ({self.precision.diverged_hint()})"
             )
         times = self.history.step_times[-window:]
         self.run_dir.log_metrics(
@@ -302,6 +319,7 @@ class Trainer:
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "trainable_params": self.trainable_count,
                 "step_time_s": sum(times) / len(times) if times else None,
+                **({"skipped_steps": self.precision.skipped_steps} if self.precision.scaler else {}),
             }
         )
         return mean_loss
@@ -362,6 +380,8 @@ class Trainer:
             "median_step_time_s": median_step,
             "samples_per_s": history.samples / train_time if train_time else None,
             "tokens_per_s": history.tokens / train_time if history.tokens and train_time else None,
+            "precision": self.precision.name,
+            "skipped_steps": self.precision.skipped_steps,
             "peak_memory_bytes": peak,
             "peak_memory_kind": peak_kind,
             "flops_per_step": history.flops_per_step,
@@ -371,3 +391,12 @@ class Trainer:
             if achieved and self.device.type == "cpu"
             else None,
         }
+
+
+def _base_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype of the frozen base weights (the model's most common floating dtype by elements)."""
+    sizes: dict[torch.dtype, int] = {}
+    for param in model.parameters():
+        if param.is_floating_point():
+            sizes[param.dtype] = sizes.get(param.dtype, 0) + param.numel()
+    return max(sizes, key=sizes.__getitem__) if sizes else torch.float32
