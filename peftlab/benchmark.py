@@ -259,20 +259,7 @@ def _cpu_step_memory(row: Row) -> None:
     """Exact bytes a step adds on CPU: storages autograd saves (not the model's own), gradients, Adam."""
     trainer = row.trainer
     assert trainer is not None
-    model_ptrs = {
-        t.untyped_storage().data_ptr() for t in [*trainer.model.parameters(), *trainer.model.buffers()]
-    }
-    saved: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in model_ptrs:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        trainer.train_step(row.batch)
-    activations = sum(saved.values())
+    activations = efficiency.saved_tensor_bytes(trainer.model, lambda: trainer.train_step(row.batch))
     grads = sum(p.numel() * p.element_size() for p in trainer.trainable)
     optim = optimizer_state_bytes(trainer.optimizer)
     row.memory_bytes = activations + grads + optim

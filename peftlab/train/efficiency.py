@@ -61,6 +61,24 @@ def count_flops(fn: Callable[[], object]) -> int:
     return int(counter.get_total_flops())
 
 
+def saved_tensor_bytes(model: torch.nn.Module, fn: Callable[[], object]) -> int:
+    """Bytes of the storages autograd saves for the backward while ``fn`` runs, the model's own
+    parameters and buffers excepted (each storage once). With activation checkpointing only the
+    blocks' inputs are saved; what the backward recomputes is not counted."""
+    model_ptrs = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in model_ptrs:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(saved.values())
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -335,7 +335,9 @@ class Trainer:
                 self.run_dir.write_jsonl(f"predictions_{split}.jsonl", self.task.last_predictions)
         loss_keys = [k for k in metrics if k.startswith("loss")]
         if any(not math.isfinite(metrics[k]) for k in loss_keys):
-            raise TrainingDiverged(f"eval loss is not finite at step {self.state.step}: {metrics}")
+            raise TrainingDiverged(
+                f"eval loss is not finite at step {self.state.step}: {metrics} ({self.precision.diverged_hint()})"
+            )
         history = self.history
         history.last_eval, history.last_eval_step = metrics, self.state.step
         best_by = self.task.best_by

@@ -2,10 +2,10 @@
 only its input during the forward and recomputes its activations in the backward.
 
 Non-reentrant (``torch.utils.checkpoint`` with ``use_reentrant=False``, through transformers'
-``gradient_checkpointing_enable``): gradients reach parameters whose block input needs no gradient (the
+``activation_checkpointing_enable``): gradients reach parameters whose block input needs no gradient (the
 frozen embeddings of every PEFT method), custom autograd functions (SPSFT's hand-written backward) save
-through it, and forward hooks see the recomputed forward too (Light-PEFT's module scores add sums and
-token counts, so counting a forward twice leaves their ratio unchanged).
+through it, and forward hooks may see the recomputed forward too (Light-PEFT's module scores add sums and
+token counts, so a forward counted twice leaves their ratio unchanged).
 """
 
 from __future__ import annotations
@@ -29,5 +29,5 @@ def enable_activation_checkpointing(model: nn.Module) -> None:
             f"schedule.activation_checkpointing=true: the backbone {name} is not a transformers model that "
             "supports gradient checkpointing; allowed: false for this model"
         )
-    backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    backbone.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     log.info("activation checkpointing on (%s, non-reentrant)", type(backbone).__name__)
