@@ -336,7 +336,8 @@ class Trainer:
         loss_keys = [k for k in metrics if k.startswith("loss")]
         if any(not math.isfinite(metrics[k]) for k in loss_keys):
             raise TrainingDiverged(
-                f"eval loss is not finite at step {self.state.step}: {metrics} ({self.precision.diverged_hint()})"
+                f"eval loss is not finite at step {self.state.step}: {metrics} "
+                f"({self.precision.diverged_hint()})"
             )
         history = self.history
         history.last_eval, history.last_eval_step = metrics, self.state.step
