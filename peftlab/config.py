@@ -93,6 +93,16 @@ class CheckpointSchema:
         checks.integer("checkpoint.keep", self.keep, minimum=1)
 
 
+@dataclass
+class DistributedSchema:
+    """``distributed.*``: how ``torchrun`` processes share the model."""
+
+    strategy: str = "ddp"  # ddp | fsdp
+
+    def __post_init__(self) -> None:
+        checks.choice("distributed.strategy", self.strategy, ("ddp", "fsdp"))
+
+
 def check_group(node: DictConfig, schema: type, prefix: str) -> Any:
     """``node`` as an instance of the dataclass ``schema``: unknown keys are refused with the allowed
     ones; the schema's ``__post_init__`` checks the values."""
@@ -143,6 +153,13 @@ def check_config(cfg: DictConfig) -> None:
     check_run_options(cfg)
     check_group(cfg.schedule, ScheduleSchema, "schedule")
     check_group(cfg.checkpoint, CheckpointSchema, "checkpoint")
+    strategy = check_group(cfg.get("distributed") or {}, DistributedSchema, "distributed").strategy
+    if strategy == "fsdp" and cfg.checkpoint.every_steps:
+        raise ConfigError(
+            f"checkpoint.every_steps={cfg.checkpoint.every_steps} with distributed.strategy=fsdp: "
+            "checkpoints of sharded training are not written yet; allowed: checkpoint.every_steps=null, "
+            "or distributed.strategy=ddp"
+        )
     check_group(cfg.task, TASKS.get(cfg.task.name).config_class, f"task {cfg.task.name}")
     check_model(cfg.model)
 

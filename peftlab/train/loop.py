@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -129,6 +129,7 @@ class Trainer:
         self.warmup_steps = math.ceil(self.sched.warmup_ratio * total)
         self.eval_every = self.sched.eval_every_steps or steps_per_epoch
         self.history = History()
+        self.sharded = False  # FSDP has sharded the model (distributed.strategy=fsdp under torchrun)
         self.header: dict[str, Any] = {}  # what the run is (method, task, seed, ...), for results.json
         self._set_up_optimizer(None)
         self.trainable_start = self.trainable_count
@@ -147,8 +148,15 @@ class Trainer:
 
     def _data_parallel(self) -> torch.nn.Module:
         """The model the training forward goes through: DDP around it under torchrun (rebuilt whenever
-        the trained parameters change), the model itself in one process."""
+        the trained parameters change), the model itself sharded in place (FSDP, once), or the model
+        itself in one process."""
         if not distributed.enabled():
+            return self.model
+        if OmegaConf.select(self.cfg, "distributed.strategy", default="ddp") == "fsdp":
+            if not self.sharded:
+                _check_fsdp_hooks(self.method)
+                distributed.fully_shard_model(self.model)
+                self.sharded = True
             return self.model
         device_ids = [self.device] if self.device.type == "cuda" else None
         return DistributedDataParallel(self.model, device_ids=device_ids)
@@ -156,6 +164,12 @@ class Trainer:
     def apply_param_change(self) -> None:
         """A hook froze, unfroze or replaced parameters: rebuild the optimizer over what is trained now."""
         self.state.rebuild_requested = False
+        if self.sharded:
+            raise ConfigError(
+                f"method {self.method.name} changed its trained parameters at step {self.state.step}, which "
+                "distributed.strategy=fsdp cannot follow (parameters are sharded once); allowed: "
+                "distributed.strategy=ddp for this method"
+            )
         before = self.trainable_count
         self._set_up_optimizer(self.optimizer)
         log.info(
@@ -186,9 +200,7 @@ class Trainer:
         returns the step's loss (this rank's weighted share)."""
         total = torch.zeros((), device=self.device)
         for i, part in enumerate(micro):
-            last = i == len(micro) - 1
-            no_sync = getattr(self.forward_model, "no_sync", None)
-            with no_sync() if no_sync is not None and not last else contextlib.nullcontext():
+            with distributed.gradient_sync(self.forward_model, enabled=i == len(micro) - 1):
                 total += self.forward_backward(part.batch, part.weight)
         return total
 
@@ -403,3 +415,19 @@ def _base_dtype(model: torch.nn.Module) -> torch.dtype:
         if param.is_floating_point():
             sizes[param.dtype] = sizes.get(param.dtype, 0) + param.numel()
     return max(sizes, key=sizes.__getitem__) if sizes else torch.float32
+
+
+STEP_HOOKS = ("extra_loss", "after_backward", "after_step")
+
+
+def _check_fsdp_hooks(method: Method) -> None:
+    """FSDP gathers a parameter only inside its module's forward: per-step hooks that read parameters or
+    gradients between steps (AFLoRA's scores and freezing, Light-PEFT's masks and pruning) would see
+    shards. Refused up front, before any step."""
+    hooks = [name for name in STEP_HOOKS if getattr(type(method), name) is not getattr(Method, name)]
+    if hooks:
+        raise ConfigError(
+            f"distributed.strategy=fsdp: method {method.name} has per-step hooks ({', '.join(hooks)}) that "
+            "read parameters or gradients outside the forward, where FSDP holds only shards; allowed: "
+            "distributed.strategy=ddp for this method"
+        )
