@@ -52,6 +52,7 @@ class ScheduleSchema:
     # batch_size / micro_batch_size micro-batches per optimizer step (null: the whole batch at once)
     micro_batch_size: Optional[int] = None  # noqa: UP045
     activation_checkpointing: bool = False  # recompute each block's activations in the backward (less memory)
+    compile: bool = False  # torch.compile the training forward (methods with per-step hooks are refused)
     # step: the warmup/decay schedule advances every optimizer step | epoch: once per epoch, as SPSFT's code
     # steps its scheduler (the LR then stays near its peak: ~2e-5 throughout its GLUE runs)
     scheduler_step: str = "step"
@@ -78,6 +79,7 @@ class ScheduleSchema:
         checks.choice("schedule.precision", self.precision, ("fp32", "bf16", "fp16"))
         checks.integer("schedule.micro_batch_size", self.micro_batch_size, minimum=1, optional=True)
         checks.boolean("schedule.activation_checkpointing", self.activation_checkpointing)
+        checks.boolean("schedule.compile", self.compile)
         checks.choice("schedule.scheduler_step", self.scheduler_step, ("step", "epoch"))
 
 

@@ -36,6 +36,7 @@ from peftlab.train.run_dir import RunDir
 log = logging.getLogger(__name__)
 
 SCHEDULER_STEPS = ("step", "epoch")
+COMPILE_BACKEND = "inductor"  # schedule.compile=true: torch.compile's default backend (tests use "eager")
 
 
 @dataclass
@@ -138,6 +139,9 @@ class Trainer:
     def _set_up_optimizer(self, old: torch.optim.Optimizer | None) -> None:
         keep_trained_fp32(self.model)  # also what a hook unfroze: fp32 weights and Adam state
         self.forward_model = self._data_parallel()
+        if self.sched.get("compile"):
+            refuse_step_hooks(self.method, "schedule.compile=true", "compiled", "schedule.compile=false")
+            self.forward_model = torch.compile(self.forward_model, backend=COMPILE_BACKEND)
         groups = self.method.param_groups(self.model)
         self.optimizer = (
             build_optimizer(groups, self.sched) if old is None else rebuild_optimizer(old, groups, self.sched)
@@ -154,7 +158,8 @@ class Trainer:
             return self.model
         if OmegaConf.select(self.cfg, "distributed.strategy", default="ddp") == "fsdp":
             if not self.sharded:
-                _check_fsdp_hooks(self.method)
+                fsdp, reason = "distributed.strategy=fsdp", "FSDP holds only shards"
+                refuse_step_hooks(self.method, fsdp, reason, "distributed.strategy=ddp")
                 distributed.fully_shard_model(self.model)
                 self.sharded = True
             return self.model
@@ -420,14 +425,13 @@ def _base_dtype(model: torch.nn.Module) -> torch.dtype:
 STEP_HOOKS = ("extra_loss", "after_backward", "after_step")
 
 
-def _check_fsdp_hooks(method: Method) -> None:
-    """FSDP gathers a parameter only inside its module's forward: per-step hooks that read parameters or
-    gradients between steps (AFLoRA's scores and freezing, Light-PEFT's masks and pruning) would see
-    shards. Refused up front, before any step."""
+def refuse_step_hooks(method: Method, option: str, reason: str, allowed: str) -> None:
+    """Refuse ``option`` up front for a method with per-step hooks (AFLoRA's scores and freezing,
+    Light-PEFT's masks, score hooks and pruning): they read and change parameters between steps, which
+    FSDP holds as shards and a compiled graph has specialised on."""
     hooks = [name for name in STEP_HOOKS if getattr(type(method), name) is not getattr(Method, name)]
     if hooks:
         raise ConfigError(
-            f"distributed.strategy=fsdp: method {method.name} has per-step hooks ({', '.join(hooks)}) that "
-            "read parameters or gradients outside the forward, where FSDP holds only shards; allowed: "
-            "distributed.strategy=ddp for this method"
+            f"{option}: method {method.name} has per-step hooks ({', '.join(hooks)}) that read or change "
+            f"parameters outside the forward ({reason}); allowed: {allowed} for this method"
         )
