@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import resource
 import statistics
+import time
 from collections.abc import Callable
 
 import torch
@@ -77,6 +78,20 @@ def saved_tensor_bytes(model: torch.nn.Module, fn: Callable[[], object]) -> int:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         fn()
     return sum(saved.values())
+
+
+def matmul_gflops(dtype: torch.dtype, size: int = 1024, repeats: int = 20) -> float:
+    """This machine's matmul throughput in ``dtype`` (GFLOP/s, best of ``repeats`` square products of
+    ``size``): the ceiling a training step's achieved GFLOP/s is compared with."""
+    a = torch.randn(size, size).to(dtype)
+    b = torch.randn(size, size).to(dtype)
+    torch.mm(a, b)  # warm-up (oneDNN picks its kernel)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
 
 
 def synchronize(device: torch.device) -> None:
