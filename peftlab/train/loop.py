@@ -186,7 +186,7 @@ class Trainer:
 
     # -- one step ---------------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
-        """Autocast of a forward pass to the run's precision (``train.precision``); nothing for fp32."""
+        """Autocast of a forward pass to the run's precision (``peftlab.train.precision``); none for fp32."""
         return self.precision.autocast()
 
     def forward_backward(self, batch: dict[str, torch.Tensor], weight: float = 1.0) -> torch.Tensor:
