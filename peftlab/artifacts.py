@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -18,10 +19,14 @@ WEIGHTS = "adapter.safetensors"
 META = "adapter.json"
 
 
-def save_adapter(out_dir: Path, method: Method, model: nn.Module, meta: dict[str, Any]) -> Path:
-    tensors = {
-        k: v.detach().to("cpu").contiguous().clone() for k, v in method.adapter_state_dict(model).items()
-    }
+def save_adapter(
+    out_dir: Path, method: Method, model_or_tensors: nn.Module | dict[str, torch.Tensor], meta: dict[str, Any]
+) -> Path:
+    """adapter.safetensors + adapter.json: the method's tensors of ``model_or_tensors`` (a model, or its
+    ``adapter_state_dict`` already taken, e.g. gathered from FSDP shards)."""
+    if isinstance(model_or_tensors, nn.Module):
+        model_or_tensors = method.adapter_state_dict(model_or_tensors)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model_or_tensors.items()}
     with atomic_write(out_dir / WEIGHTS) as tmp:
         try:
             save_file(tensors, str(tmp))

@@ -12,7 +12,9 @@ loop's own ``Trainer.train_step`` (forward, backward, hooks, clipping, AdamW). S
 
 A row is a label and Hydra overrides; ``@frozen`` freezes every trainable projection matrix before
 timing (AFLoRA after its freezing schedule has run); ``@pruned`` trains on the batch until the method
-has pruned (Light-PEFT after its estimation steps).
+has pruned (Light-PEFT after its estimation steps); ``@loader`` times the steps on the row's loader's
+batches in turn (with ``task.max_train_samples=N`` in the row: N / batch size batches, e.g. to compare
+``task.group_by_length=true``, whose batches hold less padding).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from peftlab.train.run_dir import RunDir
 
 FROZEN = "@frozen"
 PRUNED = "@pruned"
+LOADER = "@loader"  # time the row on its loader's batches in turn (task.group_by_length: their padding)
+FLAGS = (FROZEN, PRUNED, LOADER)
 # Bench-only method names -> the method config they are composed from (registered by the scripts that
 # define such methods, e.g. scripts/bench.py's huggingface/peft LoRA peer).
 CONFIG_ALIASES: dict[str, str] = {}
@@ -91,6 +95,25 @@ class Row:
     infer_times: list[float] = field(default_factory=list)
     infer_memory_bytes: int = 0
     note: str = ""  # what a pruned row kept
+    batches: list[dict[str, torch.Tensor]] = field(default_factory=list)  # @loader: stepped in turn
+    precision: str = "fp32"  # the autocast of the row's forwards (its % of the matching ceiling)
+    turn: int = -1  # @loader: the index of the batch last stepped
+
+    @property
+    def padding(self) -> float | None:
+        """Share of padding in the row's batches (text); None for images."""
+        batches = self.batches or [self.batch]
+        if not batches or "attention_mask" not in batches[0]:
+            return None
+        real = sum(int(b["attention_mask"].sum()) for b in batches)
+        return 1 - real / sum(b["attention_mask"].numel() for b in batches)
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        """The batch of the next timed step: the fixed one, or (@loader) the loader's next."""
+        if not self.batches:
+            return self.batch
+        self.turn = (self.turn + 1) % len(self.batches)
+        return self.batches[self.turn]
 
     @property
     def train_total_bytes(self) -> int:
@@ -125,8 +148,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
 def make_row(spec: str, settings: BenchSettings, steps: int, run_dir: RunDir) -> Row:
     """A trainer built exactly as a run builds it, and its one batch (the first examples, or synthetic)."""
     label, *overrides = shlex.split(spec)
-    frozen, pruned = FROZEN in overrides, PRUNED in overrides
-    overrides = [o for o in overrides if o not in (FROZEN, PRUNED)] or [f"method={label}"]
+    frozen, pruned, whole_loader = FROZEN in overrides, PRUNED in overrides, LOADER in overrides
+    overrides = [o for o in overrides if o not in FLAGS] or [f"method={label}"]
     methods = [o.partition("=")[2] for o in overrides if o.startswith("method=")]
     alias = next((m for m in methods if m in CONFIG_ALIASES), None)
     if alias:
@@ -160,6 +183,9 @@ def make_row(spec: str, settings: BenchSettings, steps: int, run_dir: RunDir) ->
     if pruned:
         prune_early(trainer, batch)
     row = Row(label, trainer, batch, trainer.trainable_count, trainer.device)
+    row.precision = trainer.precision.name
+    if whole_loader:
+        row.batches = [{k: v.to(trainer.device) for k, v in b.items()} for b in trainer.train_loader]
     if pruned:
         row.note = pruning_note(trainer.method.record)
     row.inference_peak = inference_peak(trainer, batch)
@@ -259,20 +285,7 @@ def _cpu_step_memory(row: Row) -> None:
     """Exact bytes a step adds on CPU: storages autograd saves (not the model's own), gradients, Adam."""
     trainer = row.trainer
     assert trainer is not None
-    model_ptrs = {
-        t.untyped_storage().data_ptr() for t in [*trainer.model.parameters(), *trainer.model.buffers()]
-    }
-    saved: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in model_ptrs:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        trainer.train_step(row.batch)
-    activations = sum(saved.values())
+    activations = efficiency.saved_tensor_bytes(trainer.model, lambda: trainer.train_step(row.batch))
     grads = sum(p.numel() * p.element_size() for p in trainer.trainable)
     optim = optimizer_state_bytes(trainer.optimizer)
     row.memory_bytes = activations + grads + optim
@@ -281,8 +294,9 @@ def _cpu_step_memory(row: Row) -> None:
 
 def timed_step(row: Row) -> None:
     assert row.trainer is not None
+    batch = row.next_batch()
     start = time.perf_counter()
-    row.trainer.train_step(row.batch)
+    row.trainer.train_step(batch)
     efficiency.synchronize(row.device)
     row.times.append(time.perf_counter() - start)
 

@@ -1,4 +1,6 @@
-"""Data-parallel training with torch DDP under ``torchrun``: one process per device, gloo on CPU.
+"""Data-parallel training under ``torchrun``: one process per device, gloo on CPU; DDP (a replica of
+the model per process) or FSDP2 (``distributed.strategy=fsdp``: ``fully_shard``, each process holds a
+shard of every parameter, gradient and Adam moment, and gathers a block's weights for its forward).
 
 Every rank reads the same (seeded) global batches and trains on its contiguous share of each, so N
 ranks see exactly the examples one process would see in one step, and DDP's averaged gradient is the
@@ -9,13 +11,16 @@ which PMs AFLoRA freezes, what Light-PEFT prunes) are checked to be identical on
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from peftlab.errors import ConfigError
 
@@ -91,6 +96,55 @@ def broadcast_object(value: Any) -> Any:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+STRATEGIES = ("ddp", "fsdp")
+
+
+def fully_shard_model(model: nn.Module) -> nn.Module:
+    """FSDP2 over ``model`` in place: one shard group per transformer block (transformers'
+    ``_no_split_modules``), one for each part the model calls on its own (``backbone``, ``lm_head``,
+    ``head``: generation calls them directly), and the rest at the root."""
+    from torch.distributed.fsdp import fully_shard
+
+    backbone = getattr(model, "backbone", None)
+    block_names = set(getattr(backbone, "_no_split_modules", None) or ())
+    for module in list(model.modules()):
+        if type(module).__name__ in block_names:
+            fully_shard(module)
+    for name in ("backbone", "lm_head", "head"):
+        part = getattr(model, name, None)
+        if isinstance(part, nn.Module) and any(True for _ in part.parameters()):
+            fully_shard(part)
+    fully_shard(model)
+    return model
+
+
+@contextlib.contextmanager
+def gradient_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
+    """Within: a backward that all-reduces (DDP) or reduce-scatters (FSDP) gradients only if ``enabled``
+    (off for the non-final micro-batches of an accumulated step)."""
+    if enabled:
+        yield
+    elif hasattr(model, "no_sync"):  # DDP
+        with model.no_sync():
+            yield
+    elif hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        yield
+
+
+def full_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Sharded (FSDP) tensors gathered whole, on every rank (a collective: every rank calls it, in the same
+    order); others as they are."""
+    from torch.distributed.tensor import DTensor
+
+    return {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in tensors.items()}
 
 
 def assert_ranks_agree(what: str, value: Any) -> None:

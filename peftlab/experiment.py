@@ -215,6 +215,10 @@ def _train(cfg: DictConfig, trainer: Trainer, resume_from: Path | None = None) -
         trainer.fit(resume_from)
         if trainer.history.last_eval_step != trainer.state.step:
             trainer.evaluate()
+        # sharded (FSDP) tensors are gathered by every rank together; rank 0 saves them whole
+        adapter = {}
+        if cfg.save_adapter:
+            adapter = distributed.full_tensors(trainer.method.adapter_state_dict(trainer.model))
         if not distributed.is_main():  # rank 0 reports and saves
             return {
                 **trainer.header,
@@ -226,7 +230,7 @@ def _train(cfg: DictConfig, trainer: Trainer, resume_from: Path | None = None) -
         results = {**trainer.header, "status": "completed", **trainer.summary(time.perf_counter() - start)}
         if cfg.save_adapter:
             meta = {"model": cfg.model.name, "task": cfg.task.name, "num_labels": task.num_labels}
-            results["adapter"] = str(save_adapter(run_dir.path, trainer.method, trainer.model, meta))
+            results["adapter"] = str(save_adapter(run_dir.path, trainer.method, adapter, meta))
     except KeyboardInterrupt:
         _record_stop(trainer, start, "interrupted", "interrupted by Ctrl-C")
         raise RunInterrupted(_resume_hint(run_dir)) from None

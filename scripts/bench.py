@@ -7,10 +7,17 @@
         --row "elora method=elora" \\
         --row "aflora-trainable method=aflora method.freezing=false" \\
         --row "aflora-frozen method=aflora @frozen"
+    python scripts/bench.py --model minilm --batch-size 16 --ref fp32 \
+        --row "fp32 method=lora" --row "bf16 method=lora schedule.precision=bf16" \
+        --row "compiled method=lora schedule.compile=true" \
+        --row "shuffled method=lora task.max_train_samples=256 @loader" \
+        --row "grouped method=lora task.max_train_samples=256 task.group_by_length=true @loader"
 
 A row is a label and Hydra overrides; ``@frozen`` freezes every trainable projection matrix of the
 method before timing (AFLoRA after its freezing schedule has run); ``@pruned`` trains on the batch
-until the method has pruned (Light-PEFT after its estimation steps). ``--methods`` is shorthand for rows
+until the method has pruned (Light-PEFT after its estimation steps); ``@loader`` steps through the row's
+loader's batches in turn instead of one fixed batch (for ``task.group_by_length``: the "pad" column is
+the share of padding in the row's batches). ``--methods`` is shorthand for rows
 labelled by method name. Every row runs the training loop's own step (``Trainer.train_step``: forward,
 backward, hooks, clipping, AdamW) on a model built as a run builds it (``build_trainer``). Rounds of
 steps are interleaved across rows so that machine noise hits all rows alike. ``peft-lora`` is
@@ -18,7 +25,8 @@ huggingface/peft's LoRA with the same rank, alpha, dropout and targets as our ``
 itself is ``peftlab/benchmark.py`` (shared with scripts/efficiency_tables.py).
 
 Columns: median step time and its ratio to the reference row; FLOPs per step (torch's counter,
-forward and backward) and the achieved fraction of the machine's fp32 peak; memory as the SPSFT paper
+forward and backward) and the achieved fraction of this machine's matmul ceiling in the row's precision
+(fp32, or bf16 for autocast rows: both measured at the start of the run on CPU); memory as the SPSFT paper
 defines "mem" (training memory minus inference memory): on CUDA the peak allocated during a training
 step minus the peak of a no-grad forward before training; on CPU the bytes a step adds (tensors
 autograd saves for backward, gradients, optimizer state), counted exactly, since a process's RSS cannot
@@ -109,6 +117,7 @@ def report(rows: list[Row], ref: Row, args: argparse.Namespace) -> None:
     else:
         described = f"{args.batch_size}x{int(batch['attention_mask'].shape[1])} tokens"
     ref_time = statistics.median(ref.times)
+    ceilings = measured_ceilings() if device.type == "cpu" else {}
     print(
         f"\nmodel={args.model} task={args.task} batch={described} "
         f"device={device} threads={torch.get_num_threads()} steps={len(ref.times)} per row (median); "
@@ -116,14 +125,16 @@ def report(rows: list[Row], ref: Row, args: argparse.Namespace) -> None:
     )
     print(
         f"| row | trainable | step ms | samples/s | time / {ref.label} | GFLOP/step | FLOPs / {ref.label} "
-        f"| GFLOP/s | % of peak | train mem MB | mem / {ref.label} | memory detail |"
+        f"| GFLOP/s | % of ceiling | pad | train mem MB | mem / {ref.label} | memory detail |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     out = []
     for row in rows:
         step = statistics.median(row.times)
         gflops = row.flops / step / 1e9
-        peak = f"{100 * gflops / efficiency.CPU_PEAK_GFLOPS:.0f}%" if device.type == "cpu" else "n/a"
+        ceiling = ceilings.get(row.precision)
+        peak = f"{100 * gflops / ceiling:.0f}% {row.precision}" if ceiling else "n/a"
+        pad = f"{100 * row.padding:.0f}%" if row.padding is not None else "n/a"
         mem_ratio = row.memory_bytes / ref.memory_bytes if ref.memory_bytes else float("nan")
         record = {
             "row": row.label,
@@ -136,23 +147,31 @@ def report(rows: list[Row], ref: Row, args: argparse.Namespace) -> None:
             "gflops_per_s": gflops,
             "train_memory_bytes": row.memory_bytes,
             "memory_ratio": mem_ratio,
+            "precision": row.precision,
+            "fraction_of_ceiling": gflops / ceiling if ceiling else None,
+            "padding": row.padding,
         }
         out.append(record)
         print(
             f"| {row.label} | {row.trainable:,} | {1000 * step:.0f} "
             f"| {args.batch_size / step:.0f} | {step / ref_time:.3f} "
-            f"| {row.flops / 1e9:.1f} | {row.flops / ref.flops:.3f} | {gflops:.0f} | {peak} "
+            f"| {row.flops / 1e9:.1f} | {row.flops / ref.flops:.3f} | {gflops:.0f} | {peak} | {pad} "
             f"| {row.memory_bytes / 2**20:.0f} | {mem_ratio:.3f} | {row.memory_detail} |"
         )
-    if device.type == "cpu":
+    if ceilings:
         print(
-            f"% of peak: achieved GFLOP/s over the {efficiency.CPU_PEAK_GFLOPS:.0f} GFLOP/s "
-            "fp32 matmul ceiling measured on this 2-core machine"
+            "% of ceiling: achieved GFLOP/s over this machine's matmul ceiling in the row's precision, "
+            f"measured now: fp32 {ceilings['fp32']:.0f}, bf16 {ceilings['bf16']:.0f} GFLOP/s (1024^3 mm)"
         )
     if ref.infer_times:
         report_inference(rows, ref, args, out)
     if args.json:
         args.json.write_text(json.dumps({"ref": ref.label, "rows": out}, indent=2) + "\n")
+
+
+def measured_ceilings() -> dict[str, float]:
+    """fp32 and bf16 matmul throughput of this CPU now (GFLOP/s)."""
+    return {"fp32": efficiency.matmul_gflops(torch.float32), "bf16": efficiency.matmul_gflops(torch.bfloat16)}
 
 
 def report_inference(rows: list[Row], ref: Row, args: argparse.Namespace, out: list[dict]) -> None:

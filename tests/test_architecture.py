@@ -139,8 +139,19 @@ def test_memory_estimate_is_logged_and_refuses_what_cannot_fit(monkeypatch, capl
     with pytest.raises(ConfigError, match=r"needs ~.* GiB .* has 8.00 GiB available.*model.num_layers=N"):
         build_model(cfg.model, 0, head="lm", workload=Workload.from_config(cfg))
     lora, fft = (footprint.estimate(empty, empty.config, Workload(1, 512, m), True) for m in ("lora", "fft"))
-    assert fft.gradients == lora.weights and fft.optimizer == 2 * fft.gradients * 2  # bf16 weights, fp32 Adam
+    bf16_base = 2 * sum(p.numel() for p in empty.parameters())
+    assert fft.gradients == fft.weights == 2 * bf16_base and fft.optimizer == 2 * fft.gradients  # all fp32
+    assert lora.weights == bf16_base + lora.gradients  # the base in bf16, the adapters in fp32
     assert lora.gradients < 0.05 * fft.gradients and lora.activations == fft.activations > 0
+    # activation checkpointing keeps each block's input: far less than every block's activations
+    kept = footprint.estimate(empty, empty.config, Workload(1, 512, "lora", checkpointing=True), True)
+    assert kept.activations < 0.3 * lora.activations
+
+
+def test_workload_is_the_micro_batch_with_checkpointing():
+    overrides = ["schedule.batch_size=32", "schedule.micro_batch_size=4"]
+    overrides.append("schedule.activation_checkpointing=true")
+    assert Workload.from_config(compose_config(overrides)) == Workload(4, 128, "lora", checkpointing=True)
 
 
 def test_workload_of_a_generation_task_is_its_prompt_and_target_budget():

@@ -78,3 +78,31 @@ def test_batch_size_must_divide_between_processes(tmp_path):
     proc = torchrun(*COMMON, "schedule.batch_size=7", f"hydra.run.dir={tmp_path}")
     assert proc.returncode != 0
     assert "schedule.batch_size=7 is not divisible by the 2 processes" in proc.stdout + proc.stderr
+
+
+LLAMA = ["model=tiny_llama", *COMMON[1:], "schedule.max_steps=4", "task.max_train_samples=32"]
+
+
+@pytest.mark.parametrize("method", ["lora", "fft"])
+def test_fsdp_two_gloo_processes_match_one(tmp_path, method):
+    """FSDP2 shards every parameter between the ranks; the adapter is saved gathered, as one process
+    saves it, and the run takes the same steps (micro-batches too: no sync on the first)."""
+    args = [*LLAMA, f"method={method}", "schedule.micro_batch_size=2"]
+    two = torchrun(*args, "distributed.strategy=fsdp", f"hydra.run.dir={tmp_path / 'two'}")
+    assert two.returncode == 0, (two.stdout + two.stderr)[-3000:]
+    one = cli(*args, f"hydra.run.dir={tmp_path / 'one'}")
+    assert one.returncode == 0, one.stderr[-2000:]
+    results = [json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two")]
+    assert results[1]["final_eval"]["loss"] == pytest.approx(results[0]["final_eval"]["loss"], rel=1e-4)
+    weights = [load_file(tmp_path / d / "adapter.safetensors") for d in ("one", "two")]
+    assert weights[0].keys() == weights[1].keys()
+    for name in weights[0]:
+        assert weights[1][name].shape == weights[0][name].shape  # whole, not a shard
+        torch.testing.assert_close(weights[1][name], weights[0][name], rtol=1e-3, atol=1e-5)
+
+
+def test_fsdp_refuses_a_method_that_changes_its_parameters(tmp_path):
+    args = [*COMMON, "method=light_peft", "distributed.strategy=fsdp", f"hydra.run.dir={tmp_path}"]
+    proc = torchrun(*args, "schedule.max_steps=4")
+    assert proc.returncode != 0
+    assert "distributed.strategy=fsdp: method light_peft has per-step hooks" in proc.stdout + proc.stderr

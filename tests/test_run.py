@@ -264,5 +264,5 @@ def test_eval_only_needs_no_training_data(tmp_path):
 def test_bf16_autocast_run_completes(tmp_path, method):
     results = run_experiment(tiny_config(tmp_path, f"method={method}", "schedule.precision=bf16"))
     assert results["status"] == "completed" and results["final_eval"]["loss"] > 0
-    with pytest.raises(ConfigError, match="allowed: fp32, bf16"):
-        run_experiment(tiny_config(tmp_path / "x", "schedule.precision=fp16"))
+    with pytest.raises(ConfigError, match="allowed: fp32, bf16, fp16"):
+        run_experiment(tiny_config(tmp_path / "x", "schedule.precision=fp8"))

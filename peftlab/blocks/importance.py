@@ -181,15 +181,14 @@ def rank_taylor_scores(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor | None:
         return torch.nan_to_num(score, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def output_change_ratio(
+def output_change_sums(
     output: torch.Tensor, base: torch.Tensor, attention_mask: torch.Tensor | None
-) -> torch.Tensor:
-    """A PEFT module's importance on one batch: ||ΔW x|| / ||W x|| per token (``output`` - ``base`` is
-    the module's contribution), averaged over the non-padding tokens (Light-PEFT)."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of ||ΔW x|| / ||W x|| over the non-padding tokens, their number): sums add up over the
+    micro-batches of a step (and over a recomputed forward, which doubles both), so their ratio is the
+    whole batch's mean."""
     with torch.no_grad():
-        ratio = (output - base).norm(dim=-1) / base.norm(dim=-1).clamp_min(1e-12)
+        ratio = torch.nan_to_num((output - base).norm(dim=-1) / base.norm(dim=-1).clamp_min(1e-12), nan=0.0)
         if attention_mask is not None and attention_mask.shape == ratio.shape:
-            value = (ratio * attention_mask).sum() / attention_mask.sum().clamp_min(1)
-        else:
-            value = ratio.mean()
-        return torch.nan_to_num(value, nan=0.0)
+            return (ratio * attention_mask).sum().float(), attention_mask.sum().float()
+        return ratio.sum().float(), torch.tensor(float(ratio.numel()), device=ratio.device)

@@ -36,7 +36,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from peftlab import distributed
-from peftlab.blocks.importance import output_change_ratio, rank_taylor_scores
+from peftlab.blocks.importance import output_change_sums, rank_taylor_scores
 from peftlab.blocks.masks import StructureMasks
 from peftlab.blocks.params import count_parameters
 from peftlab.blocks.protocol import LowRankLayer
@@ -120,6 +120,7 @@ class EstimationScores:
         self.modules_on = False  # module hooks are recording (second half of estimation)
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._attention_mask: torch.Tensor | None = None
+        self._step_sums: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # this step's (sum, tokens)
 
     def watch_inputs(self, model: nn.Module) -> None:
         """Remember each forward's attention mask: module scores average over non-padding tokens."""
@@ -138,10 +139,19 @@ class EstimationScores:
         def hook(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             if module.training:
                 with torch.no_grad():
-                    value = output_change_ratio(output, module.base_layer(args[0]), self._attention_mask)
-                self.module_sums[name] = self.module_sums.get(name, 0) + value
+                    sums = output_change_sums(output, module.base_layer(args[0]), self._attention_mask)
+                total, count = self._step_sums.get(name, (0, 0))
+                self._step_sums[name] = (total + sums[0], count + sums[1])
 
         return hook
+
+    def add_step(self, model: nn.Module) -> None:
+        """Close a step: add its module scores (over all its micro-batches) and its rank scores."""
+        for name, (total, count) in self._step_sums.items():
+            value = torch.nan_to_num(total / count.clamp_min(1), nan=0.0)
+            self.module_sums[name] = self.module_sums.get(name, 0) + value
+        self._step_sums.clear()
+        self.add_rank_scores(model)
 
     def add_rank_scores(self, model: nn.Module) -> None:
         for name, layer in peft_layers(model):
@@ -345,7 +355,7 @@ class LightPeft(Method):
         if not self.estimation_steps:
             self._set_estimation_steps(state.total_steps)
         if self._in_second_half(state.step + 1):
-            self.scores.add_rank_scores(state.model)
+            self.scores.add_step(state.model)
 
     def after_step(self, state: TrainState) -> None:
         if self.masks is None:

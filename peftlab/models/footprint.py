@@ -1,9 +1,11 @@
 """What a run will take in memory, estimated before the model is built, and the refusal when it cannot fit.
 
 The model is first built on the meta device (no memory), so the parameter count is exact; the rest is
-an estimate: gradients and the two fp32 Adam moments of the trained parameters (all of them for full
-fine-tuning, at most ``PEFT_TRAINABLE_SHARE`` of them otherwise: adapters are attached later), and the
-activations a backward pass keeps, after Korthikanti et al. 2022 (per token and block at 16 bits:
+an estimate: fp32 gradients and the two fp32 Adam moments of the trained parameters (all of them for full
+fine-tuning, with their fp32 copy on a 16-bit base; at most ``PEFT_TRAINABLE_SHARE`` of them otherwise:
+adapters are attached later, in fp32), and the activations a backward pass keeps for one micro-batch
+(``schedule.micro_batch_size``; with activation checkpointing only each block's input plus one block's
+activations during its recomputation), after Korthikanti et al. 2022 (per token and block at 16 bits:
 17 x hidden + 4 x FFN width bytes, their 34 x hidden for a 4 x hidden FFN, plus 5 x heads x sequence when
 attention scores are stored, i.e. not with SDPA/flash), times ``ACTIVATION_MARGIN``, plus the logits of a
 language-model head. It is meant to catch a 7B model on a 24 GiB machine, not to predict a peak to the
@@ -27,7 +29,8 @@ from peftlab.models.architecture import num_layers
 log = logging.getLogger(__name__)
 
 GIB = 2**30
-ADAM_BYTES = 2 * 4  # two fp32 moments per trained parameter
+FP32 = 4
+ADAM_BYTES = 2 * FP32  # two fp32 moments per trained parameter
 PEFT_TRAINABLE_SHARE = 0.03  # LoRA r=64 on every linear layer of Llama-2-7B trains 2.4%
 FULL_FINETUNE = ("fft",)
 HEAD_ONLY = ("head",)  # no backward through the backbone: no activations kept
@@ -42,9 +45,10 @@ FUSED_ATTENTION = ("sdpa", "flash_attention_2", "flash_attention_3", "flex_atten
 class Workload:
     """What one training step processes, and how much of the model it trains."""
 
-    batch_size: int
+    batch_size: int  # examples per forward: the micro-batch when gradients are accumulated
     seq_len: int
     method: str
+    checkpointing: bool = False  # schedule.activation_checkpointing
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> Workload:
@@ -55,7 +59,10 @@ class Workload:
             seq_len = int(task.max_prompt_tokens) + int(task.get("max_target_tokens") or 0)
         else:
             seq_len = int(cfg.schedule.max_seq_length)
-        return cls(int(cfg.schedule.batch_size), seq_len, str(cfg.method.name))
+        sched = cfg.schedule
+        batch = int(sched.get("micro_batch_size") or sched.batch_size)
+        checkpointing = bool(sched.get("activation_checkpointing", False))
+        return cls(min(batch, int(sched.batch_size)), seq_len, str(cfg.method.name), checkpointing)
 
 
 @dataclass(frozen=True)
@@ -90,12 +97,14 @@ def estimate(model: nn.Module, config: Any, workload: Workload | None, lm_head: 
     element = next(model.parameters()).element_size()
     if workload.method in FULL_FINETUNE:
         trained = params
+        weights = params * FP32  # trained tensors are kept in fp32 (peftlab/train/precision.py)
     elif workload.method in HEAD_ONLY:
         trained = 0
     else:
         trained = int(PEFT_TRAINABLE_SHARE * params)
+        weights += trained * FP32  # the adapters, fp32
     activations = 0 if workload.method in HEAD_ONLY else activation_bytes(config, workload, element, lm_head)
-    return MemoryEstimate(params, weights, trained * element, trained * ADAM_BYTES, activations)
+    return MemoryEstimate(params, weights, trained * FP32, trained * ADAM_BYTES, activations)
 
 
 def activation_bytes(config: Any, workload: Workload, element: int, lm_head: bool) -> int:
@@ -115,7 +124,11 @@ def activation_bytes(config: Any, workload: Workload, element: int, lm_head: boo
     per_token_layer = 17 * hidden + 4 * ffn
     if getattr(config, "_attn_implementation", None) not in FUSED_ATTENTION:
         per_token_layer += 5 * int(getattr(config, "num_attention_heads", 1)) * tokens_per_row
-    total = int(ACTIVATION_MARGIN * layers * tokens * per_token_layer * element / 2)
+    if workload.checkpointing:  # every block keeps its input (2 bytes per value at 16 bits); one recomputes
+        kept = layers * tokens * 2 * hidden + ACTIVATION_MARGIN * tokens * per_token_layer
+        total = int(kept * element / 2)
+    else:
+        total = int(ACTIVATION_MARGIN * layers * tokens * per_token_layer * element / 2)
     vocab = getattr(config, "vocab_size", None)
     if lm_head and vocab:
         total += 2 * tokens * int(vocab) * 4  # fp32 logits and their gradient

@@ -56,6 +56,11 @@ class CausalLM(nn.Module):
         # position t predicts token t+1
         return ModelOutput(logits=None, loss=_token_loss(hidden[:, :-1], labels[:, 1:], self.lm_head))
 
+    @staticmethod
+    def count_targets(labels: torch.Tensor) -> int:
+        """The target tokens the loss averages over (gradient accumulation weighs micro-batches by them)."""
+        return int((labels[:, 1:] != IGNORE_INDEX).sum())
+
     @torch.no_grad()
     def generate(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, eos_token_id: int
@@ -129,6 +134,11 @@ class Seq2SeqLM(nn.Module):
             use_cache=False,
         )
         return ModelOutput(logits=None, loss=_token_loss(out.last_hidden_state, labels, self.project))
+
+    @staticmethod
+    def count_targets(labels: torch.Tensor) -> int:
+        """The target tokens the loss averages over (gradient accumulation weighs micro-batches by them)."""
+        return int((labels != IGNORE_INDEX).sum())
 
     @torch.no_grad()
     def generate(

@@ -16,6 +16,7 @@ from transformers import PreTrainedTokenizerBase
 from peftlab import checks
 from peftlab.errors import ConfigError
 from peftlab.models.build import position_limit
+from peftlab.tasks.batching import train_sampling
 from peftlab.tasks.metrics import METRICS
 
 log = logging.getLogger(__name__)
@@ -29,10 +30,12 @@ class TaskConfig:
     name: str = ""
     max_train_samples: int | None = None  # the first N training examples; null: all
     max_eval_samples: int | None = None
+    group_by_length: bool = False  # text tasks: training batches of similar length (less padding)
 
     def __post_init__(self) -> None:
         for key in ("max_train_samples", "max_eval_samples"):
             checks.integer(f"task.{key}", getattr(self, key), minimum=1, optional=True)
+        checks.boolean("task.group_by_length", self.group_by_length)
 
 
 @dataclass
@@ -182,12 +185,12 @@ class ClassificationTask(Task):
         encodings = tokenizer([e.text_a for e in examples], text_b, truncation=True, max_length=max_length)
         keep = [k for k in tokenizer.model_input_names if k in encodings]
         dataset = TokenizedDataset({k: encodings[k] for k in keep}, [e.label for e in examples])
+        lengths = [len(ids) for ids in encodings["input_ids"]]
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=generator is not None,
-            generator=generator,
             collate_fn=pad_batch(tokenizer.pad_token_id or 0, self.regression),
+            **train_sampling(lengths, batch_size, generator, bool(self.cfg.get("group_by_length"))),
         )
 
     @torch.inference_mode()

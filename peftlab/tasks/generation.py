@@ -28,6 +28,7 @@ from peftlab.errors import ConfigError
 from peftlab.models.lm import IGNORE_INDEX
 from peftlab.tasks._data_root import decode_problem
 from peftlab.tasks.base import HeldOutConfig, Task, TaskConfig
+from peftlab.tasks.batching import train_sampling
 from peftlab.zero_shot import suite_from_task_config
 
 log = logging.getLogger(__name__)
@@ -196,12 +197,12 @@ class GenerationTask(Task):
         encoded = [self.encode(e, tokenizer) for e in examples]
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_token_id(tokenizer)
         collate = _Collate(pad, self.encoder_decoder, with_prompts=generator is None)
+        lengths = [len(e["prompt"]) + len(e["target"]) for e in encoded]
         loader = DataLoader(
             list(enumerate(encoded)),
             batch_size=batch_size,
-            shuffle=generator is not None,
-            generator=generator,
             collate_fn=collate,
+            **train_sampling(lengths, batch_size, generator, bool(self.cfg.get("group_by_length"))),
         )
         loader.references = [e.reference for e in examples]  # type: ignore[attr-defined]
         return loader

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import resource
 import statistics
+import time
 from collections.abc import Callable
 
 import torch
@@ -59,6 +60,38 @@ def count_flops(fn: Callable[[], object]) -> int:
     with counter:
         fn()
     return int(counter.get_total_flops())
+
+
+def saved_tensor_bytes(model: torch.nn.Module, fn: Callable[[], object]) -> int:
+    """Bytes of the storages autograd saves for the backward while ``fn`` runs, the model's own
+    parameters and buffers excepted (each storage once). With activation checkpointing only the
+    blocks' inputs are saved; what the backward recomputes is not counted."""
+    model_ptrs = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in model_ptrs:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(saved.values())
+
+
+def matmul_gflops(dtype: torch.dtype, size: int = 1024, repeats: int = 20) -> float:
+    """This machine's matmul throughput in ``dtype`` (GFLOP/s, best of ``repeats`` square products of
+    ``size``): the ceiling a training step's achieved GFLOP/s is compared with."""
+    a = torch.randn(size, size).to(dtype)
+    b = torch.randn(size, size).to(dtype)
+    torch.mm(a, b)  # warm-up (oneDNN picks its kernel)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
 
 
 def synchronize(device: torch.device) -> None:

@@ -1,8 +1,8 @@
 """The training loop. One loop for every method; methods act only through their hooks.
 
-The hot path per step is: forward, (extra loss), backward, after_backward hook, grad clipping,
-optimizer step, after_step hook. No Python loop over parameters and no host sync except at logging
-points (every ``log_every_steps``) and evaluation.
+The hot path per step is: forward, (extra loss), backward (once per micro-batch: ``accumulate``),
+after_backward hook, grad clipping, optimizer step, after_step hook. No Python loop over parameters and
+no host sync except at logging points (every ``log_every_steps``), evaluation and fp16's overflow check.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -26,15 +26,17 @@ from peftlab.blocks.params import count_parameters, trainable_named_parameters
 from peftlab.errors import ConfigError, TrainingDiverged
 from peftlab.methods.base import Method, TrainState
 from peftlab.tasks.base import Task
-from peftlab.train import efficiency
+from peftlab.train import accumulate, efficiency
 from peftlab.train.checkpoint import load_checkpoint, save_checkpoint
 from peftlab.train.optim import build_optimizer, lr_factor, rebuild_optimizer, set_lr
+from peftlab.train.precision import Precision, keep_trained_fp32
+from peftlab.train.recompute import enable_activation_checkpointing
 from peftlab.train.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "bf16")
 SCHEDULER_STEPS = ("step", "epoch")
+COMPILE_BACKEND = "inductor"  # schedule.compile=true: torch.compile's default backend (tests use "eager")
 
 
 @dataclass
@@ -111,10 +113,6 @@ class Trainer:
         run_dir: RunDir,
     ) -> None:
         self.cfg, self.sched = cfg, cfg.schedule
-        if self.sched.precision not in PRECISIONS:
-            raise ConfigError(
-                f"schedule.precision={self.sched.precision!r}; allowed: {', '.join(PRECISIONS)}"
-            )
         if self.sched.scheduler_step not in SCHEDULER_STEPS:
             raise ConfigError(
                 f"schedule.scheduler_step={self.sched.scheduler_step!r}; "
@@ -123,6 +121,9 @@ class Trainer:
         self.model, self.method, self.task = model, method, task
         self.train_loader, self.eval_loaders = train_loader, eval_loaders
         self.device, self.run_dir = device, run_dir
+        self.precision = Precision(self.sched.precision, _base_dtype(model), device)
+        if self.sched.get("activation_checkpointing"):
+            enable_activation_checkpointing(model)
         steps_per_epoch = len(train_loader)
         scheduled = self.sched.max_steps or steps_per_epoch * self.sched.epochs
         # a method's separate first run ahead of the scheduled one (Light-PEFT's official estimation run)
@@ -132,13 +133,18 @@ class Trainer:
         self.warmup_steps = math.ceil(self.sched.warmup_ratio * scheduled)
         self.eval_every = self.sched.eval_every_steps or steps_per_epoch
         self.history = History()
+        self.sharded = False  # FSDP has sharded the model (distributed.strategy=fsdp under torchrun)
         self.header: dict[str, Any] = {}  # what the run is (method, task, seed, ...), for results.json
         self._set_up_optimizer(None)
         self.trainable_start = self.trainable_count
 
     # -- optimizer --------------------------------------------------------------------------------
     def _set_up_optimizer(self, old: torch.optim.Optimizer | None) -> None:
+        keep_trained_fp32(self.model)  # also what a hook unfroze: fp32 weights and Adam state
         self.forward_model = self._data_parallel()
+        if self.sched.get("compile"):
+            refuse_step_hooks(self.method, "schedule.compile=true", "compiled", "schedule.compile=false")
+            self.forward_model = torch.compile(self.forward_model, backend=COMPILE_BACKEND)
         groups = self.method.param_groups(self.model)
         self.optimizer = (
             build_optimizer(groups, self.sched) if old is None else rebuild_optimizer(old, groups, self.sched)
@@ -149,8 +155,16 @@ class Trainer:
 
     def _data_parallel(self) -> torch.nn.Module:
         """The model the training forward goes through: DDP around it under torchrun (rebuilt whenever
-        the trained parameters change), the model itself in one process."""
+        the trained parameters change), the model itself sharded in place (FSDP, once), or the model
+        itself in one process."""
         if not distributed.enabled():
+            return self.model
+        if OmegaConf.select(self.cfg, "distributed.strategy", default="ddp") == "fsdp":
+            if not self.sharded:
+                fsdp, reason = "distributed.strategy=fsdp", "FSDP holds only shards"
+                refuse_step_hooks(self.method, fsdp, reason, "distributed.strategy=ddp")
+                distributed.fully_shard_model(self.model)
+                self.sharded = True
             return self.model
         device_ids = [self.device] if self.device.type == "cuda" else None
         return DistributedDataParallel(self.model, device_ids=device_ids)
@@ -158,6 +172,12 @@ class Trainer:
     def apply_param_change(self) -> None:
         """A hook froze, unfroze or replaced parameters: rebuild the optimizer over what is trained now."""
         self.state.rebuild_requested = False
+        if self.sharded:
+            raise ConfigError(
+                f"method {self.method.name} changed its trained parameters at step {self.state.step}, which "
+                "distributed.strategy=fsdp cannot follow (parameters are sharded once); allowed: "
+                "distributed.strategy=ddp for this method"
+            )
         before = self.trainable_count
         self._set_up_optimizer(self.optimizer)
         log.info(
@@ -191,35 +211,49 @@ class Trainer:
 
     # -- one step ---------------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
-        """bf16 autocast of a forward pass when ``schedule.precision=bf16``; nothing for fp32."""
-        if self.sched.precision == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        """Autocast of a forward pass to the run's precision (``peftlab.train.precision``); none for fp32."""
+        return self.precision.autocast()
 
-    def forward_backward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward_backward(self, batch: dict[str, torch.Tensor], weight: float = 1.0) -> torch.Tensor:
+        """Forward and backward of one micro-batch whose mean loss counts ``weight`` of the step's."""
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         with self.autocast():
             loss = self.forward_model(**batch).loss
             extra = self.method.extra_loss(self.model, batch)
             if extra is not None:
                 loss = loss + extra
-        loss.backward()
-        return loss.detach()
+        self.precision.backward(loss * weight if weight != 1.0 else loss)
+        return loss.detach() * weight
 
-    def train_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def accumulate(self, micro: list[accumulate.MicroBatch]) -> torch.Tensor:
+        """Sum the gradients of every micro-batch (DDP all-reduces only in the last one's backward);
+        returns the step's loss (this rank's weighted share)."""
+        total = torch.zeros((), device=self.device)
+        for i, part in enumerate(micro):
+            with distributed.gradient_sync(self.forward_model, enabled=i == len(micro) - 1):
+                total += self.forward_backward(part.batch, part.weight)
+        return total
+
+    def train_step(self, batch: dict[str, torch.Tensor], total_targets: int | None = None) -> torch.Tensor:
+        """One optimizer step on ``batch`` (this rank's share), in micro-batches when configured.
+        ``total_targets``: the targets of the whole global batch (see ``accumulate.split``)."""
         state = self.state
         set_lr(self.optimizer, self.lr_factor())
+        micro = accumulate.split(batch, self.sched.get("micro_batch_size"), self.model, total_targets)
         if state.step == 0 and self.cfg.measure.flops:
             loss_box: list[torch.Tensor] = []
             self.history.flops_per_step = efficiency.count_flops(
-                lambda: loss_box.append(self.forward_backward(batch))
+                lambda: loss_box.append(self.accumulate(micro))
             )
             loss = loss_box[0]
         else:
-            loss = self.forward_backward(batch)
-        self.method.after_backward(state)
-        if self.sched.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(self.trainable, self.sched.max_grad_norm, foreach=True)
-        self.optimizer.step()
+            loss = self.accumulate(micro)
+        finite = self.precision.unscale(self.optimizer, self.trainable)
+        if finite:  # an fp16 overflow: the scaler skips this step; hooks must not read inf gradients
+            self.method.after_backward(state)
+            if self.sched.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(self.trainable, self.sched.max_grad_norm, foreach=True)
+        self.precision.step(self.optimizer, finite)
         self.optimizer.zero_grad(set_to_none=True)
         state.step += 1
         self.method.after_step(state)
@@ -283,13 +317,13 @@ class Trainer:
         """One optimizer step on ``batch`` (this rank's share), timed and counted in the history."""
         history = self.history
         start = time.perf_counter()
+        total_targets = accumulate.count_targets(self.model, batch["labels"])  # of the global batch
         batch = distributed.shard(batch)
         if "attention_mask" in batch:  # counted on the host copy: no device sync
             history.tokens += int(batch["attention_mask"].sum()) * distributed.world_size()
-        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         history.trainable_param_steps += self.trainable_count  # what this step trains
         history.adapter_param_steps += self.trainable_count - self.trainable_head_count
-        loss = self.train_step(batch)
+        loss = self.train_step(batch, total_targets)
         efficiency.synchronize(self.device)
         elapsed = time.perf_counter() - start
         history.train_time_s += elapsed
@@ -316,7 +350,7 @@ class Trainer:
         if not math.isfinite(mean_loss):
             raise TrainingDiverged(
                 f"train loss is {mean_loss} over steps {self.state.step - window + 1}..{self.state.step}; "
-                f"stopping (lower schedule.lr, set schedule.max_grad_norm, or check the data)"
+                f"stopping ({self.precision.diverged_hint()})"
             )
         times = self.history.step_times[-window:]
         self.run_dir.log_metrics(
@@ -327,6 +361,7 @@ class Trainer:
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "trainable_params": self.trainable_count,
                 "step_time_s": sum(times) / len(times) if times else None,
+                **({"skipped_steps": self.precision.skipped_steps} if self.precision.scaler else {}),
             }
         )
         return mean_loss
@@ -342,7 +377,10 @@ class Trainer:
                 self.run_dir.write_jsonl(f"predictions_{split}.jsonl", self.task.last_predictions)
         loss_keys = [k for k in metrics if k.startswith("loss")]
         if any(not math.isfinite(metrics[k]) for k in loss_keys):
-            raise TrainingDiverged(f"eval loss is not finite at step {self.state.step}: {metrics}")
+            raise TrainingDiverged(
+                f"eval loss is not finite at step {self.state.step}: {metrics} "
+                f"({self.precision.diverged_hint()})"
+            )
         history = self.history
         history.last_eval, history.last_eval_step = metrics, self.state.step
         best_by = self.task.best_by
@@ -388,6 +426,8 @@ class Trainer:
             "median_step_time_s": median_step,
             "samples_per_s": history.samples / train_time if train_time else None,
             "tokens_per_s": history.tokens / train_time if history.tokens and train_time else None,
+            "precision": self.precision.name,
+            "skipped_steps": self.precision.skipped_steps,
             "peak_memory_bytes": peak,
             "peak_memory_kind": peak_kind,
             "flops_per_step": history.flops_per_step,
@@ -397,3 +437,27 @@ class Trainer:
             if achieved and self.device.type == "cpu"
             else None,
         }
+
+
+def _base_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype of the frozen base weights (the model's most common floating dtype by elements)."""
+    sizes: dict[torch.dtype, int] = {}
+    for param in model.parameters():
+        if param.is_floating_point():
+            sizes[param.dtype] = sizes.get(param.dtype, 0) + param.numel()
+    return max(sizes, key=sizes.__getitem__) if sizes else torch.float32
+
+
+STEP_HOOKS = ("extra_loss", "after_backward", "after_step")
+
+
+def refuse_step_hooks(method: Method, option: str, reason: str, allowed: str) -> None:
+    """Refuse ``option`` up front for a method with per-step hooks (AFLoRA's scores and freezing,
+    Light-PEFT's masks, score hooks and pruning): they read and change parameters between steps, which
+    FSDP holds as shards and a compiled graph has specialised on."""
+    hooks = [name for name in STEP_HOOKS if getattr(type(method), name) is not getattr(Method, name)]
+    if hooks:
+        raise ConfigError(
+            f"{option}: method {method.name} has per-step hooks ({', '.join(hooks)}) that read or change "
+            f"parameters outside the forward ({reason}); allowed: {allowed} for this method"
+        )

@@ -1,0 +1,43 @@
+"""Bench rows for the faster-step comparisons: an ``@loader`` row steps through its loader's batches and
+reports their padding (less when grouped by length), a row knows its precision, and the matmul ceiling
+is measured per dtype."""
+
+from __future__ import annotations
+
+import torch
+
+from peftlab.benchmark import BenchSettings, make_row, timed_step
+from peftlab.train.efficiency import matmul_gflops
+from peftlab.train.run_dir import RunDir
+
+SETTINGS = BenchSettings(
+    model="tiny_bert", batch_size=8, seq_len=64, steps=2, overrides=["progress_bar=false"]
+)
+
+
+def test_loader_rows_step_through_their_batches_and_report_padding(tmp_path):
+    rows = {
+        label: make_row(
+            f"{label} method=lora task.max_train_samples=64 @loader {extra}",
+            SETTINGS,
+            4,
+            RunDir(tmp_path / label),
+        )
+        for label, extra in (("shuffled", ""), ("grouped", "task.group_by_length=true"))
+    }
+    for row in rows.values():
+        assert len(row.batches) == 8 and row.precision == "fp32"
+        seen = []
+        for _ in range(9):
+            seen.append(id(row.next_batch()))
+        assert seen[:8] == [id(b) for b in row.batches] and seen[8] == seen[0]  # in turn, then again
+        timed_step(row)
+        assert len(row.times) == 1
+    assert rows["grouped"].padding < rows["shuffled"].padding
+    bf16 = make_row("bf16 method=lora schedule.precision=bf16", SETTINGS, 4, RunDir(tmp_path / "bf16"))
+    assert bf16.precision == "bf16" and not bf16.batches and bf16.next_batch() is bf16.batch
+
+
+def test_matmul_ceiling_is_measured_per_dtype():
+    assert matmul_gflops(torch.float32, size=128, repeats=2) > 0
+    assert matmul_gflops(torch.bfloat16, size=128, repeats=2) > 0
