@@ -19,7 +19,7 @@ METHODS = {  # method -> overrides that make it decide something within 3 steps,
     "elora": [],
     "aflora": ["method.delta_t=1", "method.t_initial=0.34", "method.t_final=0.34"],
     "adapter": ["method.dropout=0.0"],
-    "light_peft": ["method.peft.dropout=0.0"],
+    "light_peft": ["method.peft.dropout=0.0", "method.estimation_steps=2"],  # prunes, restarts at 2
     "spsft": [],
     "fft": [],
     "head": [],
