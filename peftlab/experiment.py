@@ -23,6 +23,7 @@ from peftlab.errors import ConfigError, RunInterrupted, StorageError, TrainingDi
 from peftlab.loggers import build_logger
 from peftlab.methods.base import CalibrationData, Method, build_method
 from peftlab.models import build_model, resolve_device
+from peftlab.models.build import is_pretrained
 from peftlab.models.footprint import Workload
 from peftlab.registry import TASKS
 from peftlab.tasks.base import Task
@@ -35,12 +36,33 @@ log = logging.getLogger(__name__)
 # The calibration loader shuffles with its own generator (seed + this), so the training order of a seed
 # is the same for every method, whether or not it reads calibration batches.
 CALIBRATION_SEED_OFFSET = 7919
+# a model with random weights (model.pretrained=false) scores nothing meaningful: its evaluation is only a
+# check that evaluation runs, so it takes this many examples unless task.max_eval_samples says otherwise
+# (greedy decoding of all 1319 GSM8k questions to 256 tokens would take hours on a CPU)
+RANDOM_WEIGHTS_EVAL_SAMPLES = 16
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def limit_random_weights_eval(cfg: DictConfig) -> None:
+    """A paper-sized model built without its weights (``model.pretrained=false``) and no
+    ``task.max_eval_samples``: evaluate on a few examples only. (The tiny test models are random by design
+    and cheap to evaluate: they keep the task's limits.)"""
+    unset = cfg.task.get("max_eval_samples") is None
+    if not unset or cfg.model.source == "random" or is_pretrained(cfg.model):
+        return
+    with open_dict(cfg):
+        cfg.task.max_eval_samples = RANDOM_WEIGHTS_EVAL_SAMPLES
+    log.warning(
+        "model %s has random weights (model.pretrained=false): evaluating on the first %d examples only, "
+        "as a check that evaluation runs (set task.max_eval_samples to choose)",
+        cfg.model.name,
+        RANDOM_WEIGHTS_EVAL_SAMPLES,
+    )
 
 
 def build_trainer(
@@ -52,6 +74,7 @@ def build_trainer(
     ``adapter_from``: load that run folder's adapter into the attached model and skip the training data.
     ``device``: this rank's device when the caller has joined the process group already.
     """
+    limit_random_weights_eval(cfg)
     task: Task = TASKS.get(cfg.task.name)(cfg.task, cfg.data_root)
     method = build_method(cfg.method)
     device = device or distributed.init_from_env(resolve_device(cfg.model.device))

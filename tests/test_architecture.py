@@ -225,3 +225,23 @@ def test_one_layer_paper_model_trains_two_lora_steps_offline(tmp_path, name):
     assert results["status"] == "completed" and results["steps"] == 2
     assert results["trainable_params"]["end"] > 0
     assert results["final_eval"]["loss"] == pytest.approx(results["final_eval"]["loss"])  # finite, not NaN
+
+
+def test_paper_model_without_weights_evaluates_few_examples_unless_asked(caplog):
+    """Random weights at a paper's shapes: the evaluation is a check that it runs (16 examples, logged);
+    an explicit task.max_eval_samples wins; the tiny random test models keep the task's own limits."""
+    from peftlab.experiment import RANDOM_WEIGHTS_EVAL_SAMPLES, limit_random_weights_eval
+
+    cfg = compose_config(["model=llama2_7b", "model.pretrained=false", "task=gsm8k"])
+    with caplog.at_level(logging.WARNING, logger="peftlab.experiment"):
+        limit_random_weights_eval(cfg)
+    assert cfg.task.max_eval_samples == RANDOM_WEIGHTS_EVAL_SAMPLES == 16
+    assert "evaluating on the first 16 examples" in caplog.text
+    for overrides, expected in [
+        (["model=llama2_7b", "model.pretrained=false", "task=gsm8k", "task.max_eval_samples=3"], 3),
+        (["model=tiny_llama", "task=gsm8k"], None),
+        (["model=minilm", "task=rte"], None),
+    ]:
+        cfg = compose_config(overrides)
+        limit_random_weights_eval(cfg)
+        assert cfg.task.max_eval_samples == expected, overrides
