@@ -50,6 +50,7 @@ RUN_FILES = (
     "adapter.safetensors",
     "adapter.json",
     "failure.json",
+    "curves.png",
 )
 RUN_PATTERNS = ("predictions_*.jsonl", ".*.tmp")
 RUN_FOLDERS = (CHECKPOINTS, "wandb")

@@ -1,0 +1,227 @@
+"""The papers' accuracy tables, kept once, as data: ``scripts/table.py RUNS --paper NAME`` prints ours beside
+them (the efficiency figures are in ``peftlab.paper_claims``).
+
+A ``PaperTable`` names the model and data the paper used (ours are marked when they differ), its columns
+(task + our results.json metric key) and its rows: the paper's numbers in percent, as printed, and
+``match``, the config values (dotted keys of a run's config.yaml) a run of ours must have to count for
+that row; ``match=None``: peftlab has no such method (AdaLoRA, SoRA) or option, the row is the paper's only.
+Every number below was entered from /work/shared/papers/{aflora,spsft}.txt and checked a second time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from peftlab.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Column:
+    label: str  # as the paper heads it
+    task: str  # our task name
+    metric: str  # our results.json metric key
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    values: tuple[float | None, ...]  # percent, one per column (None: the paper prints none)
+    match: dict[str, Any] | None  # config values a run needs to count for this row; None: not in peftlab
+    params: str = ""  # the paper's #Params as printed
+    avg: float | None = None  # the paper's Avg column (its own averaging; ours is the mean of our columns)
+
+
+@dataclass(frozen=True)
+class PaperTable:
+    name: str
+    title: str
+    source: str
+    model: str  # our config name of the paper's model
+    columns: tuple[Column, ...]
+    rows: tuple[Row, ...]
+    seeds: str = ""  # how the paper aggregates seeds
+
+
+def _glue(*names: str) -> tuple[Column, ...]:
+    """GLUE columns by the papers' names, each with the metric the papers report for it."""
+    known = {
+        "CoLA": ("cola", "matthews_correlation"),
+        "SST-2": ("sst2", "accuracy"),
+        "MRPC": ("mrpc", "accuracy"),
+        "QNLI": ("qnli", "accuracy"),
+        "STS-B": ("stsb", "pearson"),
+        "RTE": ("rte", "accuracy"),
+        "MNLI": ("mnli", "accuracy_m"),
+        "MNLI-mm": ("mnli", "accuracy_mm"),
+        "QQP": ("qqp", "accuracy"),
+        "QQP-F1": ("qqp", "f1"),
+        "CNN/DM R1": ("cnn_dm", "rouge1"),
+        "CNN/DM R2": ("cnn_dm", "rouge2"),
+        "GSM8k": ("gsm8k", "exact_match"),
+    }
+    return tuple(Column(name, *known[name]) for name in names)
+
+
+AFLORA = "AFLoRA (Liu et al. 2024)"
+AFLORA_SEEDS = "mean of 5 seeds (Appendix A.2)"
+AFLORA_SIX = _glue("CoLA", "SST-2", "MRPC", "QNLI", "STS-B", "RTE")
+
+
+def _aflora(pm: str, **extra: Any) -> dict[str, Any]:
+    return {"method.name": "aflora", "method.pm_trainable": pm, **extra}
+
+
+AFLORA_T1 = PaperTable(
+    "aflora-t1",
+    "GLUE, LoRA variants",
+    f"{AFLORA} Table 1",
+    "deberta_v3_base",
+    _glue("CoLA", "SST-2", "MRPC", "QNLI", "STS-B", "RTE", "MNLI", "MNLI-mm", "QQP", "QQP-F1"),
+    (
+        Row("FFT", (69.21, 95.64, 89.22, 93.78, 91.59, 82.49, 89.98, 89.95, 92.05, 89.31),
+            {"method.name": "fft"}, "184M", 87.82),
+        Row("LoRA (r=8)", (69.73, 95.57, 89.71, 93.76, 91.86, 85.32, 90.47, 90.46, 91.95, 89.26),
+            {"method.name": "lora", "method.rank": 8}, "1.33M", 88.38),
+        Row("AdaLoRA", (70.86, 95.95, 90.22, 94.28, 91.39, 87.36, 90.27, 90.30, 92.13, 88.41),
+            None, "1.27M", 88.83),
+        Row("SoRA (r=4)", (71.05, 95.57, 90.20, 93.92, 91.76, 86.04, 90.38, 90.43, 92.06, 89.44),
+            None, "0.47M", 88.71),
+        Row("ELoRA (r=1024)", (70.74, 95.18, 90.93, 93.58, 91.08, 87.36, 90.11, 90.22, 90.69, 87.63),
+            {"method.name": "elora"}, "0.16M", 88.53),
+        Row("AFLoRA (r=4)", (72.01, 96.22, 91.91, 94.42, 91.84, 88.09, 89.88, 90.17, 90.81, 87.77),
+            {"method.name": "aflora"}, "0.14M", 89.23),
+    ),
+    AFLORA_SEEDS,
+)  # fmt: skip
+
+AFLORA_T2 = PaperTable(
+    "aflora-t2",
+    "GSM8k, LLaMA-7B, rank 32",
+    f"{AFLORA} Table 2",
+    "llama_7b",  # LLaMA-1 7B; peftlab ships llama2_7b, so this row is always marked
+    _glue("GSM8k"),
+    (
+        Row("LoRA", (37.50,), {"method.name": "lora"}, "56.1M"),
+        Row("AFLoRA", (38.59,), {"method.name": "aflora"}, "17.8M"),
+    ),
+    AFLORA_SEEDS,
+)
+
+AFLORA_T3 = PaperTable(
+    "aflora-t3",
+    "CNN/DailyMail, BART-Large, rank 16",
+    f"{AFLORA} Table 3",
+    "bart_large",
+    _glue("CNN/DM R1", "CNN/DM R2"),
+    (
+        Row("LoRA", (43.96, 21.06), {"method.name": "lora"}, "8.65M"),
+        Row("AFLoRA", (44.31, 21.32), {"method.name": "aflora"}, "5.10M"),
+    ),
+    AFLORA_SEEDS,
+)
+
+AFLORA_T4 = PaperTable(
+    "aflora-t4",
+    "do the projection matrices need adaptive freezing? (r=4)",
+    f"{AFLORA} Table 4",
+    "deberta_v3_base",
+    AFLORA_SIX,
+    (
+        Row("PM trainable", (70.15, 95.99, 92.4, 94.16, 89.90, 88.45),
+            _aflora("ffn", **{"method.freezing": False}), "0.45M", 88.51),
+        Row("PM frozen", (70.36, 94.95, 89.22, 93.61, 91.17, 85.92), _aflora("none"), "0.08M", 87.54),
+        Row("AFLoRA", (72.01, 96.22, 91.91, 94.42, 91.84, 88.09),
+            _aflora("ffn", **{"method.freezing": True}), "0.14M", 89.23),
+    ),
+    AFLORA_SEEDS,
+)  # fmt: skip
+
+AFLORA_T5 = PaperTable(
+    "aflora-t5",
+    "which layers' projection matrices start trainable",
+    f"{AFLORA} Table 5",
+    "deberta_v3_base",
+    AFLORA_SIX,
+    (
+        Row("FFN + attention", (70.33, 95.76, 90.93, 94.36, 91.44, 87.37), _aflora("both"), "0.17M", 88.48),
+        Row("attention only", (71.118, 95.986, 89.951, 94.12, 91.39, 86.28), _aflora("attention"), "0.12M",
+            88.14),
+        Row("FFN only (AFLoRA)", (72.01, 96.22, 91.91, 94.42, 91.84, 88.09), _aflora("ffn"), "0.14M", 89.02),
+    ),
+    AFLORA_SEEDS,
+)  # fmt: skip
+
+AFLORA_T8 = PaperTable(
+    "aflora-t8",
+    "freezing A and B of a layer together or independently",
+    f"{AFLORA} Table 8 (Appendix A.3)",
+    "deberta_v3_base",
+    _glue("CoLA", "SST-2", "MRPC", "STS-B", "QNLI", "RTE"),
+    (
+        Row("simultaneously", (67.90, 95.87, 91.67, 91.64, 94.20, 87.00),
+            {"method.name": "aflora", "method.freeze_pairs": True}, "0.146M", 88.05),
+        Row("independently", (72.01, 96.22, 91.91, 91.84, 94.42, 88.09),
+            {"method.name": "aflora", "method.freeze_pairs": False}, "0.138M", 89.02),
+    ),
+    AFLORA_SEEDS,
+)  # fmt: skip
+
+SPSFT = "SPSFT (2025)"
+SPSFT_GLUE = _glue("CoLA", "MNLI", "MRPC", "QNLI", "QQP", "RTE", "SST-2", "STS-B")
+SPSFT_T3_VALUES = {
+    ("Dense", "fft", "184.42M"): {
+        3: (69.96, 89.42, 89.71, 93.57, 92.08, 80.14, 95.53, 90.44),
+        5: (69.48, 89.29, 87.74, 93.36, 92.08, 83.39, 94.72, 90.14),
+        10: (68.98, 88.55, 90.20, 93.15, 91.97, 80.51, 93.81, 90.71),
+    },
+    ("Head", "head", "592.13K"): {
+        3: (24.04, 62.64, 68.38, 70.73, 80.18, 52.71, 65.48, 5.66),
+        5: (45.39, 61.75, 68.38, 72.32, 80.59, 47.29, 78.44, 26.88),
+        10: (47.32, 63.98, 68.38, 71.99, 80.96, 47.29, 74.66, 49.59),
+    },
+    ("SPSFT", "spsft", "103.57M"): {
+        3: (64.08, 89.58, 81.62, 93.10, 90.70, 70.40, 95.18, 86.58),
+        5: (65.40, 90.21, 86.03, 93.17, 90.93, 74.37, 95.30, 87.36),
+        10: (65.56, 89.55, 87.50, 93.15, 91.57, 80.14, 95.41, 89.14),
+    },
+}
+
+SPSFT_T3 = PaperTable(
+    "spsft-t3",
+    "GLUE: dense, head-only and SPSFT after 3, 5, 10 epochs",
+    f"{SPSFT} Table 3",
+    "deberta_v3_base",
+    SPSFT_GLUE,
+    tuple(
+        Row(f"{label} {epochs} ep", values, {"method.name": method, "schedule.epochs": epochs}, params)
+        for (label, method, params), by_epochs in SPSFT_T3_VALUES.items()
+        for epochs, values in by_epochs.items()
+    ),
+)
+
+SPSFT_T5 = PaperTable(
+    "spsft-t5",
+    "GLUE, SPSFT 10 epochs: importance score, with or without parameter dependencies",
+    f"{SPSFT} Table 5",
+    "deberta_v3_base",
+    SPSFT_GLUE,
+    (
+        Row("Taylor", (65.56, 89.55, 87.50, 93.15, 91.57, 80.14, 95.41, 89.14),
+            {"method.name": "spsft", "method.importance": "taylor"}),
+        Row("Taylor + dependencies", (67.49, 89.85, 87.25, 93.30, 91.63, 79.42, 95.07, 89.98), None),
+        Row("l2", (65.40, 89.77, 83.33, 92.64, 91.34, 74.73, 94.04, 88.69),
+            {"method.name": "spsft", "method.importance": "l2"}),
+        Row("l2 + dependencies", (66.80, 90.22, 84.07, 93.94, 91.57, 79.06, 95.07, 87.39), None),
+    ),
+)  # fmt: skip
+
+TABLES = {
+    t.name: t for t in (AFLORA_T1, AFLORA_T2, AFLORA_T3, AFLORA_T4, AFLORA_T5, AFLORA_T8, SPSFT_T3, SPSFT_T5)
+}
+
+
+def get_table(name: str) -> PaperTable:
+    if name not in TABLES:
+        raise ConfigError(f"paper table {name!r}; available: {', '.join(TABLES)}")
+    return TABLES[name]
