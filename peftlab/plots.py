@@ -95,7 +95,7 @@ def curves(jobs: list[tuple[str, Series]], metric: str | None, path: Path) -> Pl
         ax.tick_params(labelsize=7)
     if any(plotted.values()):
         axes[0].legend(fontsize=7)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.16, top=0.9, wspace=0.3)  # tight_layout: a draw more
     with atomic_write(path) as tmp:
         fig.savefig(tmp, format="png", dpi=80)
     plt.close(fig)

@@ -37,6 +37,7 @@ def test_cli_run_writes_every_output(tmp_path):
         "adapter.json",
         "peftlab.log",
         "overrides.yaml",
+        "curves.png",
     ):
         assert (run / name).is_file(), name
     results = json.loads((run / "results.json").read_text())

@@ -217,7 +217,7 @@ def assert_png(path: Path) -> None:
 def test_real_run_writes_baseline_curves_and_table(tmp_path):
     """A tiny RTE run: results.json holds the majority-class score of its dev split, curves.png plots
     its metrics.jsonl, and the table reads the run folder."""
-    cfg = tiny_config(tmp_path, "task=rte", "schedule.max_steps=4", "schedule.eval_every_steps=2")
+    cfg = tiny_config(tmp_path, "task=rte", "schedule.max_steps=4", "schedule.eval_every_steps=2", "curves=true")
     results = run_experiment(cfg)
     task = TASKS.get("rte")(cfg.task, cfg.data_root)
     train, dev = (
