@@ -5,7 +5,8 @@ A ``PaperTable`` names the model and data the paper used (ours are marked when t
 (task + our results.json metric key) and its rows: the paper's numbers in percent, as printed, and
 ``match``, the config values (dotted keys of a run's config.yaml) a run of ours must have to count for
 that row; ``match=None``: peftlab has no such method (AdaLoRA, SoRA) or option, the row is the paper's only.
-Every number below was entered from /work/shared/papers/{aflora,spsft}.txt and checked a second time.
+Every number below was entered from the papers (shared/papers/{aflora,spsft}.txt) and is checked against
+that text by tests/test_table.py.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class Row:
     match: dict[str, Any] | None  # config values a run needs to count for this row; None: not in peftlab
     params: str = ""  # the paper's #Params as printed
     avg: float | None = None  # the paper's Avg column (its own averaging; ours is the mean of our columns)
+    model: str | None = None  # the row's model where a table has several (None: the table's)
 
 
 @dataclass(frozen=True)
@@ -216,8 +218,50 @@ SPSFT_T5 = PaperTable(
     ),
 )  # fmt: skip
 
+ZERO_SHOT = ("ARC-c", "arc_challenge"), ("ARC-e", "arc_easy"), ("BoolQ", "boolq"), ("HS", "hellaswag")
+ZERO_SHOT += ("OBQA", "openbookqa"), ("rte", "rte"), ("WG", "winogrande")
+# a row's method -> our method config values
+T6_KEYS = ("method.name", "method.rank", "method.target_modules")
+SPSFT_T6_METHODS = {
+    "LoRA, r=64": ("lora", 64, "all-linear"),
+    "SPSFT, r=128": ("spsft", 128, "all-linear"),
+    "FA-LoRA, r=64": ("lora", 64, "ffn-linear"),  # FA: attention frozen, only the MLP layers tuned
+    "FA-SPSFT, r=128": ("spsft", 128, "ffn-linear"),
+}
+# (model, method) -> (#param as printed, the seven accuracies, Avg)
+SPSFT_T6_VALUES = {
+    ("llama2_7b", "LoRA, r=64"): ("159.9M", (44.97, 77.02, 77.43, 57.75, 32.0, 62.09, 68.75), 60.00),
+    ("llama2_7b", "SPSFT, r=128"): ("145.8M", (43.60, 76.26, 77.77, 57.16, 32.6, 63.54, 69.30), 60.03),
+    ("llama2_7b", "FA-LoRA, r=64"): ("92.8M", (43.77, 77.57, 77.74, 57.45, 31.0, 66.06, 69.06), 60.38),
+    ("llama2_7b", "FA-SPSFT, r=128"): ("78.6M", (43.00, 76.22, 77.83, 57.11, 31.2, 63.54, 69.38), 59.75),
+    ("llama3_8b", "LoRA, r=64"): ("167.8M", (53.07, 81.40, 82.32, 60.67, 34.2, 69.68, 73.56), 64.98),
+    ("llama3_8b", "SPSFT, r=128"): ("159.4M", (52.47, 80.05, 81.28, 60.17, 34.6, 70.04, 72.61), 64.46),
+    ("llama3_8b", "FA-LoRA, r=64"): ("113.2M", (52.47, 81.36, 82.23, 60.17, 35.0, 70.04, 73.56), 64.98),
+    ("llama3_8b", "FA-SPSFT, r=128"): ("92.3M", (52.13, 80.05, 81.35, 60.20, 34.2, 69.31, 72.85), 64.30),
+}  # fmt: skip
+
+SPSFT_T6 = PaperTable(
+    "spsft-t6",
+    "Llama fine-tuned on Alpaca 5 epochs, zero-shot accuracy on 7 LM-Harness tasks",
+    f"{SPSFT} Table 6",
+    "llama2_7b",
+    tuple(Column(label, "alpaca", f"{task}/acc") for label, task in ZERO_SHOT),
+    tuple(
+        Row(
+            f"{model} {label}",
+            values,
+            dict(zip(T6_KEYS, SPSFT_T6_METHODS[label], strict=True)),
+            params,
+            avg,
+            model,
+        )
+        for (model, label), (params, values, avg) in SPSFT_T6_VALUES.items()
+    ),
+)
+
 TABLES = {
-    t.name: t for t in (AFLORA_T1, AFLORA_T2, AFLORA_T3, AFLORA_T4, AFLORA_T5, AFLORA_T8, SPSFT_T3, SPSFT_T5)
+    t.name: t
+    for t in (AFLORA_T1, AFLORA_T2, AFLORA_T3, AFLORA_T4, AFLORA_T5, AFLORA_T8, SPSFT_T3, SPSFT_T5, SPSFT_T6)
 }
 
 

@@ -21,12 +21,12 @@ def matches(run: Run, match: dict[str, Any]) -> bool:
     return all(run.get(key) == value for key, value in match.items())
 
 
-def differences(run: Run, table: PaperTable) -> list[str]:
+def differences(run: Run, table: PaperTable, row: Row) -> list[str]:
     """What this run does differently from the paper's setting."""
     notes = []
-    model = run.get("model.name")
-    if model != table.model:
-        notes.append(f"model {model} (paper: {table.model})")
+    model, paper_model = run.get("model.name"), row.model or table.model
+    if model != paper_model:
+        notes.append(f"model {model} (paper: {paper_model})")
     for key in ("max_train_samples", "max_eval_samples"):
         count = run.get(f"task.{key}")
         if count is not None:
@@ -62,7 +62,7 @@ def row_lines(
     for column, paper in zip(table.columns, row.values, strict=True):
         found = row_runs(runs, row, column)
         ours, seeds = cell(found, column, select, agg)
-        notes = sorted({n for r in found for n in differences(r, table)})
+        notes = sorted({n for r in found for n in differences(r, table, row)})
         if row.match is None:
             notes = ["not in peftlab"]
         delta = ours - paper if ours is not None and paper is not None else None

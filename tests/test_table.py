@@ -8,11 +8,13 @@ import contextlib
 import importlib.util
 import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import tiny_config
 
 from peftlab.experiment import run_experiment
@@ -217,7 +219,9 @@ def assert_png(path: Path) -> None:
 def test_real_run_writes_baseline_curves_and_table(tmp_path):
     """A tiny RTE run: results.json holds the majority-class score of its dev split, curves.png plots
     its metrics.jsonl, and the table reads the run folder."""
-    cfg = tiny_config(tmp_path, "task=rte", "schedule.max_steps=4", "schedule.eval_every_steps=2", "curves=true")
+    cfg = tiny_config(
+        tmp_path, "task=rte", "schedule.max_steps=4", "schedule.eval_every_steps=2", "curves=true"
+    )
     results = run_experiment(cfg)
     task = TASKS.get("rte")(cfg.task, cfg.data_root)
     train, dev = (
@@ -236,3 +240,32 @@ def test_real_run_writes_baseline_curves_and_table(tmp_path):
     assert any(line.startswith("| lora | 0.") and f"| {value:.2f} ± 0.00 (1) |" in line for line in lines)
     base = 100 * results["baseline"]["metrics"]["accuracy"]
     assert f"| no learning (majority / chance) | | {base:.2f} | | | |" in lines
+
+
+PAPERS = ROOT.parent / "shared" / "papers"
+
+
+def printed_numbers(line: str) -> list[float]:
+    """The decimals of a paper's table line, without counts and sizes (184.42M, 3.7k, 23.46GB, 2.37%)."""
+    return [float(x) for x in re.findall(r"(\d+\.\d+)(?![MKkG%\d])", line)]
+
+
+@pytest.mark.skipif(
+    not PAPERS.is_dir(), reason="the papers' text (shared/papers) is not beside this checkout"
+)
+def test_paper_tables_are_the_numbers_the_papers_print():
+    """Every row of every table is one line of the paper's text (values, then the Avg where printed);
+    AFLoRA's Table 8 is printed transposed: one line per task."""
+    for name, table_ in TABLES.items():
+        lines = (PAPERS / f"{name.split('-')[0]}.txt").read_text().splitlines()
+        if name == "aflora-t8":
+            for i, column in enumerate(table_.columns):
+                line = next(
+                    x for x in lines if x.startswith(f"{column.label}\t") and len(printed_numbers(x)) == 2
+                )
+                assert printed_numbers(line) == [row.values[i] for row in table_.rows], line
+            continue
+        for row in table_.rows:
+            expected = [*row.values, *([row.avg] if row.avg is not None else [])]
+            assert any(printed_numbers(x) == expected for x in lines), (name, row.label, expected)
+            assert row.params == "" or row.params in "\n".join(lines), (name, row.label, row.params)
