@@ -88,7 +88,9 @@ def curves(jobs: list[tuple[str, Series]], metric: str | None, path: Path) -> Pl
                 continue
             name = None if label in seen else label
             seen.add(label)
-            ax.plot(steps, values, color=colour[label], label=name, marker="." if len(steps) < 4 else None)
+            style = "steps-post" if panel == "trainable_params" else "default"  # a count changes at a step
+            marker = "." if len(steps) < 4 else None
+            ax.plot(steps, values, color=colour[label], label=name, marker=marker, drawstyle=style)
             plotted[panel].append((label, steps, values))
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
