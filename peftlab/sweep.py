@@ -66,9 +66,10 @@ def job_row(run: Run) -> dict[str, Any]:
         "status": run.status,
         "error": run.error,
     }
-    value = run.percent()
-    if value is not None:
-        row.update(metric=run.metric_name(), value=value, baseline=run.baseline_percent())
+    value, baseline = run.percent(), run.baseline_percent()
+    if value is not None:  # rounded: 0.6 * 100 is 60.00000000000001 in floats
+        row.update(metric=run.metric_name(), value=round(value, 4))
+        row["baseline"] = None if baseline is None else round(baseline, 4)
     row["trainable_params"] = run.params()
     if run.results.get("train_time_s") is not None:
         row["train_time_s"] = round(run.results["train_time_s"], 1)

@@ -203,8 +203,11 @@ def test_sweep_curves_overlay_every_job_one_colour_per_method(tmp_path):
     aflora = [line for line in plotted["trainable_params"] if line[0] == "aflora"]
     assert aflora == [("aflora", [2, 4, 6], [100, 100, 40])]  # the torn last line was skipped
     assert plotted["eval"][0][1:] == ([2, 4], [0.5, 0.6])
-    write_summary(tmp_path)
+    rows = write_summary(tmp_path)
     assert_png(tmp_path / CURVES)
+    assert [(r["method"], r["value"], r["baseline"]) for r in rows] == [("lora", 60.0, None)] * 2 + [
+        ("aflora", 60.0, None)
+    ]  # in percent, as every table
 
 
 def assert_png(path: Path) -> None:
