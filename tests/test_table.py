@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import tiny_config
+from omegaconf import OmegaConf
 
 from peftlab.experiment import run_experiment
 from peftlab.paper_tables import TABLES
@@ -23,6 +24,7 @@ from peftlab.plots import CURVES, curves, read_metrics, run_series
 from peftlab.registry import TASKS
 from peftlab.results import find_runs
 from peftlab.sweep import write_summary
+from peftlab.tasks.base import Example
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -232,7 +234,7 @@ def test_real_run_writes_baseline_curves_and_table(tmp_path):
         task.limit(task.load_split("validation"), "dev"),
     )
     labels = [e.label for e in train]
-    majority = max(set(labels), key=labels.count)
+    majority = 0 if labels.count(0) >= labels.count(1) else 1  # a tie goes to the lower label id
     assert results["baseline"]["metrics"]["accuracy"] == np.mean([e.label == majority for e in dev])
     assert_png(tmp_path / CURVES)
     series = run_series(read_metrics(tmp_path / "metrics.jsonl"), "accuracy")
@@ -272,3 +274,22 @@ def test_paper_tables_are_the_numbers_the_papers_print():
             expected = [*row.values, *([row.avg] if row.avg is not None else [])]
             assert any(printed_numbers(x) == expected for x in lines), (name, row.label, expected)
             assert row.params == "" or row.params in "\n".join(lines), (name, row.label, row.params)
+
+
+def test_baseline_is_the_majority_class_or_chance():
+    def task(name: str):
+        return TASKS.get(name)(OmegaConf.create({"name": name}), None)
+
+    train = [Example("a", None, 1)] * 3 + [Example("b", None, 0)] * 2  # majority: 1
+    dev = {"validation": [Example("c", None, label) for label in (0, 1, 1, 1)]}
+    assert task("sst2").baseline(train, dev) == {"kind": "majority class (1)", "metrics": {"accuracy": 0.75}}
+    # MRPC: always 1 -> tp 3, fp 1, fn 0 -> F1 = 6 / 7
+    assert task("mrpc").baseline(train, dev)["metrics"] == pytest.approx({"accuracy": 0.75, "f1": 6 / 7})
+    assert task("stsb").baseline(train, dev) == {
+        "kind": "chance",
+        "metrics": {"pearson": 0.0, "spearmanr": 0.0},
+    }
+    assert task("copa").baseline(train, dev) == {"kind": "chance", "metrics": {"accuracy": 0.5}}
+    assert task("multirc").baseline(train, dev) is None  # grouped scores: no constant reference
+    tie = [Example("a", None, 1), Example("b", None, 0)]
+    assert task("rte").baseline(tie, dev)["kind"] == "majority class (0)"  # a tie: the lower label id

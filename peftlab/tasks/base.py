@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import Counter
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -228,8 +229,9 @@ class ClassificationTask(Task):
         if self.regression:
             metrics = {self.metric_key(split, m): 0.0 for split in evaluation for m in self.metrics}
             return {"kind": "chance", "metrics": metrics}
-        labels = [e.label for e in train] or [e.label for ex in evaluation.values() for e in ex]
-        majority = max(set(labels), key=labels.count)
+        counts = Counter(e.label for e in train) or Counter(e.label for ex in evaluation.values() for e in ex)
+        top = max(counts.values())
+        majority = min(label for label, count in counts.items() if count == top)  # a tie: the lowest id
         metrics = {}
         for split, examples in evaluation.items():
             gold = np.array([e.label for e in examples])
