@@ -19,7 +19,7 @@ from conftest import tiny_config
 from omegaconf import OmegaConf
 
 from peftlab.experiment import run_experiment
-from peftlab.paper_tables import TABLES
+from peftlab.paper_tables import SPSFT_T2_PARAMS, SPSFT_T2_VALUES, TABLES
 from peftlab.plots import CURVES, curves, read_metrics, run_series
 from peftlab.registry import TASKS
 from peftlab.results import find_runs
@@ -263,6 +263,12 @@ def test_paper_tables_are_the_numbers_the_papers_print():
     AFLoRA's Table 8 is printed transposed: one line per task."""
     for name, table_ in TABLES.items():
         lines = (PAPERS / f"{name.split('-')[0]}.txt").read_text().splitlines()
+        if name == "spsft-t2":  # printed as "loss, acc" pairs: the accuracies of each line, in order
+            pairs = [x for x in lines if re.fullmatch(r"(5|10|30)(\t\d+\.\d+, \d+\.\d+){9}", x)]
+            assert [tuple(printed_numbers(x)[1::2]) for x in pairs] == list(SPSFT_T2_VALUES.values())
+            sizes = [tuple(x.split("\t")[1:10]) for x in lines if x.startswith("#param:\t")]
+            assert sizes == list(SPSFT_T2_PARAMS.values())
+            continue
         if name == "aflora-t8":
             for i, column in enumerate(table_.columns):
                 line = next(
