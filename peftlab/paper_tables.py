@@ -270,6 +270,54 @@ SPSFT_T2 = PaperTable(
     _spsft_t2_rows(),
 )
 
+# Table 4 (5 epochs): model -> (without dependencies, with dependencies), each the eight printed accuracies:
+# CIFAR100 l2, Taylor, QMTaylor; Tiny-ImageNet l2, Taylor, QMTaylor; Caltech101 l2, Taylor (no QMTaylor).
+# The text extraction garbles the dep marks; the first line of a model is the one without dependencies: its
+# Taylor values are Table 2's SPSFT 5-epoch row (but ViT CIFAR100: 88.06 here, 88.13 there), and the paper
+# says that setting wins "in all cases".
+SPSFT_T4_VALUES = {
+    "deit_base": (
+        (88.05, 88.70, 89.37, 89.31, 89.69, 89.75, 95.01, 95.41),
+        (86.43, 87.33, 88.08, 85.56, 85.92, 86.49, 65.35, 78.04),
+    ),
+    "vit_base": (
+        (87.13, 88.06, 88.51, 90.78, 90.87, 90.90, 92.69, 93.96),
+        (85.24, 86.83, 87.91, 88.83, 88.95, 89.67, 56.30, 77.82),
+    ),
+    "resnet101": (
+        (82.25, 82.36, 83.50, 79.83, 79.66, 80.02, 93.13, 92.56),
+        (78.63, 78.62, 81.18, 69.87, 69.24, 72.51, 54.68, 52.71),
+    ),
+    "resnext101": (
+        (86.12, 85.94, 86.93, 83.88, 83.88, 84.17, 95.71, 95.84),
+        (84.71, 85.01, 85.48, 79.39, 78.95, 79.54, 92.13, 91.82),
+    ),
+}
+SPSFT_T4_IMPORTANCE = (("l2", 0, 3, 6), ("taylor", 1, 4, 7), ("qm_taylor", 2, 5, None))  # name, positions
+
+
+def _spsft_t4_rows() -> tuple[Row, ...]:
+    """A row per model, importance score and dependency setting (peftlab searches no dependencies)."""
+    rows = []
+    for model, settings in SPSFT_T4_VALUES.items():
+        for dependencies, printed in zip((False, True), settings, strict=True):
+            for importance, *positions in SPSFT_T4_IMPORTANCE:
+                values = tuple(None if k is None else printed[k] for k in positions)
+                match = None if dependencies else {"method.name": "spsft", "method.importance": importance}
+                label = f"{model} {importance}{' + dependencies' if dependencies else ''}"
+                rows.append(Row(label, values, match, model=model))
+    return tuple(rows)
+
+
+SPSFT_T4 = PaperTable(
+    "spsft-t4",
+    "image classification, SPSFT 5 epochs: importance score, with or without parameter dependencies",
+    f"{SPSFT} Table 4",
+    "deit_base",
+    SPSFT_T2.columns,
+    _spsft_t4_rows(),
+)
+
 ZERO_SHOT = ("ARC-c", "arc_challenge"), ("ARC-e", "arc_easy"), ("BoolQ", "boolq"), ("HS", "hellaswag")
 ZERO_SHOT += ("OBQA", "openbookqa"), ("rte", "rte"), ("WG", "winogrande")
 # a row's method -> our method config (FA: attention frozen, only the MLP layers tuned)
@@ -351,7 +399,7 @@ SPSFT_T8 = _spsft_llm("spsft-t8", f"{LLM_TITLE}, ranks", "Table 8 (Appendix D.3)
 TABLES = {
     t.name: t
     for t in (AFLORA_T1, AFLORA_T2, AFLORA_T3, AFLORA_T4, AFLORA_T5, AFLORA_T8)
-    + (SPSFT_T2, SPSFT_T3, SPSFT_T5, SPSFT_T6, SPSFT_T8)
+    + (SPSFT_T2, SPSFT_T3, SPSFT_T4, SPSFT_T5, SPSFT_T6, SPSFT_T8)
 }
 
 
