@@ -396,10 +396,30 @@ def _every_rank(method: str, r: int) -> bool:
 SPSFT_T6 = _spsft_llm("spsft-t6", LLM_TITLE, "Table 6", _table6_rank)
 SPSFT_T8 = _spsft_llm("spsft-t8", f"{LLM_TITLE}, ranks", "Table 8 (Appendix D.3)", _every_rank)
 
+# Appendix D.6, Table 10: RoSA (r=32, d=1.2%, bf16) beside Table 6's rows; peftlab has no RoSA
+SPSFT_T10_ROSA = {
+    ("llama2_7b", "RoSA"): ("157.7M", (43.86, 77.48, 77.86, 57.42, 32.2, 63.90, 69.06), 60.25),
+    ("llama2_7b", "FA-RoSA"): ("98.3M", (44.28, 77.02, 77.68, 57.22, 31.0, 64.26, 69.22), 60.10),
+    ("llama3_8b", "RoSA"): ("167.6M", (51.28, 81.27, 81.80, 60.18, 34.4, 69.31, 73.16), 64.49),
+    ("llama3_8b", "FA-RoSA"): ("124.3M", (52.22, 81.19, 82.05, 60.11, 34.4, 69.31, 73.16), 64.63),
+}
+SPSFT_T10 = PaperTable(
+    "spsft-t10",
+    f"{LLM_TITLE}, with RoSA",
+    f"{SPSFT} Table 10 (Appendix D.6)",
+    "llama2_7b",
+    SPSFT_T6.columns,
+    SPSFT_T6.rows
+    + tuple(
+        Row(f"{model} {method} r=32", values, None, params, avg, model)
+        for (model, method), (params, values, avg) in SPSFT_T10_ROSA.items()
+    ),
+)
+
 TABLES = {
     t.name: t
     for t in (AFLORA_T1, AFLORA_T2, AFLORA_T3, AFLORA_T4, AFLORA_T5, AFLORA_T8)
-    + (SPSFT_T2, SPSFT_T3, SPSFT_T4, SPSFT_T5, SPSFT_T6, SPSFT_T8)
+    + (SPSFT_T2, SPSFT_T3, SPSFT_T4, SPSFT_T5, SPSFT_T6, SPSFT_T8, SPSFT_T10)
 }
 
 
