@@ -22,9 +22,12 @@ $(VENV)/.installed: pyproject.toml Makefile | $(BIN)/python
 
 setup: $(VENV)/.installed
 
-## Set up, then run the main job: LoRA on GLUE RTE with the shipped MiniLM encoder.
+## Set up, then run the main job: head-only vs LoRA vs AFLoRA on GLUE SST-2 with the shipped MiniLM encoder
+## (conf/experiment/quickstart.yaml, one Hydra multirun), then their comparison table.
+QUICKSTART := multirun/quickstart_$(shell date +%Y-%m-%d_%H-%M-%S)
 run: setup
-	$(BIN)/python -m peftlab $(ARGS)
+	$(BIN)/python -m peftlab -m experiment=quickstart hydra.sweep.dir=$(QUICKSTART) $(ARGS)
+	$(BIN)/python scripts/table.py $(QUICKSTART)
 
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(ARGS)

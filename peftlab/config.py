@@ -128,7 +128,7 @@ def check_group(node: DictConfig, schema: type, prefix: str) -> Any:
 def check_run_options(cfg: DictConfig) -> None:
     """The top-level keys (conf/config.yaml)."""
     checks.integer("seed", cfg.seed)
-    for key in ("overwrite", "save_adapter", "eval_only", "progress_bar"):
+    for key in ("overwrite", "save_adapter", "eval_only", "progress_bar", "curves"):
         checks.boolean(key, cfg[key])
     checks.boolean("measure.flops", cfg.measure.flops)
     checks.text("data_root", cfg.data_root, optional=True)

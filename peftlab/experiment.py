@@ -109,6 +109,7 @@ def build_trainer(
         "device": str(device),
         "train_examples": len(train_examples),
         "eval_examples": {k: len(v) for k, v in eval_examples.items()},
+        "baseline": task.baseline(train_examples, eval_examples),
     }
     return trainer
 
@@ -261,6 +262,8 @@ def _train(cfg: DictConfig, trainer: Trainer, resume_from: Path | None = None) -
         known = isinstance(err, ConfigError | TrainingDiverged | StorageError)
         _record_stop(trainer, start, "failed", str(err) if known else f"{type(err).__name__}: {err}")
         raise
+    if cfg.curves:
+        _write_curves(run_dir.path, trainer.method.name, task.main_metric)
     run_dir.write_results(results)
     main = task.main_metric
     log.info(
@@ -273,6 +276,17 @@ def _train(cfg: DictConfig, trainer: Trainer, resume_from: Path | None = None) -
         run_dir.path,
     )
     return results
+
+
+def _write_curves(folder: Path, method: str, metric: str) -> None:
+    """curves.png: loss, metric and trainable parameters against the step. Best effort: a figure that
+    cannot be drawn is logged, and the run's results still count."""
+    from peftlab.plots import run_curves
+
+    try:
+        run_curves(folder, method, metric)
+    except Exception as err:  # noqa: BLE001 - e.g. a broken matplotlib install
+        log.warning("no curves.png (%s: %s)", type(err).__name__, err)
 
 
 def _record_stop(trainer: Trainer, start: float, status: str, error: str) -> None:

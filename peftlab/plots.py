@@ -32,3 +32,79 @@ def heatmap(
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+# -- training curves --------------------------------------------------------------------------------------
+PANELS = ("train_loss", "eval", "trainable_params")  # what a curves figure shows against the step
+CURVES = "curves.png"
+Series = dict[str, tuple[list[int], list[float]]]  # panel -> (steps, values) of one job
+Plotted = dict[str, list[tuple[str, list[int], list[float]]]]  # panel -> (label, steps, values) per line
+
+
+def run_series(rows: list[dict], metric: str | None) -> Series:
+    """Steps and values of a run's metrics.jsonl rows for each panel: the training loss, the evaluation's
+    ``metric`` (``eval_<metric>``) and the trainable parameter count (AFLoRA's falls as it freezes)."""
+    keys = {"train_loss": "train_loss", "eval": f"eval_{metric}", "trainable_params": "trainable_params"}
+    series: Series = {}
+    for panel, key in keys.items():
+        points = [(row["step"], row[key]) for row in rows if row.get(key) is not None]
+        series[panel] = ([s for s, _ in points], [v for _, v in points])
+    return series
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of a metrics.jsonl (a torn last line, from a killed run, is skipped)."""
+    import json
+
+    rows = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def curves(jobs: list[tuple[str, Series]], metric: str | None, path: Path) -> Plotted:
+    """One figure, three panels (``PANELS``) against the step, a line per job; jobs sharing a label (a
+    method) share a colour and one legend entry. Written atomically. Returns what each panel plots."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from peftlab.train.run_dir import atomic_write
+
+    labels = sorted({label for label, _ in jobs})
+    colour = {label: f"C{i % 10}" for i, label in enumerate(labels)}
+    plotted: Plotted = {panel: [] for panel in PANELS}
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    titles = ("train loss", f"eval {metric or 'metric'}", "trainable params")
+    for ax, panel, title in zip(axes, PANELS, titles, strict=True):
+        seen: set[str] = set()
+        for label, series in jobs:
+            steps, values = series[panel]
+            if not steps:
+                continue
+            name = None if label in seen else label
+            seen.add(label)
+            style = "steps-post" if panel == "trainable_params" else "default"  # a count changes at a step
+            marker = "." if len(steps) < 4 else None
+            ax.plot(steps, values, color=colour[label], label=name, marker=marker, drawstyle=style)
+            plotted[panel].append((label, steps, values))
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+    if any(plotted.values()):
+        axes[0].legend(fontsize=7)
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.16, top=0.9, wspace=0.3)  # tight_layout: a draw more
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
+    plt.close(fig)
+    return plotted
+
+
+def run_curves(folder: Path, label: str, metric: str | None) -> Plotted:
+    """``curves.png`` of one run folder, from its metrics.jsonl."""
+    series = run_series(read_metrics(folder / "metrics.jsonl"), metric)
+    return curves([(label, series)], metric, folder / CURVES)

@@ -1,7 +1,7 @@
 """Sweeps: a failed job is recorded and the others go on; at the end one table lists every job.
 
 ``record_failure`` writes ``failure.json`` into a job's folder; ``summarize`` reads every job folder of
-a sweep (its ``config.yaml`` or ``failure.json``, and ``results.json``) into rows; ``SweepSummary`` is the
+a sweep through ``peftlab.results`` (the one reader of run folders) into rows; ``SweepSummary`` is the
 Hydra callback that writes ``summary.md`` and ``summary.csv`` into the sweep folder when a multirun ends
 and makes the command exit with 1 when a job failed.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import sys
 import traceback
@@ -20,11 +19,11 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from peftlab.train.run_dir import write_json_atomic
+from peftlab.results import FAILURE, Run, find_runs
+from peftlab.train.run_dir import write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
-FAILURE = "failure.json"
 COLUMNS = (
     "job",
     "method",
@@ -32,7 +31,8 @@ COLUMNS = (
     "seed",
     "status",
     "metric",
-    "value",
+    "value",  # percent
+    "baseline",  # majority class / chance, percent
     "trainable_params",
     "train_time_s",
     "error",
@@ -55,45 +55,30 @@ def record_failure(job_dir: Path, cfg: DictConfig, err: BaseException) -> None:
     )
 
 
-def job_row(job_dir: Path) -> dict[str, Any]:
-    """One job of a sweep as a row: what it was, how it ended, what it scored."""
-    row: dict[str, Any] = {"job": job_dir.name}
-    config_path = job_dir / "config.yaml"
-    if config_path.exists():
-        config = OmegaConf.load(config_path)
-        row.update(method=config.method.name, task=config.task.name, seed=config.seed)
-    failure = json.loads((job_dir / FAILURE).read_text()) if (job_dir / FAILURE).exists() else None
-    if failure:
-        row.update({k: failure[k] for k in ("method", "task", "seed") if row.get(k) is None})
-    results_path = job_dir / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    row["status"] = results.get("status") or ("failed" if failure else "incomplete")
-    if failure:
-        row["status"] = "failed"
-        row["error"] = f"{failure['error_type']}: {failure['error']}"
-    elif results.get("error"):
-        row["error"] = results["error"]
-    final = results.get("final_eval") or {}
-    metric = results.get("main_metric")
-    if metric and metric in final:
-        row.update(metric=metric, value=final[metric])
-    if results.get("trainable_params"):
-        row["trainable_params"] = results["trainable_params"]["mean_over_steps"]
-    if results.get("train_time_s") is not None:
-        row["train_time_s"] = round(results["train_time_s"], 1)
+def job_row(run: Run) -> dict[str, Any]:
+    """One job of a sweep as a row: what it was, how it ended, what it scored (in percent, by the task's
+    scale) next to the majority-class or chance score of its evaluation split."""
+    row: dict[str, Any] = {
+        "job": run.path.name,
+        "method": run.get("method.name"),
+        "task": run.get("task.name"),
+        "seed": run.get("seed"),
+        "status": run.status,
+        "error": run.error,
+    }
+    value, baseline = run.percent(), run.baseline_percent()
+    if value is not None:  # rounded: 0.6 * 100 is 60.00000000000001 in floats
+        row.update(metric=run.metric_name(), value=round(value, 4))
+        row["baseline"] = None if baseline is None else round(baseline, 4)
+    row["trainable_params"] = run.params()
+    if run.results.get("train_time_s") is not None:
+        row["train_time_s"] = round(run.results["train_time_s"], 1)
     return row
 
 
 def summarize(sweep_dir: Path) -> list[dict[str, Any]]:
-    """A row for every job folder (one holding config.yaml or failure.json) below ``sweep_dir``; hidden
-    folders (a job's ``.hydra/config.yaml``, ``.submitit/``) are not jobs."""
-    jobs = {p.parent for name in ("config.yaml", FAILURE) for p in sweep_dir.glob(f"**/{name}")}
-    return [job_row(job) for job in sorted(jobs) if not hidden(job, sweep_dir)]
-
-
-def hidden(path: Path, root: Path) -> bool:
-    """Whether ``path`` lies in a hidden folder below ``root`` (Hydra's .hydra/, submitit's .submitit/)."""
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
+    """A row for every job folder (one holding config.yaml or failure.json) below ``sweep_dir``."""
+    return [job_row(run) for run in find_runs(sweep_dir)]
 
 
 def to_markdown(rows: list[dict[str, Any]]) -> str:
@@ -122,10 +107,34 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "/").replace("\n", " ")[:200]
 
 
-def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
-    rows = summarize(sweep_dir)
-    (sweep_dir / "summary.md").write_text(to_markdown(rows))
-    (sweep_dir / "summary.csv").write_text(to_csv(rows))
+def write_sweep_curves(sweep_dir: Path, runs: list[Run]) -> Path | None:
+    """curves.png of the sweep: every job's curves overlaid, one colour per method. Best effort."""
+    from peftlab.plots import CURVES, curves, read_metrics, run_series
+
+    jobs, metrics = [], set()
+    for run in runs:
+        rows = read_metrics(run.path / "metrics.jsonl")
+        if rows:
+            metrics.add(run.metric_name())
+            jobs.append((str(run.get("method.name")), run_series(rows, run.metric_name())))
+    if not jobs:
+        return None
+    try:
+        curves(jobs, metrics.pop() if len(metrics) == 1 else None, sweep_dir / CURVES)
+    except Exception as err:  # noqa: BLE001 - a figure must not cost the sweep its summary
+        log.warning("no sweep curves.png (%s: %s)", type(err).__name__, err)
+        return None
+    return sweep_dir / CURVES
+
+
+def write_summary(sweep_dir: Path, curves: bool = True) -> list[dict[str, Any]]:
+    """summary.md and summary.csv (and curves.png) of every job below ``sweep_dir``."""
+    runs = find_runs(sweep_dir)
+    rows = [job_row(run) for run in runs]
+    if curves:
+        write_sweep_curves(sweep_dir, runs)
+    write_text_atomic(sweep_dir / "summary.md", to_markdown(rows))
+    write_text_atomic(sweep_dir / "summary.csv", to_csv(rows))
     return rows
 
 
@@ -136,7 +145,7 @@ class SweepSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.exists():
             return
-        rows = write_summary(sweep_dir)
+        rows = write_summary(sweep_dir, curves=bool(OmegaConf.select(config, "curves", default=True)))
         bad = [r for r in rows if r["status"] != "completed"]
         log.info(
             "sweep summary: %d jobs, %d not completed: %s", len(rows), len(bad), sweep_dir / "summary.md"

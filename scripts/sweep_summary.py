@@ -1,4 +1,5 @@
-"""Every job of a sweep in one table (method, task, seed, status, main metric, #params, time, error).
+"""Every job of a sweep in one table (method, task, seed, status, main metric in percent and its majority /
+chance baseline, #params, time, error), read through peftlab.results like every other table.
 
     python scripts/sweep_summary.py multirun/2026-11-24_12-00-00          # markdown to stdout
     python scripts/sweep_summary.py multirun/... --csv jobs.csv           # and a CSV

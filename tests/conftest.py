@@ -16,7 +16,8 @@ from omegaconf import DictConfig  # noqa: E402
 from peftlab.config import compose_config  # noqa: E402
 from peftlab.models import build_model  # noqa: E402
 
-TINY = ["model=tiny_bert", "schedule=quick", "progress_bar=false"]
+# curves=false: a figure per run costs ~0.3 s; tests/test_table.py checks the curves
+TINY = ["model=tiny_bert", "schedule=quick", "progress_bar=false", "curves=false"]
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -40,6 +40,7 @@ def test_cli_run_writes_every_output(tmp_path):
         ".hydra/config.yaml",  # Hydra's record of the job
         ".hydra/hydra.yaml",
         ".hydra/overrides.yaml",
+        "curves.png",
     ):
         assert (run / name).is_file(), name
     results = json.loads((run / "results.json").read_text())

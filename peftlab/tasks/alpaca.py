@@ -26,7 +26,7 @@ from peftlab.registry import TASKS
 from peftlab.tasks._data_root import find_data_file, load_hub_dataset
 from peftlab.tasks.base import HeldOutConfig
 from peftlab.tasks.generation import GenerationConfig, GenerationTask, TextPair
-from peftlab.tasks.metrics import rouge
+from peftlab.tasks.metrics import ROUGE_TYPES, rouge
 
 log = logging.getLogger(__name__)
 LOCAL_FILE = "alpaca/alpaca_data.json"
@@ -72,6 +72,7 @@ class AlpacaConfig(GenerationConfig, HeldOutConfig):
 class Alpaca(GenerationTask):
     config_class = AlpacaConfig
     eval_splits = ("validation",)
+    percent_metrics = ROUGE_TYPES  # rougeL is x100; zero_shot/acc is a fraction
 
     @property
     def main_metric(self) -> str:  # type: ignore[override]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from collections import Counter
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -64,6 +65,9 @@ class Task(ABC):
     eval_splits: tuple[str, ...]
     model_head: str = "classifier"  # what goes on the backbone: classifier | lm | image (models.build)
     select_metric: str | None = None  # picks the best evaluation (the authors' checkpoint choice); None: main
+    # metrics this task reports in percent already (ROUGE); every other one is a fraction (accuracy, F1, ...)
+    percent_metrics: ClassVar[tuple[str, ...]] = ()
+    config_class: ClassVar[type[TaskConfig]] = TaskConfig  # the keys and values its config may hold
 
     @property
     def best_by(self) -> str:
@@ -71,6 +75,21 @@ class Task(ABC):
         return self.select_metric or self.main_metric
 
     config_class: ClassVar[type[TaskConfig]] = TaskConfig  # the keys and values its config may hold
+
+    @classmethod
+    def metric_scale(cls, metric: str) -> float:
+        """The factor that puts ``metric`` (a results.json key, maybe with its split suffix) in percent, the
+        papers' unit: 100 for fractions, 1 for ``percent_metrics`` and losses. Tables read it from here, so
+        ROUGE is not multiplied twice."""
+        name = metric.removeprefix("eval_")
+        if name.startswith("loss") or any(name == m or name.startswith(f"{m}_") for m in cls.percent_metrics):
+            return 1.0
+        return 100.0
+
+    def baseline(self, train: list, evaluation: dict[str, list]) -> dict | None:
+        """What a model that learned nothing scores on the evaluation splits, to read a run's metric
+        against (results.json ``baseline``); None when the task has no such reference."""
+        return None
 
     def __init__(self, cfg: DictConfig, data_root: str | None) -> None:
         self.cfg = cfg
@@ -216,6 +235,24 @@ class ClassificationTask(Task):
 
     def score(self, pred: np.ndarray, gold: np.ndarray) -> dict[str, float]:
         return {name: METRICS[name](pred, gold) for name in self.metrics}
+
+    def baseline(self, train: list, evaluation: dict[str, list]) -> dict | None:
+        """Classification: always predicting the training set's most frequent label ("majority class");
+        regression: a constant prediction, whose correlation is 0 ("chance")."""
+        if not evaluation:
+            return None
+        if self.regression:
+            metrics = {self.metric_key(split, m): 0.0 for split in evaluation for m in self.metrics}
+            return {"kind": "chance", "metrics": metrics}
+        counts = Counter(e.label for e in train) or Counter(e.label for ex in evaluation.values() for e in ex)
+        top = max(counts.values())
+        majority = min(label for label, count in counts.items() if count == top)  # a tie: the lowest id
+        metrics = {}
+        for split, examples in evaluation.items():
+            gold = np.array([e.label for e in examples])
+            for name, value in self.score(np.full_like(gold, majority), gold).items():
+                metrics[self.metric_key(split, name)] = value
+        return {"kind": f"majority class ({majority})", "metrics": metrics}
 
     def evaluate(self, model, loader, device):
         pred, gold, loss = self.predict(model, loader, device)

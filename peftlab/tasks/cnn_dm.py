@@ -16,7 +16,7 @@ from peftlab.errors import ConfigError
 from peftlab.registry import TASKS
 from peftlab.tasks._data_root import find_data_file, load_hub_dataset
 from peftlab.tasks.generation import GenerationTask, HeldOutGenerationConfig, TextPair, read_jsonl
-from peftlab.tasks.metrics import rouge
+from peftlab.tasks.metrics import ROUGE_TYPES, rouge
 
 log = logging.getLogger(__name__)
 LOCAL_FILE = "cnn_dailymail/frank_cnndm_test_250.jsonl"
@@ -26,6 +26,7 @@ HUB = ("abisee/cnn_dailymail", "3.0.0")
 @TASKS.register("cnn_dm")
 class CnnDailyMail(GenerationTask):
     main_metric = "rougeL"
+    percent_metrics = ROUGE_TYPES  # metrics.rouge reports x100, as the papers print it
     eval_splits = ("validation",)
     config_class = HeldOutGenerationConfig
 

@@ -195,6 +195,13 @@ class SuperGlueTask(ClassificationTask):
         rows = load_hub_dataset(HUB_DATASET, self.spec.hub_name, split, where, hint)
         return self.spec.from_hub(rows)
 
+    def baseline(self, train: list, evaluation: dict[str, list]) -> dict | None:
+        """Per-row tasks: the majority class. COPA (one of two options per question): chance, 50%.
+        MultiRC's grouped scores have no constant-prediction reference here: none."""
+        if self.spec.scoring == "choice":
+            return {"kind": "chance", "metrics": {self.metric_key(s, "accuracy"): 0.5 for s in evaluation}}
+        return super().baseline(train, evaluation) if self.spec.scoring == "rows" else None
+
     def build_loader(self, examples, tokenizer, batch_size, max_length, generator=None):
         loader = super().build_loader(examples, tokenizer, batch_size, max_length, generator)
         loader.groups = np.array([getattr(e, "group", -1) for e in examples])  # type: ignore[attr-defined]

@@ -54,6 +54,7 @@ RUN_FILES = (
     "adapter.safetensors",
     "adapter.json",
     "failure.json",
+    "curves.png",
 )
 RUN_PATTERNS = ("predictions_*.jsonl", ".*.tmp")
 RUN_FOLDERS = (CHECKPOINTS, "wandb", "export", HYDRA_FOLDER)  # export: python -m peftlab.export

@@ -1,0 +1,143 @@
+"""One reader of run folders, for every table: the sweep summary, ``scripts/table.py``, the paper tables.
+
+A run folder holds ``config.yaml`` (what the job was), ``results.json`` (what it scored, written last)
+and, when the job failed before training, ``failure.json``. ``read_run`` turns one folder into a
+``Run``; ``find_runs`` every folder below a sweep. Metric values come out in percent through the task's
+own scale (``Task.metric_scale``: accuracy, F1 and correlations are fractions, x100; ROUGE is x100
+already), so no table multiplies by 100 on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from peftlab.errors import ConfigError
+
+FAILURE = "failure.json"
+# results.json's final_eval (the last evaluation) or best_eval (chosen by the task's best_by)
+SELECTS = ("final", "best")
+AGGREGATES = ("mean", "median")  # over a row's seeds
+
+
+@dataclass
+class Run:
+    """What one job folder says: its config (None when it failed before writing one), results, failure."""
+
+    path: Path
+    config: DictConfig | None
+    results: dict[str, Any] = field(default_factory=dict)
+    failure: dict[str, Any] | None = None
+
+    @property
+    def status(self) -> str:
+        if self.failure:
+            return "failed"
+        return self.results.get("status") or "incomplete"
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "completed"
+
+    def get(self, dotted: str) -> Any:
+        """A config value by dotted key (``method.name``); the failure record's when there is no config."""
+        if self.config is not None:
+            value = OmegaConf.select(self.config, dotted)
+            if value is not None:
+                return value
+        if self.failure and dotted in ("method.name", "task.name", "seed"):
+            return self.failure.get(dotted.split(".")[0])
+        return None
+
+    @property
+    def error(self) -> str | None:
+        if self.failure:
+            return f"{self.failure['error_type']}: {self.failure['error']}"
+        return self.results.get("error")
+
+    def metric_name(self, metric: str | None = None) -> str | None:
+        return metric or self.results.get("main_metric")
+
+    def raw(self, metric: str | None = None, select: str = "final") -> float | None:
+        """The metric as results.json holds it (the task's own unit); None when absent."""
+        if select not in SELECTS:
+            raise ConfigError(f"select={select!r}; allowed: {', '.join(SELECTS)}")
+        evaluation = self.results.get(f"{select}_eval") or {}
+        name = self.metric_name(metric)
+        return evaluation.get(name) if name else None
+
+    def percent(self, metric: str | None = None, select: str = "final") -> float | None:
+        """The metric in percent (the papers' unit), by the task's declared scale."""
+        value = self.raw(metric, select)
+        name = self.metric_name(metric)
+        return None if value is None or name is None else value * metric_scale(self.get("task.name"), name)
+
+    def baseline_percent(self, metric: str | None = None) -> float | None:
+        """The majority-class (or chance) score of the run's evaluation split, in percent."""
+        baseline = self.results.get("baseline") or {}
+        name = self.metric_name(metric)
+        value = (baseline.get("metrics") or {}).get(name) if name else None
+        return None if value is None else value * metric_scale(self.get("task.name"), name)
+
+    def params(self, adapter: bool = False) -> float | None:
+        """Trainable parameters averaged over the steps (``adapter``: without the task head)."""
+        counts = self.results.get("trainable_params") or {}
+        return counts.get("mean_over_steps_without_head" if adapter else "mean_over_steps")
+
+
+def metric_scale(task: str | None, metric: str) -> float:
+    """The factor that puts ``metric`` of ``task`` in percent (the task class declares it; a task this
+    version does not know is taken to report fractions)."""
+    from peftlab.registry import TASKS
+
+    try:
+        cls = TASKS.get(task) if task else None
+    except ConfigError:
+        cls = None
+    if cls is None:
+        from peftlab.tasks.base import Task
+
+        cls = Task
+    return cls.metric_scale(metric)
+
+
+def _load_json(path: Path) -> dict[str, Any] | None:
+    """A JSON file's content; None when absent or unreadable (a job still writing it)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def read_run(folder: Path) -> Run:
+    """One job folder as a ``Run``."""
+    config_path = folder / "config.yaml"
+    config = OmegaConf.load(config_path) if config_path.exists() else None
+    return Run(
+        path=folder,
+        config=config,  # type: ignore[arg-type]
+        results=_load_json(folder / "results.json") or {},
+        failure=_load_json(folder / FAILURE),
+    )
+
+
+def find_runs(root: Path) -> list[Run]:
+    """Every job folder (one holding config.yaml or failure.json) at or below ``root``, in path order."""
+    root = Path(root)
+    folders = {p.parent for name in ("config.yaml", FAILURE) for p in root.glob(f"**/{name}")}
+    folders = {f for f in folders if ".hydra" not in f.parts}  # Hydra's own copy of the config
+    return [read_run(folder) for folder in sorted(folders)]
+
+
+def aggregate(values: list[float], how: str = "mean") -> tuple[float, float]:
+    """Centre (mean or median) and sample standard deviation of a row's seeds (0 for one seed)."""
+    if how not in AGGREGATES:
+        raise ConfigError(f"agg={how!r}; allowed: {', '.join(AGGREGATES)}")
+    centre = statistics.fmean(values) if how == "mean" else statistics.median(values)
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return centre, spread
