@@ -114,7 +114,52 @@ def _check_base_frozen(ctx) -> None:
         raise RuntimeError("SparseRowsLayer trains only its rows; its base layer must be frozen")
 
 
-class SparseRowsLayer(nn.Module):
+class _RowsAdapter(nn.Module):
+    """What a layer with trainable rows ``rows_weight`` (+ ``rows_bias``) at ``rows_index`` of its frozen
+    ``base_layer`` shares: its tensors, reload (the same rows only) and merge, by ``_add(sign)``."""
+
+    rows_index: torch.Tensor
+    rows_weight: nn.Parameter
+    rows_bias: nn.Parameter | None
+    merged: bool
+    what = "sparse-rows layer"
+
+    @property
+    def rank(self) -> int:
+        return self.rows_index.numel()
+
+    # -- the adapter-layer protocol (peftlab/blocks/protocol.py) -------------------------------------
+    def adapter_tensors(self) -> dict[str, torch.Tensor]:
+        """W_f (+ b_f) and the row indices: a saved adapter rebuilds the layer without data."""
+        tensors = {"rows_index": self.rows_index, "rows_weight": self.rows_weight}
+        if self.rows_bias is not None:
+            tensors["rows_bias"] = self.rows_bias
+        return tensors
+
+    def load_adapter_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        index = tensors.get("rows_index")
+        if index is not None and not torch.equal(index.cpu(), self.rows_index.cpu()):
+            raise ConfigError(f"saved rows {index.tolist()[:10]} differ from this {self.what}'s rows")
+        copy_into(self.adapter_tensors(), tensors, f"{self.what} ({self.extra_repr()})")
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Add W_f (and b_f) into the selected rows of the base; forward is then the base layer's."""
+        if not self.merged:
+            self._add(1.0)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            self._add(-1.0)
+            self.merged = False
+
+    def _add(self, sign: float) -> None:
+        raise NotImplementedError
+
+
+class SparseRowsLayer(_RowsAdapter):
     """``base_layer`` (frozen) + trainable rows ``rows_weight`` (r x d_in, zero-initialised, so the
     layer starts equal to the base) at output positions ``rows_index``, optional ``rows_bias``."""
 
@@ -134,10 +179,6 @@ class SparseRowsLayer(nn.Module):
         self.rows_weight = nn.Parameter(torch.zeros(index.numel(), row_len, **factory))
         self.rows_bias = nn.Parameter(torch.zeros(index.numel(), **factory)) if train_bias else None
         self.merged = False
-
-    @property
-    def rank(self) -> int:
-        return self.rows_index.numel()
 
     @property
     def weight(self) -> torch.Tensor:
@@ -171,34 +212,7 @@ class SparseRowsLayer(nn.Module):
             rows = rows + self.rows_bias.view(1, -1, 1, 1)
         return base(x).index_add(1, index, rows)
 
-    # -- the adapter-layer protocol (peftlab/blocks/protocol.py) -------------------------------------
-    def adapter_tensors(self) -> dict[str, torch.Tensor]:
-        """W_f (+ b_f) and the row indices: a saved adapter rebuilds the layer without data."""
-        tensors = {"rows_index": self.rows_index, "rows_weight": self.rows_weight}
-        if self.rows_bias is not None:
-            tensors["rows_bias"] = self.rows_bias
-        return tensors
-
-    def load_adapter_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        index = tensors.get("rows_index")
-        if index is not None and not torch.equal(index.cpu(), self.rows_index.cpu()):
-            raise ConfigError(f"saved rows {index.tolist()[:10]} differ from this layer's rows")
-        copy_into(self.adapter_tensors(), tensors, f"sparse-rows layer ({self.extra_repr()})")
-
-    @torch.no_grad()
-    def merge(self) -> None:
-        """Add W_f (and b_f) into the selected rows of the base weight; forward is then the base layer's."""
-        if not self.merged:
-            self._add_rows(1.0)
-            self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        if self.merged:
-            self._add_rows(-1.0)
-            self.merged = False
-
-    def _add_rows(self, sign: float) -> None:
+    def _add(self, sign: float) -> None:
         base = self.base_layer
         base.weight.view(base.weight.shape[0], -1).index_add_(
             0, self.rows_index, self.rows_weight, alpha=sign
@@ -247,10 +261,12 @@ class SparseRowsLayer(nn.Module):
         return f"rows={self.rank}/{rows}, row_len={row_len}, bias={self.rows_bias is not None}"
 
 
-class SparseRowsNorm(nn.Module):
+class SparseRowsNorm(_RowsAdapter):
     """``base_layer`` (a frozen LayerNorm or BatchNorm) + trainable scale and shift deltas on the features
     ``rows_index`` (zero-initialised): SPSFT's official code also tunes a fraction of every norm's
     features. A feature of a norm is its "row", so it saves and reloads as ``SparseRowsLayer`` does."""
+
+    what = "sparse-rows norm"
 
     def __init__(self, base_layer: nn.Module, index: torch.Tensor, train_bias: bool = True) -> None:
         super().__init__()
@@ -269,10 +285,6 @@ class SparseRowsNorm(nn.Module):
         self.rows_bias = nn.Parameter(torch.zeros_like(self.rows_weight)) if has_bias else None
         self.merged = False
 
-    @property
-    def rank(self) -> int:
-        return self.rows_index.numel()
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         base = self.base_layer
         if self.merged:
@@ -281,30 +293,6 @@ class SparseRowsNorm(nn.Module):
         if self.rows_bias is not None:
             params["bias"] = base.bias.index_add(0, self.rows_index, self.rows_bias)
         return torch.func.functional_call(base, params, (x,))  # BatchNorm: its running statistics too
-
-    def adapter_tensors(self) -> dict[str, torch.Tensor]:
-        tensors = {"rows_index": self.rows_index, "rows_weight": self.rows_weight}
-        if self.rows_bias is not None:
-            tensors["rows_bias"] = self.rows_bias
-        return tensors
-
-    def load_adapter_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        index = tensors.get("rows_index")
-        if index is not None and not torch.equal(index.cpu(), self.rows_index.cpu()):
-            raise ConfigError(f"saved norm features {index.tolist()[:10]} differ from this layer's")
-        copy_into(self.adapter_tensors(), tensors, f"sparse-rows norm ({self.extra_repr()})")
-
-    @torch.no_grad()
-    def merge(self) -> None:
-        if not self.merged:
-            self._add(1.0)
-            self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        if self.merged:
-            self._add(-1.0)
-            self.merged = False
 
     def _add(self, sign: float) -> None:
         self.base_layer.weight.index_add_(0, self.rows_index, self.rows_weight, alpha=sign)
