@@ -30,7 +30,7 @@ run: setup
 	$(BIN)/python scripts/table.py $(QUICKSTART)
 
 test: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n auto --dist loadfile $(ARGS)
 
 lint: setup
 	$(BIN)/ruff check peftlab scripts tests

@@ -8,6 +8,11 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a forgotten download fails fast instead of hanging
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # make test: pytest -n auto, one worker per core
+    # each worker (and the subprocesses it starts) gets its share of the cores: oversubscribed OpenMP
+    # threads wait for each other and make the suite many times slower
+    share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(share))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
