@@ -97,3 +97,16 @@ def test_a_run_trains_with_the_configured_schedule(tmp_path):
     logged = [row["lr"] for row in rows if "lr" in row]
     expected = [0.001 * 0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)]
     assert logged == pytest.approx(expected)
+
+
+def test_the_lr_logged_at_a_rebuild_step_is_the_one_that_step_used(tmp_path):
+    """AFLoRA rebuilds its optimizer after step 2 (new groups start at the base LR); the logged LR of that
+    step is still the scheduled one: linear decay over 4 steps without warmup."""
+    overrides = ["method=aflora", "method.delta_t=1", "method.t_initial=0.5", "method.t_final=0.5"]
+    overrides += ["schedule.max_steps=4", "schedule.log_every_steps=1", "schedule.warmup_ratio=0"]
+    overrides += ["schedule.lr=0.001", "measure.flops=false"]
+    run_experiment(tiny_config(tmp_path, *overrides))
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train = [row for row in rows if "lr" in row]
+    assert len({row["trainable_params"] for row in train}) > 1  # a rebuild happened within the run
+    assert [row["lr"] for row in train] == pytest.approx([0.001 * (4 - k) / 4 for k in range(4)])

@@ -133,6 +133,7 @@ class Trainer:
         self.warmup_steps = math.ceil(self.sched.warmup_ratio * scheduled)
         self.eval_every = self.sched.eval_every_steps or steps_per_epoch
         self.history = History()
+        self.step_lr = 0.0  # the LR of the first param group in the last step (what metrics.jsonl logs)
         self.sharded = False  # FSDP has sharded the model (distributed.strategy=fsdp under torchrun)
         self.header: dict[str, Any] = {}  # what the run is (method, task, seed, ...), for results.json
         self._set_up_optimizer(None)
@@ -239,6 +240,7 @@ class Trainer:
         ``total_targets``: the targets of the whole global batch (see ``accumulate.split``)."""
         state = self.state
         set_lr(self.optimizer, self.lr_factor())
+        self.step_lr = self.optimizer.param_groups[0]["lr"]  # logged: a rebuild after the step resets groups
         micro = accumulate.split(batch, self.sched.get("micro_batch_size"), self.model, total_targets)
         if state.step == 0 and self.cfg.measure.flops:
             loss_box: list[torch.Tensor] = []
@@ -358,7 +360,7 @@ class Trainer:
                 "step": self.state.step,
                 "epoch": round(self.state.epoch, 4),
                 "train_loss": mean_loss,
-                "lr": self.optimizer.param_groups[0]["lr"],
+                "lr": self.step_lr,
                 "trainable_params": self.trainable_count,
                 "step_time_s": sum(times) / len(times) if times else None,
                 **({"skipped_steps": self.precision.skipped_steps} if self.precision.scaler else {}),
