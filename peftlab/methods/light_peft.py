@@ -340,15 +340,18 @@ class LightPeft(Method):
                 f"light_peft estimation_steps={fixed} leaves no step to train the pruned model (the run has "
                 f"{total_steps}); lower it, or set restart_after_pruning=true (a separate estimation run)"
             )
-        steps = fixed or max(2, math.ceil(self.config.estimation_ratio * total_steps))
-        self.estimation_steps = min(steps, total_steps - 1)
+        self.estimation_steps = min(self._estimation_length(total_steps), total_steps - 1)
+
+    def _estimation_length(self, steps: int) -> int:
+        """``estimation_steps``, or ``estimation_ratio`` of ``steps`` (at least 2)."""
+        fixed = self.config.estimation_steps
+        return fixed or max(2, math.ceil(self.config.estimation_ratio * steps))
 
     def first_run_steps(self, scheduled_steps: int) -> int:
         """With ``restart_after_pruning`` the estimation is a separate run ahead of the scheduled steps."""
         if not self.config.restart_after_pruning:
             return 0
-        fixed = self.config.estimation_steps
-        self.estimation_steps = fixed or max(2, math.ceil(self.config.estimation_ratio * scheduled_steps))
+        self.estimation_steps = self._estimation_length(scheduled_steps)
         return self.estimation_steps
 
     def after_backward(self, state: TrainState) -> None:
