@@ -75,14 +75,20 @@ def logits_from(backbone, folder, inputs):
     return load_head(folder)(hidden, inputs["attention_mask"])
 
 
-@pytest.mark.filterwarnings("ignore::UserWarning")
-@pytest.mark.parametrize("name", PEFT)
-def test_peft_export_loads_in_peft_with_the_same_outputs(runs, name, tmp_path):
-    folder = export(runs(name), "peft", tmp_path / "peft")
-    run = rebuild(runs(name))
+def export_beside_ours(run_dir, fmt: str, out):
+    """Export ``run_dir`` to ``out``; the rebuilt run, a batch of its inputs and peftlab's logits on it."""
+    folder = export(run_dir, fmt, out)
+    run = rebuild(run_dir)
     inputs = batch(run)
     with torch.no_grad():
         ours = run.model(**inputs).logits
+    return folder, run, inputs, ours
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("name", PEFT)
+def test_peft_export_loads_in_peft_with_the_same_outputs(runs, name, tmp_path):
+    folder, run, inputs, ours = export_beside_ours(runs(name), "peft", tmp_path / "peft")
     base = fresh_base(run)
     before = logits_from(base, folder, inputs)
     loaded = PeftModel.from_pretrained(base, str(folder)).eval()
@@ -103,11 +109,7 @@ def test_methods_peft_cannot_express_point_to_merged(runs, name, tmp_path):
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.parametrize("name", MERGEABLE)
 def test_merged_export_reloads_in_transformers_with_the_same_outputs(runs, name, tmp_path):
-    folder = export(runs(name), "merged", tmp_path / "merged")
-    run = rebuild(runs(name))
-    inputs = batch(run)
-    with torch.no_grad():
-        ours = run.model(**inputs).logits
+    folder, _, inputs, ours = export_beside_ours(runs(name), "merged", tmp_path / "merged")
     config = json.loads((folder / "config.json").read_text())
     if name == "light_peft":  # pruned shapes: rebuilt from the recorded pruning
         assert PRUNING_KEY in config
