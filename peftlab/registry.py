@@ -39,18 +39,17 @@ class Registry(Generic[T]):
 
 METHODS: Registry = Registry("method")
 TASKS: Registry = Registry("task")
-LORA_VARIANTS: Registry = Registry("lora variant")  # peftlab/variants: LowRankVariant subclasses
+LORA_VARIANTS: Registry = Registry("lora variant")  # peftlab/methods/lora: LowRankVariant subclasses
 
 
 _plugins_loaded = False
 
 
 def _load_plugins() -> None:
-    """Import every module of peftlab.methods, peftlab.tasks and peftlab.variants so that their
-    decorators run.
+    """Import every module under peftlab.methods and peftlab.tasks so that their decorators run.
 
-    A new method is one module in peftlab/methods plus one YAML in conf/method; a new LoRA variant is one
-    module in peftlab/variants: nothing else to edit.
+    A new method is one folder in peftlab/methods plus one YAML in conf/method (a LoRA variant is one
+    module in peftlab/methods/lora): nothing else to edit.
     """
     global _plugins_loaded
     if _plugins_loaded:
@@ -59,8 +58,8 @@ def _load_plugins() -> None:
     import importlib
     import pkgutil
 
-    for package_name in ("peftlab.methods", "peftlab.tasks", "peftlab.variants"):
+    for package_name in ("peftlab.methods", "peftlab.tasks"):
         package = importlib.import_module(package_name)
-        for info in pkgutil.iter_modules(package.__path__):
-            if not info.name.startswith("_"):
-                importlib.import_module(f"{package_name}.{info.name}")
+        for info in pkgutil.walk_packages(package.__path__, prefix=f"{package_name}."):
+            if not info.name.rsplit(".", 1)[-1].startswith("_"):
+                importlib.import_module(info.name)

@@ -47,15 +47,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from peftlab.benchmark import (  # noqa: E402
+from peftlab.methods.base import Method, register_method  # noqa: E402
+from peftlab.methods.lora.method import LoraConfig  # noqa: E402
+from peftlab.reporting.benchmark import (  # noqa: E402
     CONFIG_ALIASES,
     BenchSettings,
     Row,
     add_bench_arguments,
     run_rows,
 )
-from peftlab.methods.base import Method, register_method  # noqa: E402
-from peftlab.methods.lora import LoraConfig  # noqa: E402
 from peftlab.train import efficiency  # noqa: E402
 
 PEFT_ROW = "peft-lora"

@@ -47,14 +47,14 @@ from hydra.errors import HydraException
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from peftlab.benchmark import BenchSettings, Row, run_rows, run_rows_one_by_one  # noqa: E402
 from peftlab.blocks.schedules import cubic_fraction  # noqa: E402
 from peftlab.config import compose_config  # noqa: E402
 from peftlab.errors import ConfigError  # noqa: E402
 from peftlab.methods.base import build_method  # noqa: E402
 from peftlab.models.architecture import layer_keys, shared_weights  # noqa: E402
 from peftlab.models.build import stored_config  # noqa: E402
-from peftlab.paper_claims import CLAIMS, Claim  # noqa: E402
+from peftlab.reporting.benchmark import BenchSettings, Row, run_rows, run_rows_one_by_one  # noqa: E402
+from peftlab.reporting.paper_claims import CLAIMS, Claim  # noqa: E402
 
 GIB = 2**30
 DORA_NA = "n/a: DoRA not available"  # until method=lora method.variant=dora exists on this branch

@@ -20,8 +20,8 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from peftlab.config import compose_config  # noqa: E402
-from peftlab.experiment import build_trainer  # noqa: E402
-from peftlab.train.run_dir import RunDir  # noqa: E402
+from peftlab.run.experiment import build_trainer  # noqa: E402
+from peftlab.run.folder import RunDir  # noqa: E402
 
 MATMULS = ("aten::mm", "aten::addmm", "aten::bmm")
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from peftlab.benchmark import BenchSettings, Row, add_bench_arguments, run_rows  # noqa: E402
+from peftlab.reporting.benchmark import BenchSettings, Row, add_bench_arguments, run_rows  # noqa: E402
 from peftlab.train.efficiency import CPU_PEAK_GFLOPS  # noqa: E402
 
 SETTINGS = {"all": ("all-linear", "false"), "FA": ("ffn-linear", "true")}

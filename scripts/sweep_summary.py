@@ -1,5 +1,5 @@
 """Every job of a sweep in one table (method, task, seed, status, main metric in percent and its majority /
-chance baseline, #params, time, error), read through peftlab.results like every other table.
+chance baseline, #params, time, error), read through peftlab.reporting.results like every other table.
 
     python scripts/sweep_summary.py multirun/2026-11-24_12-00-00          # markdown to stdout
     python scripts/sweep_summary.py multirun/... --csv jobs.csv           # and a CSV
@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from peftlab.sweep import summarize, to_csv, to_markdown  # noqa: E402
+from peftlab.reporting.sweep import summarize, to_csv, to_markdown  # noqa: E402
 
 
 def main() -> None:

@@ -27,9 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from peftlab.paper_tables import TABLES, get_table  # noqa: E402
-from peftlab.results import AGGREGATES, SELECTS, Run, aggregate, find_runs  # noqa: E402
-from peftlab.tables import paper_comparison  # noqa: E402
+from peftlab.reporting.paper_tables import TABLES, get_table  # noqa: E402
+from peftlab.reporting.results import AGGREGATES, SELECTS, Run, aggregate, find_runs  # noqa: E402
+from peftlab.reporting.tables import paper_comparison  # noqa: E402
 
 BASELINE_ROW = "no learning (majority / chance)"
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from peftlab.experiment import build_trainer
+from peftlab.run.experiment import build_trainer
+from peftlab.run.folder import RunDir
 from peftlab.train import accumulate
-from peftlab.train.run_dir import RunDir
 
 NO_DROPOUT = ["model.dropout=0.0", "model.head_dropout=0.0"]
 METHODS = {  # method -> overrides that make it decide something within 3 steps, without dropout

@@ -13,9 +13,9 @@ from torch import nn
 from peftlab.blocks.adapter import BottleneckAdapter
 from peftlab.config import compose_config
 from peftlab.errors import ConfigError
-from peftlab.experiment import run_experiment
 from peftlab.methods.base import build_method
 from peftlab.models import build_model
+from peftlab.run.experiment import run_experiment
 
 
 def adapter(**options):

@@ -12,9 +12,9 @@ from conftest import tiny_config
 from omegaconf import OmegaConf
 
 from peftlab.blocks.lowrank import low_rank_layers
-from peftlab.experiment import build_trainer, run_experiment
 from peftlab.methods.base import build_method
-from peftlab.train.run_dir import RunDir
+from peftlab.run.experiment import build_trainer, run_experiment
+from peftlab.run.folder import RunDir
 
 
 def method(name, **options):

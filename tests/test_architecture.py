@@ -13,9 +13,9 @@ from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM
 from peftlab.blocks.targeting import match_targets
 from peftlab.config import compose_config
 from peftlab.errors import ConfigError
-from peftlab.experiment import run_experiment
 from peftlab.models import architecture, build_model, footprint
 from peftlab.models.footprint import Workload
+from peftlab.run.experiment import run_experiment
 
 # name -> (task head, published parameter count, tolerance): the count of the whole model as released
 # (embeddings included; the LM head of a decoder counted once when tied).
@@ -230,10 +230,10 @@ def test_one_layer_paper_model_trains_two_lora_steps_offline(tmp_path, name):
 def test_paper_model_without_weights_evaluates_few_examples_unless_asked(caplog):
     """Random weights at a paper's shapes: the evaluation is a check that it runs (16 examples, logged);
     an explicit task.max_eval_samples wins; the tiny random test models keep the task's own limits."""
-    from peftlab.experiment import RANDOM_WEIGHTS_EVAL_SAMPLES, limit_random_weights_eval
+    from peftlab.run.experiment import RANDOM_WEIGHTS_EVAL_SAMPLES, limit_random_weights_eval
 
     cfg = compose_config(["model=llama2_7b", "model.pretrained=false", "task=gsm8k"])
-    with caplog.at_level(logging.WARNING, logger="peftlab.experiment"):
+    with caplog.at_level(logging.WARNING, logger="peftlab.run.experiment"):
         limit_random_weights_eval(cfg)
     assert cfg.task.max_eval_samples == RANDOM_WEIGHTS_EVAL_SAMPLES == 16
     assert "evaluating on the first 16 examples" in caplog.text

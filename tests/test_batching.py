@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 from conftest import tiny_config
 
-from peftlab.experiment import build_trainer
+from peftlab.run.experiment import build_trainer
+from peftlab.run.folder import RunDir
 from peftlab.tasks.batching import LengthGroupedSampler
-from peftlab.train.run_dir import RunDir
 
 
 def test_sampler_is_a_seeded_permutation_of_length_groups():

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import torch
 
-from peftlab.benchmark import BenchSettings, make_row, timed_step
+from peftlab.reporting.benchmark import BenchSettings, make_row, timed_step
+from peftlab.run.folder import RunDir
 from peftlab.train.efficiency import matmul_gflops
-from peftlab.train.run_dir import RunDir
 
 SETTINGS = BenchSettings(
     model="tiny_bert", batch_size=8, seq_len=64, steps=2, overrides=["progress_bar=false"]

@@ -8,9 +8,9 @@ import torch
 from conftest import tiny_config
 
 from peftlab.errors import ConfigError
-from peftlab.experiment import build_trainer
-from peftlab.train import loop
-from peftlab.train.run_dir import RunDir
+from peftlab.run.experiment import build_trainer
+from peftlab.run.folder import RunDir
+from peftlab.train import trainer as loop
 
 NO_DROPOUT = ["model.dropout=0.0", "model.head_dropout=0.0"]
 

@@ -82,7 +82,7 @@ def test_config_groups_ship_inside_the_package():
     assert conf_dir() == (Path(peftlab.__file__).parent / "conf").resolve()
     assert (conf_dir() / "config.yaml").is_file() and options("method")
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert project["project"]["scripts"]["peftlab"] == "peftlab.__main__:main"
+    assert project["project"]["scripts"]["peftlab"] == "peftlab.cli:main"
     patterns = project["tool"]["setuptools"]["package-data"]["peftlab"]
     package = Path(peftlab.__file__).parent
     shipped = {p.relative_to(package / "conf") for pattern in patterns for p in package.glob(pattern)}

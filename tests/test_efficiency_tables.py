@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from peftlab.paper_claims import CLAIMS, SPSFT_FIGURES, Claim
+from peftlab.reporting.paper_claims import CLAIMS, SPSFT_FIGURES, Claim
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "efficiency_tables.py"
 spec = importlib.util.spec_from_file_location("efficiency_tables", SCRIPT)

@@ -13,9 +13,9 @@ from peft import PeftModel
 from transformers import AutoModel
 
 from peftlab.errors import ConfigError
-from peftlab.experiment import run_experiment, seed_everything
 from peftlab.export import PRUNING_KEY, export, load_head, load_merged, main, rebuild
 from peftlab.models import build_model
+from peftlab.run.experiment import run_experiment, seed_everything
 
 # a few steps at a high LR: the adapters move far enough from their init that a wrong export shows
 RUNS = {

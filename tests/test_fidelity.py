@@ -17,10 +17,10 @@ from peftlab.blocks.adapter import BottleneckAdapter
 from peftlab.blocks.lowrank import low_rank_layers
 from peftlab.blocks.protocol import adapter_layers
 from peftlab.config import compose_config
-from peftlab.experiment import build_trainer
 from peftlab.methods.base import build_method
 from peftlab.models import build_model
-from peftlab.train.run_dir import RunDir
+from peftlab.run.experiment import build_trainer
+from peftlab.run.folder import RunDir
 
 
 @pytest.mark.parametrize("model_name", ["tiny_bert", "tiny_deberta"])
@@ -99,7 +99,7 @@ def test_scheduler_stepped_per_epoch_keeps_the_lr_near_its_peak(tmp_path):
 
 
 def test_adapter_only_parameter_average_leaves_the_head_out(tmp_path):
-    from peftlab.experiment import run_experiment
+    from peftlab.run.experiment import run_experiment
 
     results = run_experiment(tiny_config(tmp_path, "task=mrpc", "method=aflora"))
     params = results["trainable_params"]
@@ -136,7 +136,7 @@ def test_frozen_pooler_gets_no_grad_no_optimizer_state_and_is_not_counted(tmp_pa
 
 
 def test_light_peft_restart_gives_a_fresh_optimizer_and_lr_schedule(tmp_path, monkeypatch):
-    from peftlab.train import loop
+    from peftlab.train import trainer as loop
 
     factors: list[float] = []
     set_lr = loop.set_lr
@@ -193,7 +193,7 @@ def test_spsft_official_trainable_set_matches_the_arithmetic_on_tiny_deberta():
 
 def _toy_spsft(**options):
     from peftlab.methods.base import CalibrationData
-    from peftlab.methods.spsft import Spsft, SpsftConfig
+    from peftlab.methods.spsft.method import Spsft, SpsftConfig
 
     model = Toy()
     x, y, batches = toy_batches()
@@ -224,7 +224,7 @@ def test_taylor_without_the_bias_term():
 
 
 def test_even_row_counts_round_down_as_the_official_code():
-    from peftlab.methods.spsft import row_count
+    from peftlab.methods.spsft.method import row_count
 
     assert [row_count(n, 0.05, even=True) for n in (768, 3072, 32)] == [38, 152, 2]
     assert [row_count(n, 0.05, even=False) for n in (768, 3072, 32)] == [38, 154, 2]
@@ -232,7 +232,7 @@ def test_even_row_counts_round_down_as_the_official_code():
 
 @pytest.mark.parametrize("model_name", ["tiny_bert", "tiny_deberta"])
 def test_spsft_official_preset_runs_saves_and_reloads(tmp_path, model_name):
-    from peftlab.experiment import run_experiment
+    from peftlab.run.experiment import run_experiment
 
     run = tmp_path / "run"
     overrides = ["experiment=spsft_table3", "method=spsft_official", f"model={model_name}"]
@@ -290,7 +290,7 @@ def test_aflora_scripts_table_differs_from_table_7_where_the_scripts_do(tmp_path
 
 
 def test_spsft_vision_schedule_is_cosine_per_epoch_down_to_1e9(tmp_path, monkeypatch):
-    from peftlab.train import loop
+    from peftlab.train import trainer as loop
 
     factors: list[float] = []
     set_lr = loop.set_lr

@@ -13,10 +13,10 @@ from omegaconf import OmegaConf
 
 from peftlab.config import compose_config
 from peftlab.errors import ConfigError
-from peftlab.experiment import run_experiment
 from peftlab.models import build_model
 from peftlab.models.lm import IGNORE_INDEX, CausalLM, Seq2SeqLM
 from peftlab.registry import TASKS
+from peftlab.run.experiment import run_experiment
 from peftlab.tasks.generation import TextPair, eos_token_id, read_jsonl
 from peftlab.tasks.metrics import exact_match, gsm8k_answer, normalize_number, rouge, split_sentences
 

@@ -12,10 +12,10 @@ from conftest import tiny_config
 from omegaconf import OmegaConf
 
 from peftlab.errors import ConfigError
-from peftlab.experiment import run_experiment
 from peftlab.registry import TASKS
+from peftlab.run.experiment import run_experiment
 from peftlab.tasks import metrics
-from peftlab.tasks._data_root import data_root_candidates
+from peftlab.tasks.data_root import data_root_candidates
 
 # (task, split, rows, label counts) from shared/data/README.md
 ROWS = [
@@ -64,7 +64,7 @@ LARGE = [
 
 @pytest.mark.parametrize(("name", "split", "file", "rows"), LARGE)
 def test_large_glue_files_are_read_when_present(name, split, file, rows):
-    from peftlab.tasks._data_root import find_data_file
+    from peftlab.tasks.data_root import find_data_file
 
     if find_data_file(None, f"glue/{file}")[0] is None:
         pytest.skip(f"glue/{file} is not in the data folder")

@@ -12,10 +12,10 @@ from conftest import tiny_config
 from omegaconf import OmegaConf
 
 from peftlab.errors import ConfigError
-from peftlab.experiment import build_trainer, run_experiment
 from peftlab.methods.base import build_method
-from peftlab.methods.light_peft import MASKS, PRUNING_FILE, peft_layers
-from peftlab.train.run_dir import RunDir
+from peftlab.methods.light_peft.method import MASKS, PRUNING_FILE, peft_layers
+from peftlab.run.experiment import build_trainer, run_experiment
+from peftlab.run.folder import RunDir
 
 
 def test_prune_removes_exactly_the_lowest_scored_units(tiny_model):

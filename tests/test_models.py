@@ -9,10 +9,10 @@ from conftest import tiny_config
 
 from peftlab.config import compose_config
 from peftlab.errors import ConfigError
-from peftlab.experiment import run_experiment
 from peftlab.methods.base import build_method
 from peftlab.models import build_model, resolve_device
 from peftlab.models.build import position_limit
+from peftlab.run.experiment import run_experiment
 
 
 def tiny(*overrides: str):

@@ -11,11 +11,12 @@ import pytest
 import torch
 from conftest import tiny_config
 
+from peftlab.blocks.params import default_param_groups
 from peftlab.config import compose_config
 from peftlab.errors import ConfigError
-from peftlab.experiment import run_experiment
 from peftlab.methods.base import build_method
-from peftlab.train.optim import build_optimizer, default_param_groups, lr_factor, rebuild_optimizer
+from peftlab.run.experiment import run_experiment
+from peftlab.train.optim import build_optimizer, lr_factor, rebuild_optimizer
 
 
 def test_frozen_parameters_have_no_optimizer_state_or_decay(tiny_model, batch):

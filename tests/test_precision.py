@@ -10,9 +10,9 @@ import torch
 from conftest import tiny_config
 
 from peftlab.errors import ConfigError, TrainingDiverged
-from peftlab.experiment import build_trainer, run_experiment
+from peftlab.run.experiment import build_trainer, run_experiment
+from peftlab.run.folder import RunDir
 from peftlab.train.precision import autocast_dtype
-from peftlab.train.run_dir import RunDir
 
 LLAMA = ["model=tiny_llama", "model.dropout=0.0", "schedule.max_steps=3"]
 

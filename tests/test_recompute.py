@@ -8,10 +8,10 @@ import torch
 from conftest import tiny_config
 
 from peftlab.errors import ConfigError
-from peftlab.experiment import build_trainer
+from peftlab.run.experiment import build_trainer
+from peftlab.run.folder import RunDir
 from peftlab.train import accumulate, efficiency
 from peftlab.train.recompute import enable_activation_checkpointing
-from peftlab.train.run_dir import RunDir
 
 COMMON = ["model=tiny_llama", "model.dropout=0.0", "model.head_dropout=0.0", "schedule.batch_size=8"]
 METHODS = {"lora": [], "spsft": [], "light_peft": ["method.peft.dropout=0.0"], "aflora": []}

@@ -12,9 +12,9 @@ import torch
 from conftest import ROOT, cli, tiny_config
 
 from peftlab.errors import ConfigError, TrainingDiverged
-from peftlab.experiment import run_experiment
 from peftlab.models.heads import ModelOutput, SequenceClassifier
-from peftlab.tasks._data_root import data_root_candidates
+from peftlab.run.experiment import run_experiment
+from peftlab.tasks.data_root import data_root_candidates
 
 QUICK = [
     "model=tiny_bert",
@@ -153,9 +153,9 @@ def test_unknown_task_is_refused_by_the_registry(tmp_path):
 def test_saved_adapter_reloads_to_identical_predictions(tmp_path):
     cfg = tiny_config(tmp_path / "train", "task=rte")
     run_experiment(cfg)
-    from peftlab.artifacts import load_adapter
     from peftlab.methods.base import build_method
     from peftlab.models import build_model
+    from peftlab.run.artifacts import load_adapter
 
     def fresh(seed: int) -> SequenceClassifier:
         torch.manual_seed(seed)

@@ -19,12 +19,12 @@ import torch
 from conftest import ROOT, cli, tiny_config
 from omegaconf import OmegaConf
 
-import peftlab.train.run_dir as run_dir_module
+import peftlab.run.folder as run_dir_module
 from peftlab.errors import ConfigError, TrainingDiverged
-from peftlab.experiment import run_experiment
 from peftlab.models.heads import ModelOutput, SequenceClassifier
 from peftlab.registry import METHODS
-from peftlab.train.run_dir import RunDir
+from peftlab.run.experiment import run_experiment
+from peftlab.run.folder import RunDir
 
 COMMON = [
     "model=tiny_bert",
@@ -202,7 +202,7 @@ def replace(src, dst, *args, **kwargs):
     return rename(src, dst, *args, **kwargs)
 os.replace = replace
 sys.argv = ["peftlab", *sys.argv[2:]]
-from peftlab.__main__ import main
+from peftlab.cli import main
 main()
 """
 STEP_2 = "checkpoints/step_0000002.pt"

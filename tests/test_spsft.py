@@ -20,10 +20,10 @@ from peftlab.blocks.importance import quantile_mean
 from peftlab.blocks.lowrank import LowRankLinear
 from peftlab.blocks.sparse_rows import SparseRowsLayer, merge_sparse_rows, sparse_rows_layers
 from peftlab.errors import ConfigError
-from peftlab.experiment import build_trainer, run_experiment
 from peftlab.methods.base import CalibrationData, build_method
-from peftlab.methods.spsft import class_quantile_mean_scores, select_rows, taylor_scores
-from peftlab.train.run_dir import RunDir
+from peftlab.methods.spsft.method import class_quantile_mean_scores, select_rows, taylor_scores
+from peftlab.run.experiment import build_trainer, run_experiment
+from peftlab.run.folder import RunDir
 
 
 def spsft(**options):

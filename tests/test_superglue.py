@@ -11,8 +11,8 @@ from conftest import tiny_config
 from omegaconf import OmegaConf
 
 from peftlab.errors import ConfigError
-from peftlab.experiment import run_experiment
 from peftlab.registry import TASKS
+from peftlab.run.experiment import run_experiment
 from peftlab.tasks import metrics
 
 

@@ -18,12 +18,12 @@ import pytest
 from conftest import tiny_config
 from omegaconf import OmegaConf
 
-from peftlab.experiment import run_experiment
-from peftlab.paper_tables import SPSFT_T2_PARAMS, SPSFT_T2_VALUES, SPSFT_T4_VALUES, TABLES
-from peftlab.plots import CURVES, curves, read_metrics, run_series
+from peftlab.figures import CURVES, curves, read_metrics, run_series
 from peftlab.registry import TASKS
-from peftlab.results import find_runs
-from peftlab.sweep import write_summary
+from peftlab.reporting.paper_tables import SPSFT_T2_PARAMS, SPSFT_T2_VALUES, SPSFT_T4_VALUES, TABLES
+from peftlab.reporting.results import find_runs
+from peftlab.reporting.sweep import write_summary
+from peftlab.run.experiment import run_experiment
 from peftlab.tasks.base import Example
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -196,7 +196,8 @@ def test_sweep_curves_overlay_every_job_one_colour_per_method(tmp_path):
     jobs = [
         (r.get("method.name"), run_series(read_metrics(r.path / "metrics.jsonl"), "accuracy")) for r in runs
     ]
-    plotted = curves(jobs, "accuracy", tmp_path / "check.png")
+    png, plotted = curves(jobs, "accuracy")
+    (tmp_path / "check.png").write_bytes(png)
     assert {panel: len(lines) for panel, lines in plotted.items()} == {
         "train_loss": 3,
         "eval": 3,

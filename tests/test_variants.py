@@ -224,7 +224,7 @@ def test_removing_a_pissa_module_restores_the_original_layer():
 def test_variant_run_reloads_to_identical_metrics(tmp_path, overrides):
     from conftest import tiny_config
 
-    from peftlab.experiment import run_experiment
+    from peftlab.run.experiment import run_experiment
 
     trained = run_experiment(
         tiny_config(tmp_path / "run", "task=rte", "method.target_modules=all-linear", *overrides)

@@ -15,9 +15,9 @@ from peftlab.blocks.lowrank import LowRankLinear
 from peftlab.blocks.targeting import match_targets
 from peftlab.config import compose_config
 from peftlab.errors import ConfigError
-from peftlab.experiment import run_experiment
 from peftlab.models import build_model
 from peftlab.registry import TASKS
+from peftlab.run.experiment import run_experiment
 from peftlab.tasks.vision import ImageTransform, read_idx
 
 

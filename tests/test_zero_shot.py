@@ -18,11 +18,11 @@ from omegaconf import OmegaConf
 from peftlab.blocks.lowrank import low_rank_layers
 from peftlab.config import compose_config
 from peftlab.errors import ConfigError
-from peftlab.experiment import run_experiment
 from peftlab.methods.base import build_method
 from peftlab.models import build_model
-from peftlab.tasks._data_root import find_data_file
-from peftlab.zero_shot import ZeroShotSuite
+from peftlab.run.experiment import run_experiment
+from peftlab.tasks.data_root import find_data_file
+from peftlab.tasks.zero_shot import ZeroShotSuite
 
 pytest.importorskip("lm_eval")
 ITEMS = 8

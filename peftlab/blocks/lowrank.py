@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from peftlab.blocks.params import default_param_groups
 from peftlab.blocks.protocol import adapter_layers, copy_into, kept, sliced_linear
 from peftlab.blocks.targeting import TargetSpec, match_targets, replace_module
 from peftlab.errors import ConfigError
@@ -412,8 +413,6 @@ def low_rank_layers(model: nn.Module) -> list[tuple[str, LowRankLinear]]:
 def vector_param_groups(model: nn.Module, decay_vectors: bool) -> list[dict[str, Any]]:
     """The default optimizer groups, with the layers' vectors d and b in the weight-decay group when
     ``decay_vectors`` (the ELoRA/AFLoRA authors' optimizer decays them; 1-D tensors are otherwise exempt)."""
-    from peftlab.train.optim import default_param_groups
-
     vectors = [v for _, layer in low_rank_layers(model) for v in layer.vectors()] if decay_vectors else []
     return default_param_groups(model, vectors)
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from typing import Any
+
 from torch import nn
 
 
@@ -23,3 +26,19 @@ def trainable_named_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def default_param_groups(model: nn.Module, decayed: Collection[nn.Parameter] = ()) -> list[dict[str, Any]]:
+    """Optimizer groups by part (head: own LR) and decay (no weight decay on biases and norms, i.e. 1-D
+    tensors, except those in ``decayed``: e.g. ELoRA/AFLoRA's vectors, which the authors' code decays).
+
+    A method may return other groups; a group may set ``lr``, ``lr_scale`` (times the schedule's LR) or
+    ``weight_decay`` itself (``peftlab.train.optim.build_optimizer`` reads them).
+    """
+    head_ids = {id(p) for p in model.head.parameters()}
+    decayed_ids = {id(p) for p in decayed}
+    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
+    for _, param in trainable_named_parameters(model):
+        key = ("head" if id(param) in head_ids else "body", param.ndim >= 2 or id(param) in decayed_ids)
+        groups.setdefault(key, []).append(param)
+    return [{"params": ps, "part": part, "decay": decay} for (part, decay), ps in groups.items()]

@@ -11,8 +11,9 @@ keeps the optimizer state only of the parameters that are still trained.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any, ClassVar
@@ -22,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from peftlab import distributed
-from peftlab.blocks.params import trainable_named_parameters
+from peftlab.blocks.params import default_param_groups, trainable_named_parameters
 from peftlab.blocks.protocol import adapter_state_dict, load_adapter_state_dict
 from peftlab.errors import ConfigError
 from peftlab.registry import METHODS
@@ -75,6 +76,27 @@ class CalibrationData:
         return list(islice(self.stream(), limit))
 
 
+@dataclass
+class MethodReport:
+    """What a method reports when a run ends: ``results`` go into results.json's ``method_report``;
+    ``files`` (name -> content) are written into the run folder, atomically, by the run folder."""
+
+    results: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)
+
+
+def safetensors_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
+    """A method's tensors file (scores, masks), on the CPU, as its report hands it to the run folder."""
+    from safetensors.torch import save
+
+    return save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()})
+
+
+def json_bytes(data: Any) -> bytes:
+    """A method's JSON file, as its report hands it to the run folder."""
+    return (json.dumps(data, indent=1) + "\n").encode()
+
+
 class Method:
     """A PEFT method. Subclasses set ``config_class`` and override the hooks they need."""
 
@@ -103,8 +125,6 @@ class Method:
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         """Trainable parameters split into optimizer groups; see ``peftlab.train.optim``."""
-        from peftlab.train.optim import default_param_groups
-
         return default_param_groups(model)
 
     def first_run_steps(self, scheduled_steps: int) -> int:
@@ -128,10 +148,10 @@ class Method:
     def on_train_end(self, state: TrainState) -> None:
         """Training is over; evaluation and saving follow."""
 
-    def report(self, state: TrainState, step_times: list[float], out_dir: Path) -> dict[str, Any]:
-        """Method-specific results for results.json (``step_times[k - 1]``: seconds of step k); may
-        write figures or traces into ``out_dir``."""
-        return {}
+    def report(self, state: TrainState, step_times: list[float]) -> MethodReport:
+        """Method-specific results for results.json (``step_times[k - 1]``: seconds of step k) and the
+        files (traces, figures) the run folder writes for the method (names in ``output_files``)."""
+        return MethodReport()
 
     # -- saving ---------------------------------------------------------------------------------
     def adapter_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:

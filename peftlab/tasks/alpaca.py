@@ -23,8 +23,8 @@ import numpy as np
 from peftlab import checks
 from peftlab.errors import ConfigError
 from peftlab.registry import TASKS
-from peftlab.tasks._data_root import find_data_file, load_hub_dataset
 from peftlab.tasks.base import HeldOutConfig
+from peftlab.tasks.data_root import find_data_file, load_hub_dataset
 from peftlab.tasks.generation import GenerationConfig, GenerationTask, TextPair
 from peftlab.tasks.metrics import ROUGE_TYPES, rouge
 

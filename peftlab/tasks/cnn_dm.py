@@ -14,7 +14,7 @@ import logging
 
 from peftlab.errors import ConfigError
 from peftlab.registry import TASKS
-from peftlab.tasks._data_root import find_data_file, load_hub_dataset
+from peftlab.tasks.data_root import find_data_file, load_hub_dataset
 from peftlab.tasks.generation import GenerationTask, HeldOutGenerationConfig, TextPair, read_jsonl
 from peftlab.tasks.metrics import ROUGE_TYPES, rouge
 

@@ -26,10 +26,10 @@ from transformers import PreTrainedTokenizerBase
 from peftlab import checks
 from peftlab.errors import ConfigError
 from peftlab.models.lm import IGNORE_INDEX
-from peftlab.tasks._data_root import decode_problem
 from peftlab.tasks.base import HeldOutConfig, Task, TaskConfig
 from peftlab.tasks.batching import train_sampling
-from peftlab.zero_shot import suite_from_task_config
+from peftlab.tasks.data_root import decode_problem
+from peftlab.tasks.zero_shot import suite_from_task_config
 
 log = logging.getLogger(__name__)
 

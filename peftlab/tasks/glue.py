@@ -17,8 +17,8 @@ from pathlib import Path
 from peftlab import checks
 from peftlab.errors import ConfigError
 from peftlab.registry import TASKS
-from peftlab.tasks._data_root import decode_problem, find_data_file, load_hub_dataset
 from peftlab.tasks.base import ClassificationTask, Example, TaskConfig
+from peftlab.tasks.data_root import decode_problem, find_data_file, load_hub_dataset
 
 log = logging.getLogger(__name__)
 HUB_DATASET = "nyu-mll/glue"

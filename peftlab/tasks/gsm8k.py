@@ -12,7 +12,7 @@ import logging
 
 from peftlab.errors import ConfigError
 from peftlab.registry import TASKS
-from peftlab.tasks._data_root import find_data_file
+from peftlab.tasks.data_root import find_data_file
 from peftlab.tasks.generation import GenerationTask, TextPair, read_jsonl
 from peftlab.tasks.metrics import exact_match, gsm8k_answer
 

@@ -30,8 +30,8 @@ import numpy as np
 
 from peftlab.errors import ConfigError
 from peftlab.registry import TASKS
-from peftlab.tasks._data_root import find_data_file, load_hub_dataset
 from peftlab.tasks.base import ClassificationTask, Example
+from peftlab.tasks.data_root import find_data_file, load_hub_dataset
 from peftlab.tasks.generation import read_jsonl
 from peftlab.tasks.glue import GlueConfig
 from peftlab.tasks.metrics import METRICS, choice_accuracy, multirc_scores

@@ -27,8 +27,8 @@ from peftlab import checks
 from peftlab.errors import ConfigError
 from peftlab.models.vision import ImageSpec
 from peftlab.registry import TASKS
-from peftlab.tasks._data_root import find_data_file, load_hub_dataset
 from peftlab.tasks.base import ClassificationTask, HeldOutConfig, TaskConfig
+from peftlab.tasks.data_root import find_data_file, load_hub_dataset
 
 
 @dataclass

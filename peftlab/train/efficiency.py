@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import resource
-import statistics
 import time
 from collections.abc import Callable
 
@@ -99,5 +98,3 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None

@@ -8,32 +8,14 @@ and keeps the state of the parameters that are still trained.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
 import torch
 from omegaconf import DictConfig
-from torch import nn
 
-from peftlab.blocks.params import trainable_named_parameters
 from peftlab.errors import ConfigError
-
-
-def default_param_groups(model: nn.Module, decayed: Collection[nn.Parameter] = ()) -> list[dict[str, Any]]:
-    """Groups by part (head: own LR) and decay (no weight decay on biases and norms, i.e. 1-D tensors,
-    except those in ``decayed``: e.g. ELoRA/AFLoRA's vectors, which the authors' code decays).
-
-    A method may return other groups; a group may set ``lr``, ``lr_scale`` (times the schedule's LR) or
-    ``weight_decay`` itself.
-    """
-    head_ids = {id(p) for p in model.head.parameters()}
-    decayed_ids = {id(p) for p in decayed}
-    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
-    for _, param in trainable_named_parameters(model):
-        key = ("head" if id(param) in head_ids else "body", param.ndim >= 2 or id(param) in decayed_ids)
-        groups.setdefault(key, []).append(param)
-    return [{"params": ps, "part": part, "decay": decay} for (part, decay), ps in groups.items()]
 
 
 def build_optimizer(groups: list[dict[str, Any]], sched: DictConfig) -> torch.optim.AdamW:

@@ -1,15 +1,27 @@
-"""Figures a run writes next to its results (PNG, matplotlib without a display)."""
+"""Figures as PNG bytes (matplotlib without a display): a method's heatmap, a run's or a sweep's curves.
+
+They return the file's content and write nothing: the run folder (or a sweep's writer) stores it
+atomically, so this module depends on nothing else of peftlab.
+"""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 
 
-def heatmap(
-    values: np.ndarray, rows: list[str], columns: list[str], title: str, label: str, path: Path
-) -> Path:
+def _png(fig, dpi: int) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def heatmap(values: np.ndarray, rows: list[str], columns: list[str], title: str, label: str) -> bytes:
     """A labelled heatmap of ``values`` (rows x columns); NaN cells are left blank."""
     import matplotlib
 
@@ -29,9 +41,7 @@ def heatmap(
     fig.colorbar(image, ax=ax, label=label)
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _png(fig, dpi=120)
 
 
 # -- training curves --------------------------------------------------------------------------------------
@@ -65,15 +75,13 @@ def read_metrics(path: Path) -> list[dict]:
     return rows
 
 
-def curves(jobs: list[tuple[str, Series]], metric: str | None, path: Path) -> Plotted:
+def curves(jobs: list[tuple[str, Series]], metric: str | None) -> tuple[bytes, Plotted]:
     """One figure, three panels (``PANELS``) against the step, a line per job; jobs sharing a label (a
-    method) share a colour and one legend entry. Written atomically. Returns what each panel plots."""
+    method) share a colour and one legend entry. Returns the PNG and what each panel plots."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from peftlab.train.run_dir import atomic_write
 
     labels = sorted({label for label, _ in jobs})
     colour = {label: f"C{i % 10}" for i, label in enumerate(labels)}
@@ -98,13 +106,10 @@ def curves(jobs: list[tuple[str, Series]], metric: str | None, path: Path) -> Pl
     if any(plotted.values()):
         axes[0].legend(fontsize=7)
     fig.subplots_adjust(left=0.06, right=0.98, bottom=0.16, top=0.9, wspace=0.3)  # tight_layout: a draw more
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=80)
-    plt.close(fig)
-    return plotted
+    return _png(fig, dpi=80), plotted
 
 
-def run_curves(folder: Path, label: str, metric: str | None) -> Plotted:
-    """``curves.png`` of one run folder, from its metrics.jsonl."""
+def run_curves(folder: Path, label: str, metric: str | None) -> bytes:
+    """The curves PNG of one run folder, from its metrics.jsonl."""
     series = run_series(read_metrics(folder / "metrics.jsonl"), metric)
-    return curves([(label, series)], metric, folder / CURVES)
+    return curves([(label, series)], metric)[0]

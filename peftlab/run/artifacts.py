@@ -13,7 +13,7 @@ from torch import nn
 
 from peftlab.errors import ConfigError, StorageError
 from peftlab.methods.base import Method
-from peftlab.train.run_dir import atomic_write, write_text_atomic
+from peftlab.run.folder import atomic_write, write_text_atomic
 
 WEIGHTS = "adapter.safetensors"
 META = "adapter.json"

@@ -7,8 +7,8 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from peftlab.paper_tables import Column, PaperTable, Row
-from peftlab.results import Run, aggregate
+from peftlab.reporting.paper_tables import Column, PaperTable, Row
+from peftlab.reporting.results import Run, aggregate
 
 HEADER = (
     "| paper row | column | ours | paper | ours - paper | seeds | #params ours | #params paper | differs |",

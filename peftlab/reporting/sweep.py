@@ -1,7 +1,7 @@
 """Sweeps: a failed job is recorded and the others go on; at the end one table lists every job.
 
 ``record_failure`` writes ``failure.json`` into a job's folder; ``summarize`` reads every job folder of
-a sweep through ``peftlab.results`` (the one reader of run folders) into rows; ``SweepSummary`` is the
+a sweep through ``reporting.results`` (the one reader of run folders) into rows; ``SweepSummary`` is the
 Hydra callback that writes ``summary.md`` and ``summary.csv`` into the sweep folder when a multirun ends
 and makes the command exit with 1 when a job failed.
 """
@@ -19,8 +19,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from peftlab.results import FAILURE, Run, find_runs
-from peftlab.train.run_dir import write_json_atomic, write_text_atomic
+from peftlab.reporting.results import FAILURE, Run, find_runs
+from peftlab.run.folder import write_bytes_atomic, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def _cell(value: Any) -> str:
 
 def write_sweep_curves(sweep_dir: Path, runs: list[Run]) -> Path | None:
     """curves.png of the sweep: every job's curves overlaid, one colour per method. Best effort."""
-    from peftlab.plots import CURVES, curves, read_metrics, run_series
+    from peftlab.figures import CURVES, curves, read_metrics, run_series
 
     jobs, metrics = [], set()
     for run in runs:
@@ -120,7 +120,8 @@ def write_sweep_curves(sweep_dir: Path, runs: list[Run]) -> Path | None:
     if not jobs:
         return None
     try:
-        curves(jobs, metrics.pop() if len(metrics) == 1 else None, sweep_dir / CURVES)
+        png, _ = curves(jobs, metrics.pop() if len(metrics) == 1 else None)
+        write_bytes_atomic(sweep_dir / CURVES, png)
     except Exception as err:  # noqa: BLE001 - a figure must not cost the sweep its summary
         log.warning("no sweep curves.png (%s: %s)", type(err).__name__, err)
         return None

@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import socket
 import time
@@ -26,13 +27,14 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from peftlab.errors import ConfigError, FolderBusy, StorageError
-from peftlab.loggers import MetricsLogger, NullLogger
+from peftlab.run.loggers import MetricsLogger, NullLogger
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,7 @@ RESULTS = "results.json"
 METRICS = "metrics.jsonl"
 LOCK = ".peftlab.lock"
 CHECKPOINTS = "checkpoints"
+CHECKPOINT_PATTERN = re.compile(r"step_(\d+)\.pt$")  # checkpoints/step_<N>.pt
 # Hydra's own record of the job (config.yaml unresolved, hydra.yaml, overrides.yaml). peftlab writes it
 # once the folder is this run's (Hydra's output_subdir would write it before the folder is checked, over
 # the files of a live or finished run that then refuses the new one).
@@ -109,6 +112,11 @@ def write_text_atomic(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(data)
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(_jsonable(data), indent=2) + "\n")
 
@@ -164,6 +172,35 @@ def _describe_owner(raw: bytes) -> str:
         return "its owner has not written its pid yet"
 
 
+def checkpoint_paths(run_path: Path) -> list[Path]:
+    """The run's checkpoints, oldest first."""
+    found = [
+        (int(m[1]), p)
+        for p in (run_path / CHECKPOINTS).glob("step_*.pt")
+        if (m := CHECKPOINT_PATTERN.search(p.name))
+    ]
+    return [p for _, p in sorted(found)]
+
+
+class _RecordingWriter:
+    """A file for ``torch.save`` that keeps the OSError of a failed write (disk full, quota), which torch
+    only reports as "unexpected pos"."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
 # -- the folder -----------------------------------------------------------------------------------------
 class RunDir:
     """The run folder; every row and result written here is also sent to ``logger`` (W&B, or nothing)."""
@@ -192,7 +229,26 @@ class RunDir:
             return "unreadable"
 
     def checkpoints(self) -> list[Path]:
-        return sorted((self.path / CHECKPOINTS).glob("step_*.pt"))
+        return checkpoint_paths(self.path)
+
+    def write_checkpoint(self, step: int, payload: dict[str, Any], keep: int) -> Path | None:
+        """``checkpoints/step_<N>.pt`` (``Trainer.state_dict``), written atomically; all but the newest
+        ``keep`` are dropped."""
+        if not self.writes:
+            return None
+        folder = self.path / CHECKPOINTS
+        folder.mkdir(exist_ok=True)
+        path = folder / f"step_{step:07d}.pt"
+        with atomic_write(path) as tmp, tmp.open("wb") as handle:
+            writer = _RecordingWriter(handle)
+            try:
+                torch.save(payload, writer)
+            except RuntimeError as err:  # torch reports a failed write as "unexpected pos ...": say why
+                cause = writer.error.strerror if writer.error else str(err)
+                raise StorageError(f"could not write {path}: {cause}") from err
+        for old in self.checkpoints()[:-keep]:
+            old.unlink(missing_ok=True)
+        return path
 
     def start(self, overwrite: bool) -> None:
         """Lock the folder, then claim it for a new run."""
@@ -306,6 +362,11 @@ class RunDir:
             if row.get("step", 0) <= after_step:
                 kept.append(line + "\n")
         write_text_atomic(path, "".join(kept))
+
+    def write_file(self, name: str, content: bytes) -> None:
+        """A file a method reported (``Method.output_files``), written atomically."""
+        if self.writes:
+            write_bytes_atomic(self.path / name, content)
 
     def write_jsonl(self, name: str, rows: list[dict[str, Any]]) -> None:
         """Replace ``name`` with ``rows``, one JSON object a line (written atomically)."""

@@ -16,12 +16,10 @@ frozen.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import statistics
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,8 +33,16 @@ from peftlab.blocks.params import freeze, train_head
 from peftlab.blocks.schedules import cubic_fraction
 from peftlab.blocks.selection import lowest
 from peftlab.blocks.targeting import ALL_LINEAR, module_role
+from peftlab.blocks.timing import median_step_times_around
 from peftlab.errors import ConfigError
-from peftlab.methods.base import Method, MethodConfig, TrainState, register_method
+from peftlab.methods.base import (
+    Method,
+    MethodConfig,
+    MethodReport,
+    TrainState,
+    json_bytes,
+    register_method,
+)
 
 PM_PLACEMENTS = ("ffn", "attention", "both", "none")
 FREEZE_RULES = ("code", "paper")
@@ -190,9 +196,9 @@ class Aflora(Method):
         for i, param in enumerate(self.scorer.params):
             param.requires_grad_(i in self.scorer.active)
 
-    def report(self, state: TrainState, step_times: list[float], out_dir: Path) -> dict[str, Any]:
+    def report(self, state: TrainState, step_times: list[float]) -> MethodReport:
         trace = {name: self.frozen_at.get(name) for name in self.pm_names}
-        (out_dir / "freeze_trace.json").write_text(json.dumps(trace, indent=2) + "\n")
+        files = {"freeze_trace.json": json_bytes(trace)}
         report: dict[str, Any] = {
             "freeze_trace": "freeze_trace.json",
             "pms_trainable_at_start": len(trace),
@@ -200,18 +206,19 @@ class Aflora(Method):
         }
         if trace and all(v is not None for v in trace.values()):
             first, last = min(trace.values()), max(trace.values())
-            before, after = step_times[1:first], step_times[last:]  # step k took step_times[k - 1]
-            report["median_step_time_before_freezing_s"] = statistics.median(before) if before else None
-            report["median_step_time_after_freezing_s"] = statistics.median(after) if after else None
+            before, after = median_step_times_around(step_times, first, last)
+            report["median_step_time_before_freezing_s"] = before
+            report["median_step_time_after_freezing_s"] = after
             report["first_freeze_step"], report["all_frozen_step"] = first, last
         if any(v is not None for v in trace.values()):
-            report["freeze_heatmap"] = self._heatmap(trace, out_dir).name
-        return report
+            files["freeze_heatmap.png"] = self._heatmap(trace)
+            report["freeze_heatmap"] = "freeze_heatmap.png"
+        return MethodReport(report, files)
 
     @staticmethod
-    def _heatmap(trace: dict[str, int | None], out_dir: Path) -> Path:
+    def _heatmap(trace: dict[str, int | None]) -> bytes:
         """Steps before each PM froze, per layer x (module, A/B): the paper's Figure 5."""
-        from peftlab.plots import heatmap
+        from peftlab.figures import heatmap
 
         cells: dict[tuple[int, str], float] = {}
         for name, step in trace.items():
@@ -227,5 +234,4 @@ class Aflora(Method):
             columns,
             "AFLoRA: step at which each PM froze",
             "step",
-            out_dir / "freeze_heatmap.png",
         )

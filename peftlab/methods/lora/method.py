@@ -2,7 +2,7 @@
 
 Options of the one low-rank layer (``blocks/lowrank.py``): ``init=pissa`` (PiSSA: A, B from the top-r
 singular vectors, the base keeps the residual) and ``variant=<name>`` (a registered LoRA variant, e.g.
-``dora``; ``peftlab/variants``).
+``dora``; ``peftlab/methods/lora/``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class LoraConfig(MethodConfig):
     # peft-style: a list of names/suffixes, or one regex string that must fullmatch the module name
     target_modules: list[str] | str = field(default_factory=lambda: ["query", "value"])
     init: str = "lora"  # lora: A kaiming, B zero | pissa: principal singular vectors (residual base)
-    variant: str | None = None  # null: plain LoRA | a name in peftlab/variants, e.g. dora
+    variant: str | None = None  # null: plain LoRA | a variant in peftlab/methods/lora, e.g. dora
 
     def __post_init__(self) -> None:
         if not 0 <= self.dropout < 1:

@@ -24,7 +24,7 @@ from peftlab.errors import ConfigError
 
 # The config groups ship inside the package (``peftlab/conf``: a link to the checkout's ``conf/``, copied
 # into a wheel as package data), so an installed peftlab finds them as an editable checkout does.
-CONF_DIR = Path(__file__).parent / "conf"
+CONF_DIR = Path(__file__).parent.parent / "conf"
 
 
 @dataclass

@@ -16,20 +16,20 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader
 
 from peftlab import __version__, distributed
-from peftlab.artifacts import load_adapter, save_adapter
 from peftlab.blocks.params import count_parameters
 from peftlab.config import check_config
 from peftlab.errors import ConfigError, RunInterrupted, StorageError, TrainingDiverged
-from peftlab.loggers import build_logger
 from peftlab.methods.base import CalibrationData, Method, build_method
 from peftlab.models import build_model, resolve_device
 from peftlab.models.build import is_pretrained
 from peftlab.models.footprint import Workload
 from peftlab.registry import TASKS
+from peftlab.run.artifacts import load_adapter, save_adapter
+from peftlab.run.checkpoint import read_checkpoint, usable_checkpoint
+from peftlab.run.folder import RunDir
+from peftlab.run.loggers import build_logger
 from peftlab.tasks.base import Task
-from peftlab.train.checkpoint import usable_checkpoint
-from peftlab.train.loop import Trainer
-from peftlab.train.run_dir import RunDir
+from peftlab.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -213,12 +213,15 @@ def resume_run(cfg: DictConfig) -> dict[str, Any]:
         _on_main_rank(run_dir.reopen)
         checkpoint = usable_checkpoint(folder, saved.get("run_id"))
         trainer = build_trainer(saved, run_dir)
-        return _train_logged(saved, trainer, resume_from=checkpoint)
+        log.info("resuming from %s", checkpoint)
+        return _train_logged(saved, trainer, resume_from=read_checkpoint(checkpoint))
     finally:
         run_dir.unlock()
 
 
-def _train_logged(cfg: DictConfig, trainer: Trainer, resume_from: Path | None = None) -> dict[str, Any]:
+def _train_logged(
+    cfg: DictConfig, trainer: Trainer, resume_from: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """``_train`` with the run's metrics logger (W&B or nothing) open around it."""
     run_dir = trainer.run_dir
     if run_dir.writes:
@@ -229,7 +232,7 @@ def _train_logged(cfg: DictConfig, trainer: Trainer, resume_from: Path | None = 
         run_dir.logger.finish()
 
 
-def _train(cfg: DictConfig, trainer: Trainer, resume_from: Path | None = None) -> dict[str, Any]:
+def _train(cfg: DictConfig, trainer: Trainer, resume_from: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fit, evaluate, save the adapter, then write results.json last: a folder whose results.json is not
     ``completed`` has no adapter that eval_only would use. A run that stops writes ``failed`` (an error)
     or ``interrupted`` (Ctrl-C: RunInterrupted says how to resume) with what it measured so far."""
@@ -263,7 +266,7 @@ def _train(cfg: DictConfig, trainer: Trainer, resume_from: Path | None = None) -
         _record_stop(trainer, start, "failed", str(err) if known else f"{type(err).__name__}: {err}")
         raise
     if cfg.curves:
-        _write_curves(run_dir.path, trainer.method.name, task.main_metric)
+        _write_curves(run_dir, trainer.method.name, task.main_metric)
     run_dir.write_results(results)
     main = task.main_metric
     log.info(
@@ -278,13 +281,13 @@ def _train(cfg: DictConfig, trainer: Trainer, resume_from: Path | None = None) -
     return results
 
 
-def _write_curves(folder: Path, method: str, metric: str) -> None:
+def _write_curves(run_dir: RunDir, method: str, metric: str) -> None:
     """curves.png: loss, metric and trainable parameters against the step. Best effort: a figure that
     cannot be drawn is logged, and the run's results still count."""
-    from peftlab.plots import run_curves
+    from peftlab.figures import CURVES, run_curves
 
     try:
-        run_curves(folder, method, metric)
+        run_dir.write_file(CURVES, run_curves(run_dir.path, method, metric))
     except Exception as err:  # noqa: BLE001 - e.g. a broken matplotlib install
         log.warning("no curves.png (%s: %s)", type(err).__name__, err)
 

@@ -9,16 +9,13 @@ weights (the layers' row indices), so a saved adapter rebuilds the same layers w
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from peftlab import checks, distributed
@@ -36,7 +33,16 @@ from peftlab.blocks.sparse_rows import (
 )
 from peftlab.blocks.targeting import ALL_LINEAR, match_targets, module_role
 from peftlab.errors import ConfigError
-from peftlab.methods.base import CalibrationData, Method, MethodConfig, TrainState, register_method
+from peftlab.methods.base import (
+    CalibrationData,
+    Method,
+    MethodConfig,
+    MethodReport,
+    TrainState,
+    json_bytes,
+    register_method,
+    safetensors_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +260,7 @@ class Spsft(Method):
             self.merged = True
             log.info("spsft: merged W_f into %d base layers for evaluation", len(layers))
 
-    def report(self, state: TrainState, step_times: list[float], out_dir: Path) -> dict[str, Any]:
+    def report(self, state: TrainState, step_times: list[float]) -> MethodReport:
         layers = {}
         for name, index in self.rows.items():
             scores = self.scores.get(name)
@@ -264,20 +270,18 @@ class Spsft(Method):
                 entry["min_kept_score"] = float(scores[index].min())
                 entry["mean_score"] = float(scores.mean())
             layers[name] = entry
-        (out_dir / "spsft_rows.json").write_text(json.dumps(layers, indent=1) + "\n")
+        files = {"spsft_rows.json": json_bytes(layers)}
         if self.scores:
-            save_file(
-                {k: v.contiguous().cpu() for k, v in self.scores.items()},
-                str(out_dir / "spsft_importance.safetensors"),
-            )
+            files["spsft_importance.safetensors"] = safetensors_bytes(self.scores)
         rows = sum(e["rows"] for e in layers.values())
-        return {
+        results = {
             "importance": self.config.importance,
             "layers_adapted": len(layers),
             "rows_trained": rows,
             "rows_total": sum(e["of"] or 0 for e in layers.values()),
             "merged": self.merged,
         }
+        return MethodReport(results, files)
 
     # -- saving -------------------------------------------------------------------------------------
     def load_adapter_state_dict(self, model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:

@@ -32,11 +32,11 @@ import torch
 
 from peftlab.config import compose_config
 from peftlab.errors import ConfigError
-from peftlab.experiment import build_trainer
+from peftlab.run.experiment import build_trainer
+from peftlab.run.folder import RunDir
 from peftlab.train import efficiency
-from peftlab.train.loop import Trainer
 from peftlab.train.optim import optimizer_state_bytes
-from peftlab.train.run_dir import RunDir
+from peftlab.train.trainer import Trainer
 
 FROZEN = "@frozen"
 PRUNED = "@pruned"

@@ -33,7 +33,6 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from peftlab.artifacts import load_adapter
 from peftlab.blocks.lowrank import LowRankLinear
 from peftlab.blocks.protocol import adapter_layers, fold_adapters
 from peftlab.errors import ConfigError
@@ -41,7 +40,8 @@ from peftlab.methods.base import Method, build_method
 from peftlab.models import build_model
 from peftlab.models.heads import ClassificationHead
 from peftlab.registry import TASKS
-from peftlab.train.run_dir import RunDir
+from peftlab.run.artifacts import load_adapter
+from peftlab.run.folder import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class Rebuilt:
 
 def rebuild(run_dir: Path) -> Rebuilt:
     """Model + method of a completed run with its saved adapter, in eval mode on the CPU."""
-    from peftlab.experiment import seed_everything  # the run's seed rebuilds a random base the same
+    from peftlab.run.experiment import seed_everything  # the run's seed rebuilds a random base the same
 
     if not (run_dir / "config.yaml").exists():
         raise ConfigError(f"{run_dir}: no config.yaml there; expected a peftlab run folder")
@@ -223,7 +223,7 @@ def write_merged(run: Rebuilt, out: Path) -> list[str]:
 
 def pruning_record(run_dir: Path) -> dict[str, Any] | None:
     """The kept heads and FFN channels per block of a Light-PEFT run, else None."""
-    from peftlab.methods.light_peft import PRUNING_FILE
+    from peftlab.methods.light_peft.method import PRUNING_FILE
 
     path = run_dir / PRUNING_FILE
     if not path.exists():
@@ -238,7 +238,7 @@ def load_merged(folder: str | Path, **kwargs: Any) -> nn.Module:
     from transformers import AutoConfig, AutoModel
 
     from peftlab.blocks.structure import blocks
-    from peftlab.methods.light_peft import prune_structure
+    from peftlab.methods.light_peft.method import prune_structure
 
     config = AutoConfig.from_pretrained(folder)
     record = getattr(config, PRUNING_KEY, None)

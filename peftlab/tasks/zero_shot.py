@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from peftlab.errors import ConfigError
-from peftlab.tasks._data_root import find_data_file
+from peftlab.tasks.data_root import find_data_file
 
 log = logging.getLogger(__name__)
 GROUP = "peftlab_zero_shot"

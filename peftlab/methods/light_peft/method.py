@@ -32,20 +32,27 @@ from typing import Any
 
 import torch
 from omegaconf import OmegaConf
-from safetensors.torch import save_file
 from torch import nn
 
 from peftlab import distributed
 from peftlab.blocks.importance import output_change_sums, rank_taylor_scores
 from peftlab.blocks.masks import StructureMasks
-from peftlab.blocks.params import count_parameters
+from peftlab.blocks.params import count_parameters, default_param_groups
 from peftlab.blocks.protocol import LowRankLayer
 from peftlab.blocks.selection import dropped_count, keep_highest, quantile_count
 from peftlab.blocks.structure import Block, blocks, prune_channels, prune_heads
+from peftlab.blocks.timing import median_step_times_around
 from peftlab.errors import ConfigError
-from peftlab.methods.base import Method, MethodConfig, TrainState, build_method, register_method
-from peftlab.train import efficiency
-from peftlab.train.optim import default_param_groups
+from peftlab.methods.base import (
+    Method,
+    MethodConfig,
+    MethodReport,
+    TrainState,
+    build_method,
+    json_bytes,
+    register_method,
+    safetensors_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +258,7 @@ def pruning_report(record: dict[str, Any] | None, step_times: list[float]) -> di
     if record is None:
         return {"pruned": False}
     k = record["step"]
-    before, after = step_times[1:k], step_times[k + 1 :]  # the first step and the pruning step left out
+    before, after = median_step_times_around(step_times, k)
 
     def count(key: str) -> int:
         return sum(len(v) for v in record[key].values())
@@ -268,8 +275,8 @@ def pruning_report(record: dict[str, Any] | None, step_times: list[float]) -> di
         "ranks_kept": count("ranks"),
         "params_before": record["params_before"],
         "params_after": record["params_after"],
-        "median_step_s_estimating": efficiency.median(before),
-        "median_step_s_pruned": efficiency.median(after),
+        "median_step_s_estimating": before,
+        "median_step_s_pruned": after,
     }
 
 
@@ -409,14 +416,12 @@ class LightPeft(Method):
             self.masks = None
 
     # -- reporting, saving, reloading ---------------------------------------------------------------
-    def report(self, state: TrainState, step_times: list[float], out_dir: Path) -> dict[str, Any]:
+    def report(self, state: TrainState, step_times: list[float]) -> MethodReport:
+        files = {}
         if self.record is not None:
-            (out_dir / PRUNING_FILE).write_text(json.dumps(self.record, indent=1) + "\n")
-            save_file(
-                {k: v.contiguous() for k, v in self.final_masks.items()},
-                str(out_dir / f"{MASKS}.safetensors"),
-            )
-        return pruning_report(self.record, step_times)
+            files[PRUNING_FILE] = json_bytes(self.record)
+            files[f"{MASKS}.safetensors"] = safetensors_bytes(self.final_masks)
+        return MethodReport(pruning_report(self.record, step_times), files)
 
     def state_dict(self) -> dict[str, Any]:
         """The phase and scores; the masks themselves are trained tensors, saved with the adapter."""

@@ -1,5 +1,5 @@
 """The papers' accuracy tables, kept once, as data: ``scripts/table.py RUNS --paper NAME`` prints ours beside
-them (the efficiency figures are in ``peftlab.paper_claims``).
+them (the efficiency figures are in ``peftlab.reporting.paper_claims``).
 
 A ``PaperTable`` names the model and data the paper used (ours are marked when they differ), its columns
 (task + our results.json metric key) and its rows: the paper's numbers in percent, as printed, and

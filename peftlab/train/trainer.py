@@ -8,12 +8,12 @@ no host sync except at logging points (every ``log_every_steps``), evaluation an
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -23,15 +23,16 @@ from tqdm.auto import tqdm
 
 from peftlab import distributed
 from peftlab.blocks.params import count_parameters, trainable_named_parameters
+from peftlab.blocks.timing import median
 from peftlab.errors import ConfigError, TrainingDiverged
 from peftlab.methods.base import Method, TrainState
 from peftlab.tasks.base import Task
 from peftlab.train import accumulate, efficiency
-from peftlab.train.checkpoint import load_checkpoint, save_checkpoint
+from peftlab.train.history import History, Progress
 from peftlab.train.optim import build_optimizer, lr_factor, rebuild_optimizer, set_lr
 from peftlab.train.precision import Precision, keep_trained_fp32
 from peftlab.train.recompute import enable_activation_checkpointing
-from peftlab.train.run_dir import RunDir
+from peftlab.train.rng import rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -39,65 +40,16 @@ SCHEDULER_STEPS = ("step", "epoch")
 COMPILE_BACKEND = "inductor"  # schedule.compile=true: torch.compile's default backend (tests use "eager")
 
 
-@dataclass
-class History:
-    """What the loop accumulates for results.json."""
+class RunRecord(Protocol):
+    """Where the loop records a run (``peftlab.run.folder.RunDir``): it names the files and writes them."""
 
-    step_times: list[float] = field(default_factory=list)  # step k took step_times[k - 1] seconds
-    trainable_param_steps: int = 0  # sum over steps of the trainable count (for the average)
-    adapter_param_steps: int = 0  # the same without the task head (the AFLoRA paper's #Params)
-    samples: int = 0
-    tokens: int = 0  # non-padding tokens trained on (text tasks)
-    train_time_s: float = 0.0  # sum of step times, evaluation excluded
-    best_eval: dict[str, float] | None = None
-    best_step: int | None = None
-    last_eval: dict[str, float] | None = None
-    last_eval_step: int | None = None
-    flops_per_step: int | None = None
+    path: Path
 
-
-@dataclass
-class Progress:
-    """Where the loop is inside the current epoch and the loss window since the last log line: what a
-    checkpoint needs, besides the model and optimizer, to continue with the same batches and log."""
-
-    loss_sum: torch.Tensor  # on the device: summing needs no host sync
-    window: int = 0
-    consumed: int = 0  # batches of this epoch seen so far
-    epoch_generator: torch.Tensor | None = None  # the shuffling generator's state when this epoch began
-
-    def start_epoch(self, generator: torch.Generator | None, resuming: bool) -> None:
-        """The data order of this epoch comes from the generator's state now (resuming mid-epoch: the
-        checkpoint's state)."""
-        if generator is not None:
-            if resuming and self.epoch_generator is not None:
-                generator.set_state(self.epoch_generator)
-            self.epoch_generator = generator.get_state()
-        self.consumed = 0
-
-    def add(self, loss: torch.Tensor) -> None:
-        self.loss_sum += loss
-        self.window += 1
-
-    def reset_window(self) -> None:
-        self.loss_sum.zero_()
-        self.window = 0
-
-    def to_checkpoint(self) -> dict[str, Any]:
-        return {
-            "epoch_generator": self.epoch_generator,
-            "consumed": self.consumed,
-            "loss_sum": float(self.loss_sum),
-            "window": self.window,
-        }
-
-    def restore(self, saved: dict[str, Any]) -> None:
-        self.epoch_generator, self.consumed, self.window = (
-            saved["epoch_generator"],
-            saved["consumed"],
-            saved["window"],
-        )
-        self.loss_sum.fill_(saved["loss_sum"])
+    def log_metrics(self, row: dict[str, Any]) -> None: ...
+    def truncate_metrics(self, after_step: int) -> None: ...
+    def write_jsonl(self, name: str, rows: list[dict[str, Any]]) -> None: ...
+    def write_file(self, name: str, content: bytes) -> None: ...
+    def write_checkpoint(self, step: int, payload: dict[str, Any], keep: int) -> Path | None: ...
 
 
 class Trainer:
@@ -110,7 +62,7 @@ class Trainer:
         train_loader: DataLoader,
         eval_loaders: dict[str, DataLoader],
         device: torch.device,
-        run_dir: RunDir,
+        run_dir: RunRecord,
     ) -> None:
         self.cfg, self.sched = cfg, cfg.schedule
         if self.sched.scheduler_step not in SCHEDULER_STEPS:
@@ -265,9 +217,40 @@ class Trainer:
             self.apply_param_change()
         return loss
 
+    # -- checkpoints ------------------------------------------------------------------------------
+    def state_dict(self, progress: Progress) -> dict[str, Any]:
+        """Everything the next step depends on: the trained tensors (the method's adapter state: all of
+        the model for full fine-tuning), the method's own state (AFLoRA's scores and frozen set,
+        Light-PEFT's phase, masks and pruning), the optimizer, the RNG states, the data order and loss
+        window (``progress``) and the history. The learning rate is a function of the step."""
+        adapter = self.method.adapter_state_dict(self.model)
+        return {
+            "run_id": self.cfg.get("run_id"),
+            "step": self.state.step,
+            "adapter": {k: v.detach().clone() for k, v in adapter.items()},
+            "method": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": rng_state(),
+            "loop": progress.to_checkpoint(),
+            "history": dataclasses.asdict(self.history),
+            "trainable_start": self.trainable_start,
+        }
+
+    def load_state_dict(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Put this freshly built trainer where ``payload`` was; returns the loop's progress state."""
+        self.method.load_state_dict(payload["method"], self.model)
+        self.method.load_adapter_state_dict(self.model, payload["adapter"])
+        self.state.step = payload["step"]
+        self.apply_param_change()  # the optimizer over what is trained now, then its saved state
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.history = History(**payload["history"])
+        self.trainable_start = payload["trainable_start"]
+        set_rng_state(payload["rng"])
+        return payload["loop"]
+
     # -- the loop ---------------------------------------------------------------------------------
-    def fit(self, resume_from: Path | None = None) -> History:
-        """Train to ``total_steps``; from a checkpoint of this run when ``resume_from`` is given."""
+    def fit(self, resume_from: dict[str, Any] | None = None) -> History:
+        """Train to ``total_steps``; from a checkpoint's payload (``state_dict``) when one is given."""
         state = self.state
         progress = self._begin(resume_from)
         generator = getattr(getattr(self.train_loader, "sampler", None), "generator", None)
@@ -298,13 +281,13 @@ class Trainer:
             self.apply_param_change()
         return self.history
 
-    def _begin(self, resume_from: Path | None) -> Progress:
+    def _begin(self, resume_from: dict[str, Any] | None) -> Progress:
         """Where training starts: step 0, or the checkpoint's step with its data order and loss window."""
         progress = Progress(loss_sum=torch.zeros((), device=self.device))
         if resume_from is not None:
-            progress.restore(load_checkpoint(self, resume_from))
+            progress.restore(self.load_state_dict(resume_from))
             self.run_dir.truncate_metrics(after_step=self.state.step)
-            log.info("resumed from %s at step %d", resume_from, self.state.step)
+            log.info("resumed at step %d", self.state.step)
         log.info(
             "training %d steps (%d per epoch, warmup %d), %d trainable params",
             self.state.total_steps,
@@ -345,7 +328,7 @@ class Trainer:
             self.evaluate()
         every = self.cfg.checkpoint.every_steps
         if every and step % every == 0 and not last and distributed.is_main():
-            save_checkpoint(self, progress.to_checkpoint(), self.cfg.checkpoint.keep)
+            self.run_dir.write_checkpoint(step, self.state_dict(progress), self.cfg.checkpoint.keep)
 
     def _log_train(self, mean_loss_tensor: torch.Tensor, window: int) -> float:
         mean_loss = float(distributed.all_reduce_mean(mean_loss_tensor.detach().clone()))
@@ -399,10 +382,17 @@ class Trainer:
         log.info("step %d eval: %s", self.state.step, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         return metrics
 
+    def _method_report(self) -> dict[str, Any]:
+        """The method's results for results.json; its files go into the run folder."""
+        report = self.method.report(self.state, self.history.step_times)
+        for name, content in report.files.items():
+            self.run_dir.write_file(name, content)
+        return report.results
+
     def summary(self, wall_time_s: float) -> dict[str, Any]:
         history, state = self.history, self.state
         # the first step carries warm-up (and the FLOP counter): left out of the median
-        median_step = efficiency.median(history.step_times[1:])
+        median_step = median(history.step_times[1:])
         train_time = history.train_time_s
         peak, peak_kind = efficiency.peak_memory(self.device)
         achieved = (
@@ -434,7 +424,7 @@ class Trainer:
             "peak_memory_kind": peak_kind,
             "flops_per_step": history.flops_per_step,
             "achieved_gflops": achieved,
-            "method_report": self.method.report(state, history.step_times, self.run_dir.path),
+            "method_report": self._method_report(),
             "fraction_of_cpu_peak": achieved / efficiency.CPU_PEAK_GFLOPS
             if achieved and self.device.type == "cpu"
             else None,

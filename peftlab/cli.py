@@ -1,0 +1,85 @@
+"""CLI: ``python -m peftlab method=lora task=rte`` (Hydra; ``--help`` lists the config groups).
+
+Exit status: 0 completed, 1 another error (a write failed: one line naming the file), 2 a bad input
+(one line: the key or file, the value, what is allowed), 3 the loss diverged, 130 Ctrl-C (with a resume
+hint; in a multirun the sweep summary is still written). In a multirun a failed job is recorded in its
+folder and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from peftlab import distributed
+from peftlab.config import conf_dir, register_schemas
+from peftlab.errors import ConfigError, FolderBusy, StorageError, TrainingDiverged
+from peftlab.reporting.sweep import record_failure, write_summary
+
+log = logging.getLogger("peftlab")
+register_schemas()
+# an error the CLI reports as one line: its type, the exit status, the line's prefix
+EXIT_CODES = (
+    (ConfigError, 2, "error"),
+    (TrainingDiverged, 3, "training diverged"),
+    (StorageError, 1, "error"),
+)
+
+
+@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    from peftlab.run.experiment import run_experiment
+
+    if int(os.environ.get("RANK", "0")) > 0:  # under torchrun only rank 0 logs progress
+        logging.getLogger("peftlab").setLevel(logging.WARNING)
+    try:
+        results = run_experiment(cfg)
+        distributed.shutdown()
+    except KeyboardInterrupt as err:
+        interrupted(err)
+    except Exception as err:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:  # record it and let the other jobs run
+            job_failed(cfg, err)
+            return None
+        for kind, code, prefix in EXIT_CODES:
+            if isinstance(err, kind):
+                log.error("%s: %s", prefix, err)
+                sys.exit(code)
+        raise
+    if results.get("eval_only"):
+        return results["eval"][results["main_metric"]]
+    return results["final_eval"][results["main_metric"]]
+
+
+def job_failed(cfg: DictConfig, err: Exception) -> None:
+    """A failed job of a sweep: one line for a known cause, a traceback otherwise, and failure.json in
+    its folder (not when the folder belongs to another live run: nothing is written there)."""
+    if isinstance(err, ConfigError | TrainingDiverged | StorageError):
+        log.error("job failed: %s", err)
+    else:
+        log.exception("job failed: %s", err)
+    if not isinstance(err, FolderBusy):
+        record_failure(Path(cfg.output_dir), cfg, err)
+
+
+def interrupted(err: KeyboardInterrupt) -> NoReturn:
+    """Ctrl-C: one line (with the resume command when checkpoints exist), not a traceback; in a multirun
+    the summary of the jobs so far; exit status 130 (128 + SIGINT), as a shell reports it."""
+    log.error("%s", str(err) or "interrupted by Ctrl-C")
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        sweep_dir = Path(HydraConfig.get().sweep.dir)
+        rows = write_summary(sweep_dir)
+        log.error("sweep interrupted; summary of its %d jobs so far: %s", len(rows), sweep_dir / "summary.md")
+    sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The baselines method (``method.py``): registered in ``peftlab.registry.METHODS`` on import."""

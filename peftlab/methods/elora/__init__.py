@@ -1,0 +1,1 @@
+"""The elora method (``method.py``): registered in ``peftlab.registry.METHODS`` on import."""

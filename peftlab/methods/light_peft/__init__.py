@@ -1,0 +1,1 @@
+"""The light_peft method (``method.py``): registered in ``peftlab.registry.METHODS`` on import."""

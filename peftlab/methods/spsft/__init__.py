@@ -1,0 +1,1 @@
+"""The spsft method (``method.py``): registered in ``peftlab.registry.METHODS`` on import."""

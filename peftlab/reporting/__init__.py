@@ -1,0 +1,1 @@
+"""What runs measured, read back: results, tables against the papers, sweeps, figures and benchmarks."""
