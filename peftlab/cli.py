@@ -8,21 +8,24 @@ folder and the sweep goes on.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict, read_write
 
 from peftlab import distributed
-from peftlab.config import conf_dir, register_schemas
+from peftlab.config import check_config, conf_dir, register_schemas
 from peftlab.errors import ConfigError, FolderBusy, StorageError, TrainingDiverged
 from peftlab.reporting.sweep import record_failure, write_summary
+from peftlab.run.folder import SWEEP_SUMMARY
 
 log = logging.getLogger("peftlab")
 register_schemas()
@@ -77,8 +80,27 @@ def interrupted(err: KeyboardInterrupt) -> NoReturn:
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         sweep_dir = Path(HydraConfig.get().sweep.dir)
         rows = write_summary(sweep_dir)
-        log.error("sweep interrupted; summary of its %d jobs so far: %s", len(rows), sweep_dir / "summary.md")
+        summary = sweep_dir / SWEEP_SUMMARY
+        log.error("sweep interrupted; summary of its %d jobs so far: %s", len(rows), summary)
     sys.exit(130)
+
+
+class CheckFirst(Callback):
+    """Checks a single run's whole config (method and task options included) before Hydra creates
+    ``hydra.run.dir``, which its job logging would write ``peftlab.log`` into: a bad value leaves no
+    folder behind. A multirun's jobs are checked each in its own folder (a bad value fails that job
+    only, recorded in its failure.json)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        job = copy.deepcopy(config)
+        with read_write(job), open_dict(job):
+            del job["hydra"]
+            job.output_dir = str(config.hydra.run.dir)  # ${hydra:runtime.output_dir} is set later
+        try:
+            check_config(job)
+        except ConfigError as err:
+            sys.stderr.write(f"error: {err}\n")
+            sys.exit(EXIT_CODES[0][1])
 
 
 if __name__ == "__main__":

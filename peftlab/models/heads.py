@@ -13,13 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from peftlab.config import schemas
+from peftlab.config.schemas import HEAD_POOLERS, POOLINGS
 from peftlab.errors import ConfigError
 
-POOLINGS = ("mean", "cls", "pooler")
-HEAD_POOLERS = ("trainable", "frozen")
 # Activation of a fresh pooler (a backbone without one): tanh as BERT's pooler, gelu as DeBERTa's
 # ContextPooler (transformers' DebertaV2ForSequenceClassification).
-POOLER_ACTIVATIONS = {"tanh": nn.Tanh, "gelu": nn.GELU}
+POOLER_ACTIVATIONS = dict(zip(schemas.POOLER_ACTIVATIONS, (nn.Tanh, nn.GELU), strict=True))
 
 
 @dataclass

@@ -13,10 +13,9 @@ from torch import nn
 
 from peftlab.errors import ConfigError, StorageError
 from peftlab.methods.base import Method
+from peftlab.run.folder import ADAPTER_META as META
+from peftlab.run.folder import ADAPTER_WEIGHTS as WEIGHTS
 from peftlab.run.folder import atomic_write, write_text_atomic
-
-WEIGHTS = "adapter.safetensors"
-META = "adapter.json"
 
 
 def save_adapter(
@@ -43,28 +42,30 @@ def save_adapter(
     return out_dir / WEIGHTS
 
 
-def load_adapter(model: nn.Module, method: Method, run_dir: Path) -> dict[str, Any]:
-    """Load saved tensors into a model that was built and attached like the saved one."""
+def load_adapter(model: nn.Module, method: Method, run_dir: Path, label: str | None = None) -> dict[str, Any]:
+    """Load saved tensors into a model that was built and attached like the saved one. ``label``: how
+    errors name the folder (default ``load_from=<run_dir>``)."""
+    label = label or f"load_from={run_dir}"
     weights = run_dir / WEIGHTS
     for name in (WEIGHTS, META):
         if not (run_dir / name).exists():
             raise ConfigError(
-                f"load_from={run_dir}: no {name} there (was the run finished with save_adapter=true?)"
+                f"{label}: no {name} there (was the run finished with save_adapter=true?)"
             )
     try:
         meta = json.loads((run_dir / META).read_text())
     except (OSError, ValueError) as err:
-        raise ConfigError(f"load_from={run_dir}: {META} cannot be read ({err})") from None
+        raise ConfigError(f"{label}: {META} cannot be read ({err})") from None
     try:
         tensors = load_file(str(weights))
     except Exception as err:  # noqa: BLE001 - a cut or garbled file: name it, whatever the reader says
         raise ConfigError(
-            f"load_from={run_dir}: {WEIGHTS} cannot be read, it is cut short or not safetensors "
+            f"{label}: {WEIGHTS} cannot be read, it is cut short or not safetensors "
             f"({type(err).__name__}: {err})"
         ) from None
     try:
         method.restore(model, run_dir)
         method.load_adapter_state_dict(model, tensors)
     except ConfigError as err:
-        raise ConfigError(f"load_from={run_dir}: {err}") from None
+        raise ConfigError(f"{label}: {err}") from None
     return meta

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import fnmatch
 import json
 import logging
@@ -21,8 +20,6 @@ import math
 import os
 import re
 import shutil
-import socket
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,51 +30,42 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from peftlab.errors import ConfigError, FolderBusy, StorageError
+from peftlab.errors import ConfigError, StorageError
+from peftlab.figures import CURVES as CURVES_PNG
+from peftlab.run.lock import LOCK, FolderLock, file_mode
 from peftlab.run.loggers import MetricsLogger, NullLogger
 
 log = logging.getLogger(__name__)
 
-RESULTS = "results.json"
-METRICS = "metrics.jsonl"
-LOCK = ".peftlab.lock"
+# Every file a run writes into its folder, by name (methods name theirs in Method.output_files).
+CONFIG = "config.yaml"  # the composed config, resolved: resume, eval_only and export read it back
+OVERRIDES = "overrides.yaml"  # the command line's overrides (a Hydra run)
+RESULTS = "results.json"  # status, evaluations (with metric_units), sizes, speed, memory
+EVAL_RESULTS = "eval_results.json"  # eval_only's results
+METRICS = "metrics.jsonl"  # one row per logging step and per evaluation
+ADAPTER_WEIGHTS = "adapter.safetensors"  # the trained tensors (run/artifacts.py)
+ADAPTER_META = "adapter.json"  # how to rebuild the model they belong to
+FAILURE = "failure.json"  # a failed job of a sweep (reporting/sweep.py)
+CURVES = CURVES_PNG  # loss, metric and trainable parameters against the step
+PREDICTIONS = "predictions_{split}.jsonl"  # generation tasks: what the model wrote
+SWEEP_SUMMARY = "summary.md"  # of a sweep folder, beside summary.csv (reporting/sweep.py)
 CHECKPOINTS = "checkpoints"
 CHECKPOINT_PATTERN = re.compile(r"step_(\d+)\.pt$")  # checkpoints/step_<N>.pt
 # Hydra's own record of the job (config.yaml unresolved, hydra.yaml, overrides.yaml). peftlab writes it
 # once the folder is this run's (Hydra's output_subdir would write it before the folder is checked, over
 # the files of a live or finished run that then refuses the new one).
 HYDRA_FOLDER = ".hydra"
-# What a run writes into its folder (methods name theirs in Method.output_files).
+# What a clear of the folder deletes.
 RUN_FILES = (
-    "config.yaml",
-    "overrides.yaml",
-    METRICS,
-    RESULTS,
-    "eval_results.json",
-    "adapter.safetensors",
-    "adapter.json",
-    "failure.json",
-    "curves.png",
+    *(CONFIG, OVERRIDES, METRICS, RESULTS, EVAL_RESULTS),
+    *(ADAPTER_WEIGHTS, ADAPTER_META, FAILURE, CURVES),
 )
-RUN_PATTERNS = ("predictions_*.jsonl", ".*.tmp")
+RUN_PATTERNS = (PREDICTIONS.format(split="*"), ".*.tmp")
 RUN_FOLDERS = (CHECKPOINTS, "wandb", "export", HYDRA_FOLDER)  # export: python -m peftlab.export
+KEPT = (LOCK,)  # the owner's lock (run/lock.py): a clear never deletes it
 
 
 # -- whole files --------------------------------------------------------------------------------------
-def file_mode() -> int:
-    """The mode ``open()`` gives a new file under this process's umask (mkstemp and safetensors use
-    0600, which a team sharing a cluster folder cannot read)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return 0o666 & ~int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)  # no /proc: read the umask by setting it, and put it back at once
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def fsync_path(path: Path) -> None:
     """Flush a file's data, or a folder's entries (a rename in it), to the disk."""
     fd = os.open(path, os.O_RDONLY)
@@ -129,47 +117,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     return value
-
-
-# -- one owner ----------------------------------------------------------------------------------------
-class FolderLock:
-    """An exclusive flock on ``<folder>/.peftlab.lock``; the file says who holds it."""
-
-    def __init__(self, folder: Path) -> None:
-        self.path = folder / LOCK
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, file_mode())
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = _describe_owner(os.pread(fd, 4096, 0))
-            os.close(fd)
-            raise FolderBusy(
-                f"output dir {self.path.parent} is in use by another run ({owner}); wait for it to end "
-                "or choose another hydra.run.dir"
-            ) from None
-        started = time.strftime("%Y-%m-%d %H:%M:%S %z")
-        owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": started}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(owner) + "\n").encode(), 0)
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-
-def _describe_owner(raw: bytes) -> str:
-    try:
-        owner = json.loads(raw)
-        return f"pid {owner['pid']} on host {owner['host']}, started {owner['started']}"
-    except (ValueError, KeyError, TypeError):
-        return "its owner has not written its pid yet"
 
 
 def checkpoint_paths(run_path: Path) -> list[Path]:
@@ -325,17 +272,17 @@ class RunDir:
             hydra = HydraConfig.get()
             overrides = OmegaConf.to_yaml(OmegaConf.create(list(hydra.overrides.task)))
             self.save_hydra_folder(cfg, hydra, overrides)
-        write_text_atomic(self.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        write_text_atomic(self.path / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
         if overrides is not None:
-            write_text_atomic(self.path / "overrides.yaml", overrides)
+            write_text_atomic(self.path / OVERRIDES, overrides)
 
     def save_hydra_folder(self, cfg: DictConfig, hydra: DictConfig, overrides: str) -> None:
         """``.hydra/config.yaml`` (the composed config, unresolved), ``hydra.yaml``, ``overrides.yaml``."""
         folder = self.path / HYDRA_FOLDER
         folder.mkdir(exist_ok=True)
-        write_text_atomic(folder / "config.yaml", OmegaConf.to_yaml(cfg))
+        write_text_atomic(folder / CONFIG, OmegaConf.to_yaml(cfg))
         write_text_atomic(folder / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra})))
-        write_text_atomic(folder / "overrides.yaml", overrides)
+        write_text_atomic(folder / OVERRIDES, overrides)
 
     def log_metrics(self, row: dict[str, Any]) -> None:
         if not self.writes:
@@ -373,6 +320,23 @@ class RunDir:
         if not self.writes:
             return
         write_text_atomic(self.path / name, "".join(json.dumps(_jsonable(row)) + "\n" for row in rows))
+
+    def write_predictions(self, split: str, rows: list[dict[str, Any]]) -> None:
+        """A generation task's outputs on ``split`` beside their references (``PREDICTIONS``)."""
+        self.write_jsonl(PREDICTIONS.format(split=split), rows)
+
+    def write_eval_results(self, results: dict[str, Any]) -> None:
+        """eval_only's results (``EVAL_RESULTS``): the finished run's own results.json stays as it was."""
+        self.write_results(results, name=EVAL_RESULTS)
+
+    def read_config(self) -> DictConfig:
+        """The config a started run saved (``CONFIG``); ConfigError when the folder holds none."""
+        path = self.path / CONFIG
+        if not path.exists():
+            raise ConfigError(f"{self.path}: no {CONFIG} there; expected the folder of a peftlab run")
+        saved = OmegaConf.load(path)
+        assert isinstance(saved, DictConfig)
+        return saved
 
     def write_results(self, results: dict[str, Any], name: str = RESULTS) -> None:
         if not self.writes:

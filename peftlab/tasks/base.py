@@ -74,17 +74,27 @@ class Task(ABC):
         """The metric by which the best evaluation of a run is chosen (results.json's best_eval)."""
         return self.select_metric or self.main_metric
 
-    config_class: ClassVar[type[TaskConfig]] = TaskConfig  # the keys and values its config may hold
+    @classmethod
+    def metric_unit(cls, metric: str) -> str:
+        """``loss``, ``percent`` (``percent_metrics``, e.g. ROUGE) or ``fraction`` (accuracy, F1, ...) for
+        ``metric``, a results.json key (maybe with its split suffix)."""
+        name = metric.removeprefix("eval_")
+        if name.startswith("loss"):
+            return "loss"
+        if any(name == m or name.startswith(f"{m}_") for m in cls.percent_metrics):
+            return "percent"
+        return "fraction"
+
+    @classmethod
+    def metric_units(cls, *evaluations: dict[str, float] | None) -> dict[str, str]:
+        """results.json's ``metric_units``: the unit of every key of ``evaluations``."""
+        return {key: cls.metric_unit(key) for scores in evaluations for key in scores or {}}
 
     @classmethod
     def metric_scale(cls, metric: str) -> float:
-        """The factor that puts ``metric`` (a results.json key, maybe with its split suffix) in percent, the
-        papers' unit: 100 for fractions, 1 for ``percent_metrics`` and losses. Tables read it from here, so
-        ROUGE is not multiplied twice."""
-        name = metric.removeprefix("eval_")
-        if name.startswith("loss") or any(name == m or name.startswith(f"{m}_") for m in cls.percent_metrics):
-            return 1.0
-        return 100.0
+        """The factor that puts ``metric`` in percent, the papers' unit: 100 for fractions, 1 for
+        percents and losses. Tables read it from here, so ROUGE is not multiplied twice."""
+        return 100.0 if cls.metric_unit(metric) == "fraction" else 1.0
 
     def baseline(self, train: list, evaluation: dict[str, list]) -> dict | None:
         """What a model that learned nothing scores on the evaluation splits, to read a run's metric

@@ -103,3 +103,12 @@ class Precision:
                 "rate; use model.dtype=bfloat16 / schedule.precision=bf16 (same range as fp32) or fp32"
             )
         return "lower schedule.lr, set schedule.max_grad_norm, or check the data"
+
+
+def base_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype of the frozen base weights (the model's most common floating dtype by elements)."""
+    sizes: dict[torch.dtype, int] = {}
+    for param in model.parameters():
+        if param.is_floating_point():
+            sizes[param.dtype] = sizes.get(param.dtype, 0) + param.numel()
+    return max(sizes, key=sizes.__getitem__) if sizes else torch.float32

@@ -16,27 +16,26 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from peftlab import distributed
-from peftlab.blocks.params import count_parameters, trainable_named_parameters
-from peftlab.blocks.timing import median
+from peftlab.blocks.params import trainable_named_parameters
+from peftlab.config import RunConfig
 from peftlab.errors import ConfigError, TrainingDiverged
 from peftlab.methods.base import Method, TrainState
 from peftlab.tasks.base import Task
-from peftlab.train import accumulate, efficiency
+from peftlab.train import accumulate, efficiency, evaluation, summary
 from peftlab.train.history import History, Progress
+from peftlab.train.hooks import refuse_step_hooks
 from peftlab.train.optim import build_optimizer, lr_factor, rebuild_optimizer, set_lr
-from peftlab.train.precision import Precision, keep_trained_fp32
+from peftlab.train.precision import Precision, base_dtype, keep_trained_fp32
 from peftlab.train.recompute import enable_activation_checkpointing
 from peftlab.train.rng import rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
-SCHEDULER_STEPS = ("step", "epoch")
 COMPILE_BACKEND = "inductor"  # schedule.compile=true: torch.compile's default backend (tests use "eager")
 
 
@@ -47,7 +46,7 @@ class RunRecord(Protocol):
 
     def log_metrics(self, row: dict[str, Any]) -> None: ...
     def truncate_metrics(self, after_step: int) -> None: ...
-    def write_jsonl(self, name: str, rows: list[dict[str, Any]]) -> None: ...
+    def write_predictions(self, split: str, rows: list[dict[str, Any]]) -> None: ...
     def write_file(self, name: str, content: bytes) -> None: ...
     def write_checkpoint(self, step: int, payload: dict[str, Any], keep: int) -> Path | None: ...
 
@@ -55,7 +54,7 @@ class RunRecord(Protocol):
 class Trainer:
     def __init__(
         self,
-        cfg: DictConfig,
+        cfg: RunConfig,
         model: torch.nn.Module,
         method: Method,
         task: Task,
@@ -65,16 +64,11 @@ class Trainer:
         run_dir: RunRecord,
     ) -> None:
         self.cfg, self.sched = cfg, cfg.schedule
-        if self.sched.scheduler_step not in SCHEDULER_STEPS:
-            raise ConfigError(
-                f"schedule.scheduler_step={self.sched.scheduler_step!r}; "
-                f"allowed: {', '.join(SCHEDULER_STEPS)}"
-            )
         self.model, self.method, self.task = model, method, task
         self.train_loader, self.eval_loaders = train_loader, eval_loaders
         self.device, self.run_dir = device, run_dir
-        self.precision = Precision(self.sched.precision, _base_dtype(model), device)
-        if self.sched.get("activation_checkpointing"):
+        self.precision = Precision(self.sched.precision, base_dtype(model), device)
+        if self.sched.activation_checkpointing:
             enable_activation_checkpointing(model)
         steps_per_epoch = len(train_loader)
         scheduled = self.sched.max_steps or steps_per_epoch * self.sched.epochs
@@ -95,7 +89,7 @@ class Trainer:
     def _set_up_optimizer(self, old: torch.optim.Optimizer | None) -> None:
         keep_trained_fp32(self.model)  # also what a hook unfroze: fp32 weights and Adam state
         self.forward_model = self._data_parallel()
-        if self.sched.get("compile"):
+        if self.sched.compile:
             refuse_step_hooks(self.method, "schedule.compile=true", "compiled", "schedule.compile=false")
             self.forward_model = torch.compile(self.forward_model, backend=COMPILE_BACKEND)
         groups = self.method.param_groups(self.model)
@@ -112,7 +106,7 @@ class Trainer:
         itself in one process."""
         if not distributed.enabled():
             return self.model
-        if OmegaConf.select(self.cfg, "distributed.strategy", default="ddp") == "fsdp":
+        if self.cfg.distributed.strategy == "fsdp":
             if not self.sharded:
                 fsdp, reason = "distributed.strategy=fsdp", "FSDP holds only shards"
                 refuse_step_hooks(self.method, fsdp, reason, "distributed.strategy=ddp")
@@ -154,13 +148,13 @@ class Trainer:
         step, first = self.state.step, self.first_run
         start, length = (0, first) if step < first else (first, self.state.total_steps - first)
         t, sched = step - start, self.sched
-        kind = sched.get("lr_scheduler", "linear")  # (configs saved before it existed)
+        kind = sched.lr_scheduler
         if sched.scheduler_step == "epoch":
             t //= self.state.steps_per_epoch
             if kind == "cosine":  # CosineAnnealingLR(T_max = epochs), stepped once per epoch
                 length = math.ceil(length / self.state.steps_per_epoch)
         warmup = math.ceil(sched.warmup_ratio * length)
-        return lr_factor(t, length, warmup, kind, sched.get("min_lr", 0.0) / sched.lr)
+        return lr_factor(t, length, warmup, kind, sched.min_lr / sched.lr)
 
     # -- one step ---------------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -193,7 +187,7 @@ class Trainer:
         state = self.state
         set_lr(self.optimizer, self.lr_factor())
         self.step_lr = self.optimizer.param_groups[0]["lr"]  # logged: a rebuild after the step resets groups
-        micro = accumulate.split(batch, self.sched.get("micro_batch_size"), self.model, total_targets)
+        micro = accumulate.split(batch, self.sched.micro_batch_size, self.model, total_targets)
         if state.step == 0 and self.cfg.measure.flops:
             loss_box: list[torch.Tensor] = []
             self.history.flops_per_step = efficiency.count_flops(
@@ -225,7 +219,7 @@ class Trainer:
         window (``progress``) and the history. The learning rate is a function of the step."""
         adapter = self.method.adapter_state_dict(self.model)
         return {
-            "run_id": self.cfg.get("run_id"),
+            "run_id": self.cfg.options.run_id,
             "step": self.state.step,
             "adapter": {k: v.detach().clone() for k, v in adapter.items()},
             "method": self.method.state_dict(),
@@ -259,8 +253,8 @@ class Trainer:
         bar = tqdm(
             total=state.total_steps,
             initial=state.step,
-            desc=f"{self.method.name}/{self.cfg.task.name}",
-            disable=not self.cfg.progress_bar,
+            desc=f"{self.method.name}/{self.cfg.task_name}",
+            disable=not self.cfg.options.progress_bar,
             dynamic_ncols=True,
         )
         while state.step < state.total_steps:
@@ -330,6 +324,15 @@ class Trainer:
         if every and step % every == 0 and not last and distributed.is_main():
             self.run_dir.write_checkpoint(step, self.state_dict(progress), self.cfg.checkpoint.keep)
 
+    def evaluate(self) -> dict[str, float]:
+        """Score every evaluation split, record it in the history and metrics.jsonl
+        (``train.evaluation``)."""
+        return evaluation.evaluate(self)
+
+    def summary(self, wall_time_s: float) -> dict[str, Any]:
+        """What results.json records of the run so far (``train.summary``)."""
+        return summary.run_summary(self, wall_time_s)
+
     def _log_train(self, mean_loss_tensor: torch.Tensor, window: int) -> float:
         mean_loss = float(distributed.all_reduce_mean(mean_loss_tensor.detach().clone()))
         if not math.isfinite(mean_loss):
@@ -350,106 +353,3 @@ class Trainer:
             }
         )
         return mean_loss
-
-    def evaluate(self) -> dict[str, float]:
-        metrics: dict[str, float] = {}
-        for split, loader in self.eval_loaders.items():
-            with self.autocast():
-                scores = self.task.evaluate(self.model, loader, self.device)
-            for name, value in scores.items():
-                metrics[self.task.metric_key(split, name)] = value
-            if self.task.last_predictions:  # generation tasks: what the model wrote, next to the reference
-                self.run_dir.write_jsonl(f"predictions_{split}.jsonl", self.task.last_predictions)
-        loss_keys = [k for k in metrics if k.startswith("loss")]
-        if any(not math.isfinite(metrics[k]) for k in loss_keys):
-            raise TrainingDiverged(
-                f"eval loss is not finite at step {self.state.step}: {metrics} "
-                f"({self.precision.diverged_hint()})"
-            )
-        history = self.history
-        history.last_eval, history.last_eval_step = metrics, self.state.step
-        best_by = self.task.best_by
-        in_first_run = 0 < self.state.step <= self.first_run  # not the scheduled run's model (unpruned)
-        if not in_first_run and (history.best_eval is None or metrics[best_by] > history.best_eval[best_by]):
-            history.best_eval, history.best_step = metrics, self.state.step
-        self.run_dir.log_metrics(
-            {
-                "step": self.state.step,
-                "epoch": round(self.state.epoch, 4),
-                **{f"eval_{k}": v for k, v in metrics.items()},
-            }
-        )
-        log.info("step %d eval: %s", self.state.step, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-        return metrics
-
-    def _method_report(self) -> dict[str, Any]:
-        """The method's results for results.json; its files go into the run folder."""
-        report = self.method.report(self.state, self.history.step_times)
-        for name, content in report.files.items():
-            self.run_dir.write_file(name, content)
-        return report.results
-
-    def summary(self, wall_time_s: float) -> dict[str, Any]:
-        history, state = self.history, self.state
-        # the first step carries warm-up (and the FLOP counter): left out of the median
-        median_step = median(history.step_times[1:])
-        train_time = history.train_time_s
-        peak, peak_kind = efficiency.peak_memory(self.device)
-        achieved = (
-            history.flops_per_step / median_step / 1e9 if history.flops_per_step and median_step else None
-        )
-        return {
-            "final_eval": history.last_eval,
-            "best_eval": history.best_eval,
-            "best_step": history.best_step,
-            "main_metric": self.task.main_metric,
-            "best_by": self.task.best_by,
-            "steps": state.step,
-            "epochs": round(state.epoch, 4),
-            "trainable_params": {
-                "start": self.trainable_start,
-                "end": self.trainable_count,
-                "mean_over_steps": history.trainable_param_steps / max(state.step, 1),
-                "mean_over_steps_without_head": history.adapter_param_steps / max(state.step, 1),
-            },
-            "total_params": count_parameters(self.model),
-            "train_time_s": history.train_time_s,
-            "wall_time_s": wall_time_s,
-            "median_step_time_s": median_step,
-            "samples_per_s": history.samples / train_time if train_time else None,
-            "tokens_per_s": history.tokens / train_time if history.tokens and train_time else None,
-            "precision": self.precision.name,
-            "skipped_steps": self.precision.skipped_steps,
-            "peak_memory_bytes": peak,
-            "peak_memory_kind": peak_kind,
-            "flops_per_step": history.flops_per_step,
-            "achieved_gflops": achieved,
-            "method_report": self._method_report(),
-            "fraction_of_cpu_peak": achieved / efficiency.CPU_PEAK_GFLOPS
-            if achieved and self.device.type == "cpu"
-            else None,
-        }
-
-
-def _base_dtype(model: torch.nn.Module) -> torch.dtype:
-    """The dtype of the frozen base weights (the model's most common floating dtype by elements)."""
-    sizes: dict[torch.dtype, int] = {}
-    for param in model.parameters():
-        if param.is_floating_point():
-            sizes[param.dtype] = sizes.get(param.dtype, 0) + param.numel()
-    return max(sizes, key=sizes.__getitem__) if sizes else torch.float32
-
-
-STEP_HOOKS = ("extra_loss", "after_backward", "after_step")
-
-
-def refuse_step_hooks(method: Method, option: str, reason: str, allowed: str) -> None:
-    """Refuse ``option`` up front for a method with per-step hooks (AFLoRA's scores and freezing,
-    Light-PEFT's masks, score hooks and pruning): they read and change parameters between steps, which
-    FSDP holds as shards and a compiled graph has specialised on."""
-    hooks = [name for name in STEP_HOOKS if getattr(type(method), name) is not getattr(Method, name)]
-    if hooks:
-        raise ConfigError(
-            f"{option}: method {method.name} has per-step hooks ({', '.join(hooks)}) that read or change "
-            f"parameters outside the forward ({reason}); allowed: {allowed} for this method"
-        )

@@ -34,11 +34,11 @@ class LoraConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         if not 0 <= self.dropout < 1:
-            raise ConfigError(f"lora dropout={self.dropout} is not allowed; allowed: 0 <= dropout < 1")
+            raise ConfigError(f"method.dropout={self.dropout} is not allowed; allowed: 0 <= dropout < 1")
         if self.rank < 1:
-            raise ConfigError(f"lora rank={self.rank} is not allowed; allowed: an integer >= 1")
+            raise ConfigError(f"method.rank={self.rank} is not allowed; allowed: an integer >= 1")
         if self.init not in LORA_INITS:
-            raise ConfigError(f"lora init={self.init!r} is not allowed; allowed: {', '.join(LORA_INITS)}")
+            raise ConfigError(f"method.init={self.init!r} is not allowed; allowed: {', '.join(LORA_INITS)}")
         if self.variant is not None:
             LORA_VARIANTS.get(self.variant)  # an unknown name fails here, listing the variants
 

@@ -1,0 +1,63 @@
+"""What results.json records of a run: its evaluations, sizes, speed, memory and the method's report."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from peftlab.blocks.params import count_parameters
+from peftlab.blocks.timing import median
+from peftlab.train import efficiency
+
+if TYPE_CHECKING:
+    from peftlab.train.trainer import Trainer
+
+
+def method_report(trainer: Trainer) -> dict[str, Any]:
+    """The method's results for results.json; its files go into the run folder."""
+    report = trainer.method.report(trainer.state, trainer.history.step_times)
+    for name, content in report.files.items():
+        trainer.run_dir.write_file(name, content)
+    return report.results
+
+
+def run_summary(trainer: Trainer, wall_time_s: float) -> dict[str, Any]:
+    """The run so far; ``metric_units`` says what each evaluation key is (a fraction, a percent, a loss),
+    so a reader of results.json needs no task code."""
+    history, state = trainer.history, trainer.state
+    # the first step carries warm-up (and the FLOP counter): left out of the median
+    median_step = median(history.step_times[1:])
+    train_time = history.train_time_s
+    peak, peak_kind = efficiency.peak_memory(trainer.device)
+    achieved = history.flops_per_step / median_step / 1e9 if history.flops_per_step and median_step else None
+    return {
+        "final_eval": history.last_eval,
+        "best_eval": history.best_eval,
+        "best_step": history.best_step,
+        "main_metric": trainer.task.main_metric,
+        "best_by": trainer.task.best_by,
+        "metric_units": trainer.task.metric_units(history.last_eval, history.best_eval),
+        "steps": state.step,
+        "epochs": round(state.epoch, 4),
+        "trainable_params": {
+            "start": trainer.trainable_start,
+            "end": trainer.trainable_count,
+            "mean_over_steps": history.trainable_param_steps / max(state.step, 1),
+            "mean_over_steps_without_head": history.adapter_param_steps / max(state.step, 1),
+        },
+        "total_params": count_parameters(trainer.model),
+        "train_time_s": history.train_time_s,
+        "wall_time_s": wall_time_s,
+        "median_step_time_s": median_step,
+        "samples_per_s": history.samples / train_time if train_time else None,
+        "tokens_per_s": history.tokens / train_time if history.tokens and train_time else None,
+        "precision": trainer.precision.name,
+        "skipped_steps": trainer.precision.skipped_steps,
+        "peak_memory_bytes": peak,
+        "peak_memory_kind": peak_kind,
+        "flops_per_step": history.flops_per_step,
+        "achieved_gflops": achieved,
+        "method_report": method_report(trainer),
+        "fraction_of_cpu_peak": achieved / efficiency.CPU_PEAK_GFLOPS
+        if achieved and trainer.device.type == "cpu"
+        else None,
+    }
