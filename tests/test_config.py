@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
 from peftlab.config import check_config, compose_config, conf_dir
+from peftlab.errors import ConfigError
 from peftlab.methods.base import build_method
 from peftlab.registry import METHODS, TASKS
 
@@ -100,3 +101,42 @@ def test_unknown_group_option_names_the_value_and_the_choices():
     with pytest.raises(ConfigCompositionException) as err:
         compose_config(["method=nosuch"])
     assert "nosuch" in str(err.value) and "lora" in str(err.value)
+
+
+def test_check_config_returns_every_group_typed():
+    from peftlab.config import ModelSchema, RunConfig, ScheduleSchema
+    from peftlab.methods.lora.method import LoraConfig
+    from peftlab.tasks.glue import GlueConfig
+
+    run = check_config(
+        compose_config(["method=lora", "method.rank=4", "model=tiny_bert", "schedule.lr=0.01"])
+    )
+    assert isinstance(run, RunConfig)
+    assert isinstance(run.schedule, ScheduleSchema) and run.schedule.lr == 0.01
+    assert isinstance(run.model, ModelSchema) and run.model.head_pooler == "trainable"
+    assert isinstance(run.method, LoraConfig) and run.method.rank == 4 and run.method_name == "lora"
+    assert isinstance(run.task, GlueConfig) and run.task_name == "rte"
+    assert run.options.seed == 42 and run.distributed.strategy == "ddp" and run.measure.flops is True
+
+
+def test_method_options_are_checked_with_the_config():
+    with pytest.raises(ConfigError, match=r"method lora: unknown option\(s\) \['rnk'\]; allowed: .*'rank'"):
+        check_config(compose_config(["method=lora", "+method.rnk=4"]))
+    with pytest.raises(ConfigError, match=r"method.rank=0 is not allowed"):
+        check_config(compose_config(["method=lora", "method.rank=0"]))
+    with pytest.raises(ConfigError, match=r"method lora: unknown option\(s\) \['rnk'\]"):
+        build_method(compose_config(["method=lora", "+method.rnk=4"]).method)  # the same check
+
+
+def test_model_yamls_do_not_restate_the_schema_defaults():
+    """ModelSchema holds each model key's default once; a model YAML sets only what differs."""
+    import dataclasses
+
+    from peftlab.config import ModelSchema
+
+    defaults = {f.name: f.default for f in dataclasses.fields(ModelSchema)}
+    for name in ("head_pooler", "pooler_activation", "dropout", "drop_connect_rate"):
+        for path in sorted((conf_dir() / "model").glob("*.yaml")):
+            values = OmegaConf.load(path)
+            if name in values:
+                assert values[name] != defaults[name], f"{path.name}: {name}: {values[name]} is the default"

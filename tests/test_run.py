@@ -46,6 +46,7 @@ def test_cli_run_writes_every_output(tmp_path):
     results = json.loads((run / "results.json").read_text())
     assert results["status"] == "completed" and results["steps"] == 4
     assert set(results["final_eval"]) == {"accuracy", "f1", "loss"}
+    assert results["metric_units"] == {"accuracy": "fraction", "f1": "fraction", "loss": "loss"}
     assert results["trainable_params"]["start"] == results["trainable_params"]["end"] > 0
     for key in ("train_time_s", "median_step_time_s", "peak_memory_bytes", "samples_per_s", "flops_per_step"):
         assert results[key] > 0, key
@@ -77,6 +78,7 @@ def test_cli_run_writes_every_output(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     reloaded = json.loads((evaluated / "eval_results.json").read_text())
     assert reloaded["task"] == "mrpc" and reloaded["method"] == "lora"
+    assert reloaded["metric_units"] == results["metric_units"]
     for key, value in results["final_eval"].items():
         assert reloaded["eval"][key] == pytest.approx(value, abs=1e-6), key
 
@@ -267,3 +269,36 @@ def test_bf16_autocast_run_completes(tmp_path, method):
     assert results["status"] == "completed" and results["final_eval"]["loss"] > 0
     with pytest.raises(ConfigError, match="allowed: fp32, bf16, fp16"):
         run_experiment(tiny_config(tmp_path / "x", "schedule.precision=fp8"))
+
+
+def test_bad_method_option_fails_before_the_run_folder_exists(tmp_path):
+    """Hydra's job would create hydra.run.dir (and peftlab.log in it) before the run checks its method
+    options: the CheckFirst callback refuses a bad value first, in one line, and leaves no folder."""
+    folder = tmp_path / "X"
+    proc = cli(*QUICK, "method=lora", "method.rank=0", f"hydra.run.dir={folder}", cwd=ROOT)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2
+    errors = [line for line in output.splitlines() if "error" in line.lower()]
+    assert errors == ["error: method.rank=0 is not allowed; allowed: an integer >= 1"]
+    assert "Traceback" not in output
+    assert not folder.exists()
+
+
+def test_cli_multirun_bad_method_option_fails_only_its_job(tmp_path):
+    proc = cli(
+        "-m",
+        *QUICK,
+        "method=lora",
+        "method.rank=4,0",
+        f"hydra.sweep.dir={tmp_path}",
+        "schedule.max_steps=2",
+        "save_adapter=false",
+        "curves=false",
+        cwd=ROOT,
+    )
+    assert proc.returncode == 1
+    rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
+    assert [r["status"] for r in rows] == ["completed", "failed"]
+    assert "method.rank=0 is not allowed" in rows[1]["error"]
+    failure = json.loads(next(tmp_path.glob("1_*/failure.json")).read_text())
+    assert "method.rank=0 is not allowed" in json.dumps(failure)

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from peftlab import checks
+from peftlab.config import check_group
 from peftlab.errors import ConfigError
 from peftlab.models.build import position_limit
 from peftlab.tasks.batching import train_sampling
@@ -103,6 +104,7 @@ class Task(ABC):
 
     def __init__(self, cfg: DictConfig, data_root: str | None) -> None:
         self.cfg = cfg
+        self.config = check_group(cfg, self.config_class, f"task {cfg.name}")  # typed, with its defaults
         self.data_root = data_root
         self.progress_bar = True  # bars over long evaluations (build_trainer sets the run's choice)
         self.last_predictions: list[dict] = []  # generation tasks: the last evaluation's outputs
@@ -114,7 +116,7 @@ class Task(ABC):
         if not examples:
             raise ConfigError(f"task {self.cfg.name}: the {split} split holds no examples")
         key = "max_train_samples" if split == "train" else "max_eval_samples"
-        count = self.cfg.get(key)
+        count = getattr(self.config, key)
         if count and count < len(examples):
             log.info(
                 "%s %s: using the first %d of %d (task.%s)", self.cfg.name, split, count, len(examples), key
@@ -219,7 +221,7 @@ class ClassificationTask(Task):
             dataset,
             batch_size=batch_size,
             collate_fn=pad_batch(tokenizer.pad_token_id or 0, self.regression),
-            **train_sampling(lengths, batch_size, generator, bool(self.cfg.get("group_by_length"))),
+            **train_sampling(lengths, batch_size, generator, self.config.group_by_length),
         )
 
     @torch.inference_mode()

@@ -40,22 +40,32 @@ class GlueConfig(TaskConfig):
 
 @dataclass(frozen=True)
 class GlueSpec:
-    """Where a GLUE task's columns are, in the TSV files and in the hub dataset."""
+    """Every fact of one GLUE task: its files, where its columns are (in the TSV files and in the hub
+    dataset), its labels and its metrics."""
 
     name: str
-    folder: str
+    folder: str  # glue/<folder>/ under the data root
     text_columns: tuple[str | int, ...]  # header names, or indices for header-less CoLA
     label_column: str | int
     label_names: tuple[str, ...] | None  # None: regression (float score)
-    metrics: tuple[str, ...]
+    metrics: tuple[str, ...]  # the first is the main metric
     hub_text_columns: tuple[str, ...]
+    # evaluation split -> its file, and the suffix of its metric keys when there are several (MNLI)
     eval_files: dict[str, str] = field(default_factory=lambda: {"validation": "dev.tsv"})
+    eval_suffixes: dict[str, str] = field(default_factory=dict)
+    select_metric: str | None = None  # the best evaluation is chosen by this one (None: the main metric)
+    train_file: str = "train.tsv"
     header: bool = True
     width: int = 0  # column count of a header-less file
+    hub_label_column: str = "label"
 
     @property
     def num_labels(self) -> int:
         return 1 if self.label_names is None else len(self.label_names)
+
+    @property
+    def main_metric(self) -> str:
+        return self.metrics[0]
 
 
 GLUE_TASKS = (
@@ -71,6 +81,7 @@ GLUE_TASKS = (
         ("0", "1"),
         ("accuracy", "f1"),
         ("sentence1", "sentence2"),
+        select_metric="f1",  # the AFLoRA authors keep MRPC's best checkpoint by F1
     ),
     GlueSpec(
         "qnli",
@@ -108,6 +119,7 @@ GLUE_TASKS = (
         ("accuracy",),
         ("premise", "hypothesis"),
         eval_files={"validation_matched": "dev_matched.tsv", "validation_mismatched": "dev_mismatched.tsv"},
+        eval_suffixes={"validation_matched": "m", "validation_mismatched": "mm"},
     ),
     GlueSpec(
         "qqp",
@@ -119,9 +131,6 @@ GLUE_TASKS = (
         ("question1", "question2"),
     ),
 )
-MAIN_METRIC = {"cola": "matthews_correlation", "stsb": "pearson"}
-SELECT_METRIC = {"mrpc": "f1"}  # the AFLoRA authors keep MRPC's best checkpoint by F1 (others: main metric)
-SPLIT_SUFFIX = {"validation_matched": "m", "validation_mismatched": "mm"}
 
 
 def read_glue_tsv(path: Path, spec: GlueSpec, on_bad_row: str = "error") -> list[Example]:
@@ -204,18 +213,16 @@ class GlueTask(ClassificationTask):
         super().__init__(cfg, data_root)
         self.num_labels = self.spec.num_labels
         self.metrics = self.spec.metrics
-        self.main_metric = MAIN_METRIC.get(self.spec.name, "accuracy")
         self.eval_splits = tuple(self.spec.eval_files)
-        if len(self.eval_splits) > 1:
-            self.main_metric = self.metric_key(self.eval_splits[0], self.main_metric)
-        if self.spec.name in SELECT_METRIC:
-            self.select_metric = self.metric_key(self.eval_splits[0], SELECT_METRIC[self.spec.name])
+        self.main_metric = self.metric_key(self.eval_splits[0], self.spec.main_metric)
+        if self.spec.select_metric:
+            self.select_metric = self.metric_key(self.eval_splits[0], self.spec.select_metric)
 
     def metric_key(self, split: str, metric: str) -> str:
-        return metric if len(self.eval_splits) == 1 else f"{metric}_{SPLIT_SUFFIX[split]}"
+        return metric if len(self.eval_splits) == 1 else f"{metric}_{self.spec.eval_suffixes[split]}"
 
     def load_split(self, split: str) -> list[Example]:
-        filename = "train.tsv" if split == "train" else self.spec.eval_files.get(split)
+        filename = self.spec.train_file if split == "train" else self.spec.eval_files.get(split)
         if filename is None:
             raise ConfigError(
                 f"task {self.spec.name} has no split {split!r}; allowed: train, {self.eval_splits}"
@@ -223,7 +230,7 @@ class GlueTask(ClassificationTask):
         relative = f"glue/{self.spec.folder}/{filename}"
         path, tried = find_data_file(self.data_root, relative)
         if path is not None:
-            examples = read_glue_tsv(path, self.spec, self.cfg.get("on_bad_row", "error"))
+            examples = read_glue_tsv(path, self.spec, self.config.on_bad_row)
             log.info("%s %s: read %d examples from %s", self.spec.name, split, len(examples), path)
         else:
             examples = self._load_from_hub(split, tried)
@@ -231,7 +238,7 @@ class GlueTask(ClassificationTask):
 
     def _load_from_hub(self, split: str, tried: list[Path]) -> list[Example]:
         where = ", ".join(str(p) for p in tried)
-        if not self.cfg.get("hub_fallback", True):
+        if not self.config.hub_fallback:
             raise ConfigError(
                 f"GLUE {self.spec.name} {split}: no file at {where}; set data_root=DIR "
                 f"(a folder holding glue/{self.spec.folder}/) or PEFTLAB_DATA_ROOT"
@@ -244,7 +251,8 @@ class GlueTask(ClassificationTask):
             f"set data_root=DIR (a folder holding glue/{self.spec.folder}/) or PEFTLAB_DATA_ROOT",
         )
         columns = self.spec.hub_text_columns
-        return [Example(r[columns[0]], r[columns[1]] if len(columns) > 1 else None, r["label"]) for r in rows]
+        label = self.spec.hub_label_column
+        return [Example(r[columns[0]], r[columns[1]] if len(columns) > 1 else None, r[label]) for r in rows]
 
 
 for _spec in GLUE_TASKS:

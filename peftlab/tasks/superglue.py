@@ -190,7 +190,7 @@ class SuperGlueTask(ClassificationTask):
     def _hub_rows(self, split: str, relative: str, tried: list[Path]) -> list[dict]:
         where = f"SuperGLUE {self.spec.name} {split}: no file at {', '.join(map(str, tried))}"
         hint = f"set data_root=DIR (a folder holding {relative}) or PEFTLAB_DATA_ROOT"
-        if not self.cfg.get("hub_fallback", True):
+        if not self.config.hub_fallback:
             raise ConfigError(f"{where}; {hint}")
         rows = load_hub_dataset(HUB_DATASET, self.spec.hub_name, split, where, hint)
         return self.spec.from_hub(rows)
