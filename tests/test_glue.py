@@ -34,6 +34,7 @@ ROWS = [
 
 
 def task(name, **cfg):
+    data_root = cfg.pop("data_root", None)
     options = {
         "name": name,
         "max_train_samples": None,
@@ -42,7 +43,7 @@ def task(name, **cfg):
         "hub_fallback": False,
         **cfg,
     }
-    return TASKS.get(name)(OmegaConf.create(options), cfg.pop("data_root", None))
+    return TASKS.get(name)(OmegaConf.create(options), data_root)
 
 
 @pytest.mark.parametrize(("name", "split", "rows", "labels"), ROWS)

@@ -41,13 +41,14 @@ EVAL_LIMITS = ("max_eval_samples", "zero_shot_limit")
 SAVED_GROUPS = ("method", "model", "schedule", "seed", "task")
 
 
-def limit_random_weights_eval(cfg: DictConfig) -> None:
+def limit_random_weights_eval(cfg: DictConfig) -> bool:
     """A paper-sized model built without its weights (``model.pretrained=false``) and no
     ``task.max_eval_samples``: evaluate on a few examples only. (The tiny test models are random by design
-    and cheap to evaluate: they keep the task's limits.) Applied to the composed config, before the check."""
+    and cheap to evaluate: they keep the task's limits.) Applied to the composed config; returns whether
+    it set the limit."""
     unset = cfg.task.get("max_eval_samples") is None
     if not unset or cfg.model.source == "random" or is_pretrained(cfg.model):
-        return
+        return False
     with open_dict(cfg):
         cfg.task.max_eval_samples = RANDOM_WEIGHTS_EVAL_SAMPLES
     log.warning(
@@ -56,14 +57,18 @@ def limit_random_weights_eval(cfg: DictConfig) -> None:
         cfg.model.name,
         RANDOM_WEIGHTS_EVAL_SAMPLES,
     )
+    return True
 
 
 def checked(cfg: DictConfig | RunConfig) -> RunConfig:
-    """The typed config of a composed one (its random-weights eval limit applied first)."""
+    """The typed config of a composed one, with the random-weights eval limit of the model it trains
+    (eval_only: of the saved run's model, ``evaluate_saved``)."""
     if isinstance(cfg, RunConfig):
         return cfg
-    limit_random_weights_eval(cfg)
-    return check_config(cfg)
+    run = check_config(cfg)
+    if not run.options.eval_only and limit_random_weights_eval(cfg):
+        run = check_config(cfg)  # with the task's new sample limit
+    return run
 
 
 def build_trainer(
