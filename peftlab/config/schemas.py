@@ -152,7 +152,9 @@ class ModelSchema:
     # source is random (which has no weights to load)
     # (Any: a structured bool would read model.pretrained=yes as true; __post_init__ refuses it)
     pretrained: Any = None
-    num_layers: Optional[int] = None  # noqa: UP045 - N: keep the first N blocks (null: all)
+    # N: keep the first N blocks (null: all). Any: models/architecture.keep_layers refuses a bad value
+    # naming the model's layer count (a structured int would refuse it at composition, without it)
+    num_layers: Any = None
     # random / pretrained=false without a cached hub tokenizer: this shipped one (null: MiniLM's)
     tokenizer: Optional[str] = None  # noqa: UP045
     architecture: Optional[str] = None  # noqa: UP045 - the transformers model_type (or efficientnet_lite0)
@@ -182,7 +184,6 @@ class ModelSchema:
         checks.number("model.head_dropout", self.head_dropout, at_least=0, below=1)
         checks.number("model.dropout", self.dropout, at_least=0, below=1, optional=True)
         checks.number("model.drop_connect_rate", self.drop_connect_rate, at_least=0, below=1)
-        checks.integer("model.num_layers", self.num_layers, minimum=1, optional=True)
         checks.integer("model.image_size", self.image_size, minimum=1, optional=True)
         if self.pretrained is not None:
             checks.boolean("model.pretrained", self.pretrained)

@@ -76,7 +76,7 @@ class Alpaca(GenerationTask):
 
     @property
     def main_metric(self) -> str:  # type: ignore[override]
-        return "zero_shot/acc" if self.cfg.get("zero_shot") else "rougeL"
+        return "zero_shot/acc" if self.config.zero_shot else "rougeL"
 
     def read_split(self, split: str) -> list[TextPair]:
         if split not in ("train", "validation"):
@@ -87,10 +87,10 @@ class Alpaca(GenerationTask):
     def limit(self, examples: list, split: str) -> list:
         """Training: ``max_train_samples`` records drawn at random with ``sample_seed`` (the paper's 256
         random instructions); evaluation: the first ``max_eval_samples``."""
-        count = self.cfg.get("max_train_samples")
+        count = self.config.max_train_samples
         if split != "train" or not count or count >= len(examples):
             return super().limit(examples, split)
-        rng = np.random.default_rng(int(self.cfg.sample_seed))
+        rng = np.random.default_rng(self.config.sample_seed)
         return [examples[i] for i in sorted(rng.choice(len(examples), size=count, replace=False))]
 
     def _records(self) -> list[dict]:

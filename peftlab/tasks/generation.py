@@ -117,14 +117,12 @@ class GenerationTask(Task):
     config_class: ClassVar[type[TaskConfig]] = GenerationConfig
 
     def __init__(self, cfg, data_root):
-        super().__init__(cfg, data_root)
-        if cfg.get("prompt") is not None:  # Alpaca has no task-wide template (each example brings its own)
-            check_prompt(cfg.prompt)
+        super().__init__(cfg, data_root)  # GenerationConfig checks task.prompt
         self.encoder_decoder = False
         self.tokenizer: PreTrainedTokenizerBase | None = None
         # zero-shot multiple-choice tasks scored at every evaluation (task.zero_shot; checked here, before
         # the model is built, so missing data fails before training)
-        self.zero_shot = suite_from_task_config(cfg, data_root)
+        self.zero_shot = suite_from_task_config(self.config, data_root)
 
     def use_model(self, model: torch.nn.Module) -> None:
         super().use_model(model)
@@ -141,12 +139,12 @@ class GenerationTask(Task):
         """Token budgets within the model's position table, when it has one (BART; not rotary Llama).
         An encoder-decoder embeds prompt and target apart; a decoder-only model sees them in one
         sequence (with a bos), and decodes after the prompt."""
-        limit, cfg = self.position_limit, self.cfg
+        limit, cfg = self.position_limit, self.config
         if limit is None:
             return
         if self.encoder_decoder:
             keys = ("max_prompt_tokens", "max_target_tokens", "max_new_tokens")
-            needs = {f"task.{k}": cfg[k] for k in keys}
+            needs = {f"task.{k}": getattr(cfg, k) for k in keys}
         else:
             longest = cfg.max_prompt_tokens + 1 + max(cfg.max_target_tokens, cfg.max_new_tokens)
             needs = {"task.max_prompt_tokens + 1 + max(task.max_target_tokens, task.max_new_tokens)": longest}
@@ -162,7 +160,7 @@ class GenerationTask(Task):
     def encode(self, example: TextPair, tokenizer: PreTrainedTokenizerBase) -> dict[str, list[int]]:
         """``prompt`` ids (template with the source cut to fit ``max_prompt_tokens``) and ``target`` ids
         (cut to ``max_target_tokens``, eos last)."""
-        cfg = self.cfg
+        cfg = self.config
         eos = eos_token_id(tokenizer)
         before, after = example.prompt or cfg.prompt.split("{source}")
         if self.encoder_decoder:  # the tokenizer's own special tokens on both sides, as BART/T5 expect
@@ -202,7 +200,7 @@ class GenerationTask(Task):
             list(enumerate(encoded)),
             batch_size=batch_size,
             collate_fn=collate,
-            **train_sampling(lengths, batch_size, generator, bool(self.cfg.get("group_by_length"))),
+            **train_sampling(lengths, batch_size, generator, self.config.group_by_length),
         )
         loader.references = [e.reference for e in examples]  # type: ignore[attr-defined]
         return loader
@@ -226,7 +224,7 @@ class GenerationTask(Task):
             loss_sum += float(out.loss) * n_tokens
             token_count += n_tokens
             start = time.perf_counter()
-            new = model.generate(batch["prompt_ids"], batch["prompt_mask"], self.cfg.max_new_tokens, eos)
+            new = model.generate(batch["prompt_ids"], batch["prompt_mask"], self.config.max_new_tokens, eos)
             gen_time += time.perf_counter() - start
             for row, index in zip(new.tolist(), batch["index"].tolist(), strict=True):
                 row = row[: row.index(eos) + 1] if eos in row else row

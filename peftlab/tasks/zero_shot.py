@@ -263,14 +263,14 @@ def collect(results: dict[str, dict[str, Any]], names: list[str]) -> dict[str, f
 
 
 def suite_from_task_config(cfg: Any, data_root: str | None) -> ZeroShotSuite | None:
-    """The suite a task config lists in ``zero_shot`` (None when it lists none)."""
-    names = list(cfg.get("zero_shot") or [])
-    if not names:
+    """The suite a typed task config (``GenerationConfig``) lists in ``zero_shot`` (None when it lists
+    none)."""
+    if not cfg.zero_shot:
         return None
     return ZeroShotSuite(
-        names,
+        list(cfg.zero_shot),
         data_root,
-        limit=cfg.get("zero_shot_limit"),
-        batch_size=int(cfg.get("zero_shot_batch_size") or 8),
-        missing=cfg.get("zero_shot_missing") or "error",
+        limit=cfg.zero_shot_limit,
+        batch_size=cfg.zero_shot_batch_size,
+        missing=cfg.zero_shot_missing,
     )
