@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from peftlab.figures import CURVES, curves, read_metrics, run_series
 from peftlab.registry import TASKS
 from peftlab.reporting import runs_table
-from peftlab.reporting.paper_tables import SPSFT_T2_PARAMS, SPSFT_T2_VALUES, SPSFT_T4_VALUES, TABLES
+from peftlab.reporting.paper_tables import TABLES, Row
 from peftlab.reporting.results import find_runs
 from peftlab.reporting.sweep import write_summary
 from peftlab.run.experiment import run_experiment
@@ -272,6 +272,32 @@ def printed_numbers(line: str) -> list[float]:
     return [float(x) for x in re.findall(r"(\d+\.\d+)(?![MKkG%\\\d])", line)]
 
 
+def in_threes(rows: tuple[Row, ...]) -> list[tuple[Row, ...]]:
+    return [tuple(rows[i : i + 3]) for i in range(0, len(rows), 3)]
+
+
+def spsft_t2_printed() -> tuple[list[tuple[float, ...]], list[tuple[str, ...]]]:
+    """SPSFT Table 2 as printed: per (model, epochs) nine accuracies, dense / head / SPSFT for each data
+    set in turn (a row holds every third); per model the nine #param."""
+    groups = in_threes(TABLES["spsft-t2"].rows)
+    accuracies = [tuple(row.values[c] for c in range(3) for row in group) for group in groups]
+    sizes = {
+        group[0].model: tuple(row.params.split(" / ")[c] for c in range(3) for row in group)
+        for group in groups
+    }
+    return accuracies, list(sizes.values())
+
+
+def spsft_t4_printed() -> dict[str, list[tuple[float, ...]]]:
+    """SPSFT Table 4 as printed: per model the line without and the line with dependencies, each the
+    l2 / Taylor / QMTaylor accuracies of every data set in turn (Caltech101 has no QMTaylor)."""
+    printed: dict[str, list[tuple[float, ...]]] = {}
+    for group in in_threes(TABLES["spsft-t4"].rows):
+        line = tuple(row.values[c] for c in range(3) for row in group if row.values[c] is not None)
+        printed.setdefault(group[0].model, []).append(line)
+    return printed
+
+
 @pytest.mark.skipif(
     not PAPERS.is_dir(), reason="the papers' text (shared/papers) is not beside this checkout"
 )
@@ -282,17 +308,19 @@ def test_paper_tables_are_the_numbers_the_papers_print():
         lines = (PAPERS / f"{name.split('-')[0]}.txt").read_text().splitlines()
         if name == "spsft-t2":  # printed as "loss, acc" pairs: the accuracies of each line, in order
             pairs = [x for x in lines if re.fullmatch(r"(5|10|30)(\t\d+\.\d+, \d+\.\d+){9}", x)]
-            assert [tuple(printed_numbers(x)[1::2]) for x in pairs] == list(SPSFT_T2_VALUES.values())
-            sizes = [tuple(x.split("\t")[1:10]) for x in lines if x.startswith("#param:\t")]
-            assert sizes == list(SPSFT_T2_PARAMS.values())
+            accuracies, sizes = spsft_t2_printed()
+            assert [tuple(printed_numbers(x)[1::2]) for x in pairs] == accuracies
+            assert [tuple(x.split("\t")[1:10]) for x in lines if x.startswith("#param:\t")] == sizes
             continue
         if name == "spsft-t4":  # two lines per model (without, with dependencies), eight accuracies each
             start = lines.index(next(x for x in lines if x.startswith("model\tdata\tdep")))
             end = lines.index(next(x for x in lines if x.startswith("Table 4:")))
             printed = [tuple(printed_numbers(x)) for x in lines[start:end] if len(printed_numbers(x)) == 8]
-            assert printed == [line for pair in SPSFT_T4_VALUES.values() for line in pair]
-            for model, (without, with_) in SPSFT_T4_VALUES.items():  # the dep-mark reading: Table 2's SPSFT
-                table2 = SPSFT_T2_VALUES[(model, 5)][2::3]  # (ViT CIFAR100: 88.06 here, 88.13 in Table 2)
+            ours = spsft_t4_printed()
+            assert printed == [line for pair in ours.values() for line in pair]
+            spsft5 = {r.label: r.values for r in TABLES["spsft-t2"].rows}
+            for model, (without, with_) in ours.items():  # the dep-mark reading: Table 2's SPSFT
+                table2 = spsft5[f"{model} SPSFT 5 ep"]  # (ViT CIFAR100: 88.06 here, 88.13 in Table 2)
                 assert sum(a == b for a, b in zip(without[1::3], table2, strict=True)) >= 2, model
                 assert not any(a == b for a, b in zip(with_[1::3], table2, strict=True)), model
             continue
