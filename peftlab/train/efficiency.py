@@ -95,7 +95,7 @@ def matmul_gflops(dtype: torch.dtype, size: int = 1024, repeats: int = 20) -> fl
 
 
 @functools.cache
-def measured_ceiling_gflops(dtype: torch.dtype = torch.float32) -> float:
+def measured_ceiling_gflops(dtype: torch.dtype) -> float:
     """This process's matmul ceiling in ``dtype`` (``matmul_gflops``), measured once and kept: the number
     a run's achieved GFLOP/s is a fraction of, without a benchmark per call."""
     return matmul_gflops(dtype)
