@@ -79,7 +79,7 @@ class Run:
         return evaluation.get(name) if name else None
 
     def percent(self, metric: str | None = None, select: str = "final") -> float | None:
-        """The metric in percent (the papers' unit), by the task's declared scale."""
+        """The metric in percent (the papers' unit), by the unit results.json declares for it."""
         value = self.raw(metric, select)
         name = self.metric_name(metric)
         return None if value is None or name is None else value * self.scale(name)
@@ -93,14 +93,14 @@ class Run:
 
     def scale(self, metric: str) -> float:
         """The factor that puts ``metric`` in percent, by results.json's ``metric_units``; a results.json
-        without them (an older run) is read as losses for losses and fractions for the rest, with a
-        warning once for the folder."""
+        without one (written before runs recorded units) is read as losses for losses and fractions for
+        the rest, with a warning once for the folder."""
         unit = (self.results.get("metric_units") or {}).get(metric)
         if unit is None:
             if not self._warned:
                 self._warned = True
                 log.warning(
-                    "%s: results.json declares no unit for %s (no metric_units): losses taken as losses, "
+                    "%s: results.json's metric_units gives no unit for %s: losses taken as losses, "
                     "every other metric as a fraction (x100)",
                     self.path,
                     metric,
