@@ -1,4 +1,5 @@
-"""Shared fixtures: offline hub, composed configs, a tiny random BERT classifier."""
+"""Shared fixtures: offline hub, one xdist worker per usable core, composed configs, a tiny random BERT
+classifier; no run a test starts outlives the test."""
 
 from __future__ import annotations
 
