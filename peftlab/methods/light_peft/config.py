@@ -14,8 +14,8 @@ HEAD_COUNTS = ("quantile", "floor")
 
 @dataclass
 class LightPeftConfig(MethodConfig):
-    # The wrapped PEFT module (a lora or adapter method config); its values are the YAMLs' (conf/method/
-    # light_peft_modules/), written there once.
+    # The wrapped PEFT module (a lora or adapter method config), composed from conf/method/light_peft_modules/
+    # (the one place its values are written).
     peft: dict[str, Any] = field(default_factory=dict)
     # The authors' protocol: estimation is its own run of ``estimation_steps`` (800 in their scripts, the LR
     # decaying to 0 within it), then a fresh run (new optimizer, restarted LR schedule) on the pruned model.
