@@ -203,6 +203,7 @@ ONE_LAYER_RUNS = {
 }
 
 
+@pytest.mark.slow  # paper widths and vocabularies (llama3_8b: two untied 128256 x 4096 matrices)
 @pytest.mark.parametrize("name", ONE_LAYER_RUNS)
 def test_one_layer_paper_model_trains_two_lora_steps_offline(tmp_path, name):
     overrides = [

@@ -28,6 +28,7 @@ def read_csv(path):
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.slow  # every row of the paper table on one layer of each of its models
 @pytest.mark.parametrize("table", ["aflora", "light-peft", "spsft"])
 def test_quick_table_is_complete_with_finite_ratios(tmp_path, table):
     start = time.perf_counter()

@@ -238,7 +238,7 @@ def load_merged(folder: str | Path, **kwargs: Any) -> nn.Module:
     from transformers import AutoConfig, AutoModel
 
     from peftlab.blocks.structure import blocks
-    from peftlab.methods.light_peft.method import prune_structure
+    from peftlab.methods.light_peft.pruning import prune_structure
 
     config = AutoConfig.from_pretrained(folder)
     record = getattr(config, PRUNING_KEY, None)
