@@ -144,7 +144,7 @@ def notes(report: Report, rows: list[dict[str, object]]) -> list[str]:
         f"sum of step times (batch in hand -> optimizer step done) / matmul ceiling "
         f"{report.ceiling_gflops:.1f} GFLOP/s ({s.precision}, matmul_gflops, best over the run)",
         "same for all: examples tokenized by peftlab's task loader (dynamic padding); step-0 weights "
-        "(peftlab's model copied into the peft / plain model); torch RNG reseeded before the first step; "
+        "(peftlab's model copied into the peft / plain model); torch RNG reseeded at the first step; "
         "dev metrics by peftlab's task.evaluate on the same dev loader",
         f"data order: {order}",
         f"peftlab counts FLOPs on its first step: measure.flops={cfg.measure.flops} (a run's default); "

@@ -114,7 +114,7 @@ class Shared:
     cfg: DictConfig
     trainer: PeftlabTrainer  # the reference: its loaders, task and step-0 model
     initial_state: dict[str, torch.Tensor]
-    epochs: list[list[list[int]]]  # peftlab's batches (example indices), per epoch
+    epochs: list[list[list[int]]]  # peftlab's batches (example indices), per epoch (the last: whole)
     total_steps: int
 
     @property
@@ -140,16 +140,15 @@ def shared_data(settings: Settings) -> tuple[Shared, tempfile.TemporaryDirectory
 
 
 def peftlab_batches(lengths: list[int], cfg: DictConfig, total_steps: int) -> list[list[list[int]]]:
-    """The batches peftlab's loader yields, epoch by epoch, up to ``total_steps``: a loader over the
-    indices built as ``task.build_loader`` builds the training loader (same sampling, same seed)."""
+    """The batches peftlab's loader yields in each epoch that ``total_steps`` reach into: a loader over
+    the indices built as ``task.build_loader`` builds the training loader (same sampling, same seed)."""
     sched = cfg.schedule
     generator = torch.Generator().manual_seed(cfg.seed)
     sampling = train_sampling(lengths, sched.batch_size, generator, bool(cfg.task.group_by_length))
     loader = DataLoader(range(len(lengths)), batch_size=sched.batch_size, collate_fn=list, **sampling)
-    epochs, left = [], total_steps
-    while left > 0:
-        epochs.append(list(loader)[:left])
-        left -= len(epochs[-1])
+    epochs: list[list[list[int]]] = []
+    while sum(map(len, epochs)) < total_steps:
+        epochs.append(list(loader))
     return epochs
 
 
@@ -161,7 +160,7 @@ class FixedBatches(Sampler[list[int]]):
         self.epochs, self.flat, self.epoch = epochs, flat, 0
 
     def __len__(self) -> int:
-        batches = self.epochs[min(self.epoch, len(self.epochs) - 1)]
+        batches = self.epochs[0]  # every epoch has the same batch count
         return sum(map(len, batches)) if self.flat else len(batches)
 
     def __iter__(self):

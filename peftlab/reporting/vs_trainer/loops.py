@@ -70,13 +70,14 @@ def run_peftlab(settings: Settings, shared: Shared) -> LoopRun:
         return metrics
 
     def recorded_step(batch: dict[str, torch.Tensor], total_targets: int | None = None) -> torch.Tensor:
+        if not run.shapes:
+            torch.manual_seed(settings.seed)  # as the other loops: at the first step, the loader started
         run.shapes.append(tuple(batch["input_ids"].shape))
         loss = train_step(batch, total_targets)
         run.losses.append(loss)
         return loss
 
     trainer.evaluate, trainer.train_step = timed_evaluate, recorded_step  # type: ignore[method-assign]
-    torch.manual_seed(settings.seed)
     with folder:
         start = time.perf_counter()
         trainer.fit()
@@ -106,8 +107,9 @@ class RecordingTrainer(Trainer):
 
 
 class StepTimer(TrainerCallback):
-    """Times the Trainer's epochs and steps; reseeds torch's RNG before the first step, as the other
-    loops are reseeded before theirs (the same dropout masks)."""
+    """Times the Trainer's epochs and steps; reseeds torch's RNG at the first step, as the other loops
+    do (the same dropout masks from there: a new epoch's loader, and peftlab's evaluation loader, draw
+    one seed from it)."""
 
     def __init__(self, run: LoopRun, seed: int) -> None:
         self.run, self.seed, self.start = run, seed, 0.0
@@ -202,20 +204,16 @@ def run_plain(settings: Settings, shared: Shared) -> LoopRun:
     warmup = math.ceil(sched.warmup_ratio * shared.total_steps)
     scheduler = get_linear_schedule_with_warmup(optimizer, warmup, shared.total_steps)
     run = LoopRun(PLAIN, trainable=sum(p.numel() for p in params), optimizer=optimizer_name(optimizer))
-    # the loader draws its base seed from the global RNG exactly when peftlab's does (grouped batches)
-    generator = None if settings.group_by_length else torch.Generator()
     loader = torch.utils.data.DataLoader(
-        shared.dataset,
-        batch_sampler=FixedBatches(shared.epochs),
-        collate_fn=shared.collate,
-        generator=generator,
+        shared.dataset, batch_sampler=FixedBatches(shared.epochs), collate_fn=shared.collate
     )
     model.train()
-    torch.manual_seed(settings.seed)
     start = time.perf_counter()
     for _ in shared.epochs:
         for batch in loader:
             step_start = time.perf_counter()
+            if not run.step_times:
+                torch.manual_seed(settings.seed)
             run.shapes.append(tuple(batch["input_ids"].shape))
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             with autocast(shared):
@@ -228,6 +226,8 @@ def run_plain(settings: Settings, shared: Shared) -> LoopRun:
             optimizer.zero_grad(set_to_none=True)
             run.losses.append(loss.detach())
             run.step_times.append(time.perf_counter() - step_start)
+            if len(run.step_times) == shared.total_steps:
+                break
     run.train_s = time.perf_counter() - start
     run.losses = [float(x) for x in run.losses]
     run.metrics = dev_metrics(model, shared)
