@@ -11,6 +11,7 @@ metrics agree; the first-step losses agree).
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -29,10 +30,10 @@ class Report:
     shared: Shared
     runs: dict[str, list[LoopRun]]  # per loop, one per repeat
     ceiling_gflops: float
-    flops_at: object  # padded length -> FLOPs of forward + backward per example
+    flops_at: Callable[[int], float]  # padded length -> FLOPs of forward + backward per example
 
     def step_flops(self, run: LoopRun) -> float:
-        return sum(batch * self.flops_at(length) for batch, length in run.shapes)  # type: ignore[operator]
+        return sum(batch * self.flops_at(length) for batch, length in run.shapes)
 
 
 def compare(settings: Settings) -> Report:

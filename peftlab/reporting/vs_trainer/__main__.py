@@ -95,9 +95,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, bool]:
 def main(argv: list[str] | None = None) -> None:
     settings, markdown = parse_args(argv)
     report = compare(settings)
-    command = shlex.join(
-        ["python -m peftlab.reporting.vs_trainer", *(sys.argv[1:] if argv is None else argv)]
-    )
+    args = sys.argv[1:] if argv is None else argv
+    command = f"python -m peftlab.reporting.vs_trainer {shlex.join(args)}".strip()
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     print(render(report, markdown, command, date))
 
