@@ -30,10 +30,11 @@ RUNS = {
     "head": ["method=head"],
     "light_peft": ["method=light_peft", "schedule.max_steps=4"],
     "adapter": ["method=adapter"],
+    "peft": ["method=peft"],  # huggingface peft's LoRA: its own adapter folder, its own merge
 }
-PEFT = ["lora", "rslora", "dora", "pissa", "elora"]
+PEFT = ["lora", "rslora", "dora", "pissa", "elora", "peft"]
 NOT_PEFT = ["aflora", "spsft", "fft", "head", "light_peft", "adapter"]
-MERGEABLE = ["lora", "dora", "pissa", "elora", "aflora", "spsft", "fft", "head", "light_peft"]
+MERGEABLE = ["lora", "dora", "pissa", "elora", "aflora", "spsft", "fft", "head", "light_peft", "peft"]
 
 
 @pytest.fixture(scope="module")

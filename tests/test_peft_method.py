@@ -37,7 +37,7 @@ def losses(trainer, steps: int = 3) -> list[float]:
 def peft_a(trainer) -> dict[str, torch.nn.Parameter]:
     """peft's lora_A matrices by peftlab's parameter names."""
     return {
-        n.replace("base_model.model.", "").replace(".default.weight", ""): p
+        n.replace(".default.weight", ""): p
         for n, p in trainer.model.backbone.named_parameters()
         if "lora_A" in n
     }

@@ -1,4 +1,4 @@
-"""``--to merged``: the adapters folded into the base weights (``fold_adapters``), written with
+"""``--to merged``: the adapters folded into the base weights (``Method.merge_into_base``), written with
 ``save_pretrained`` with the tokenizer, for ``from_pretrained``. A structure change the method made
 (``Method.merged_structure``: pruned heads and FFN channels) goes into config.json under ``PRUNING_KEY``;
 ``load_merged`` rebuilds those shapes (``blocks.structure.keep_structure``) before loading the weights."""
@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 from safetensors.torch import load_file
 from torch import nn
 
-from peftlab.blocks.protocol import fold_adapters
 from peftlab.blocks.structure import keep_structure
 from peftlab.errors import ConfigError
 from peftlab.export.head import write_head
@@ -28,11 +27,11 @@ PRUNING_KEY = "peftlab_pruning"  # config.json of a pruned merged export: the ke
 
 def write_merged(run: Rebuilt, out: Path) -> list[str]:
     """The adapters folded into the base (save_pretrained), the tokenizer, the head; returns notes."""
-    root = transformers_root(run.model)
     try:
-        fold_adapters(run.model)
+        run.method.merge_into_base(run.model)
     except ConfigError as err:
         raise ConfigError(f"method {run.method.name!r} cannot be exported merged: {err}") from None
+    root = transformers_root(run.model)
     notes = []
     structure = run.method.merged_structure()
     if structure is not None:

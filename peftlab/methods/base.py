@@ -25,7 +25,7 @@ from torch import nn
 from peftlab import distributed
 from peftlab.blocks.lowrank import LowRankLinear
 from peftlab.blocks.params import default_param_groups, trainable_named_parameters
-from peftlab.blocks.protocol import adapter_layers, adapter_state_dict, load_adapter_state_dict
+from peftlab.blocks.protocol import adapter_layers, adapter_state_dict, fold_adapters, load_adapter_state_dict
 from peftlab.errors import ConfigError
 from peftlab.registry import METHODS
 
@@ -193,6 +193,11 @@ class Method:
             f"method {self.name!r} has no huggingface peft form: export it with --to merged only, "
             f"because {self.merged_only_reason}"
         )
+
+    def merge_into_base(self, model: nn.Module) -> None:
+        """Fold the trained adapter into the base weights (a merged export): every adapter layer replaced
+        by its base layer with the adapter merged in (``fold_adapters``; ConfigError when one cannot)."""
+        fold_adapters(model)
 
     def merged_structure(self) -> dict[str, Any] | None:
         """The structure change a merged export keeps (config.json records it; ``load_merged`` rebuilds

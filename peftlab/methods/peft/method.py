@@ -1,13 +1,16 @@
 """huggingface peft's own tuners on the backbone: ``get_peft_model(model.backbone, <type>Config(**config))``,
 a peer to compare peftlab's methods with (``scripts/bench.py``'s default row). The head stays peftlab's and
-is trained; peft freezes the backbone's base weights and trains what its tuner adds."""
+is trained; peft freezes the backbone's base weights and trains what its tuner adds. Exports: peft's own
+adapter folder (``--to peft``), or peft's ``merge_and_unload`` (``--to merged``)."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from peftlab.blocks.params import freeze, train_head
@@ -56,17 +59,30 @@ class PeftConfig(MethodConfig):
 
 @register_method("peft")
 class Peft(Method):
-    """huggingface peft's tuner on ``model.backbone``; the head trains."""
+    """huggingface peft's tuner on ``model.backbone``; the head trains. peft injects its layers into the
+    backbone in place, so the model runs the backbone itself; the PeftModel is kept for saving and merging."""
 
     config_class = PeftConfig
     config: PeftConfig
-    merged_only_reason = (
-        "its adapter is huggingface peft's own model (model.backbone is a PeftModel; save it with peft)"
-    )
 
     def attach(self, model: nn.Module) -> None:
         from peft import get_peft_model
 
         freeze(model)
-        model.backbone = get_peft_model(model.backbone, self.config.build())
+        self.wrapped = get_peft_model(model.backbone, self.config.build())
         train_head(model)
+
+    def peft_export(self, root: nn.Module) -> tuple[Any, dict[str, torch.Tensor]]:
+        """peft's own config and tensors, when the model others load is the backbone peft wrapped."""
+        from peft import get_peft_model_state_dict
+
+        if self.wrapped.get_base_model() is not root:
+            raise ConfigError(
+                f"method peft wrapped the backbone, not the {type(root).__name__} others load (a causal "
+                "LM's decoder): peft's names would not match it; use --to merged"
+            )
+        return copy.deepcopy(self.wrapped.peft_config["default"]), get_peft_model_state_dict(self.wrapped)
+
+    def merge_into_base(self, model: nn.Module) -> None:
+        """peft's own merge, in place: the backbone holds plain layers again."""
+        self.wrapped.merge_and_unload()
