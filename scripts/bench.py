@@ -44,10 +44,7 @@ from pathlib import Path
 
 import torch
 
-from peftlab.methods.base import Method, register_method
-from peftlab.methods.lora.method import LoraConfig
 from peftlab.reporting.benchmark import (
-    CONFIG_ALIASES,
     BenchSettings,
     Row,
     add_bench_arguments,
@@ -57,32 +54,7 @@ from peftlab.reporting.markdown import table
 from peftlab.train import efficiency
 
 PEFT_ROW = "peft-lora"
-
-
-@register_method(PEFT_ROW)
-class PeftLora(Method):
-    """huggingface/peft LoRA on the backbone, configured like our ``lora`` method (bench peer only)."""
-
-    config_class = LoraConfig
-    config: LoraConfig
-
-    def attach(self, model: torch.nn.Module) -> None:
-        from peft import LoraConfig as PeftLoraConfig
-        from peft import get_peft_model
-
-        cfg = self.config
-        peft_cfg = PeftLoraConfig(
-            r=cfg.rank,
-            lora_alpha=cfg.alpha,
-            lora_dropout=cfg.dropout,
-            use_rslora=cfg.rslora,
-            target_modules=cfg.target_modules,
-        )
-        model.backbone = get_peft_model(model.backbone, peft_cfg)
-        model.head.requires_grad_(True)
-
-
-CONFIG_ALIASES[PEFT_ROW] = "lora"  # composed from our lora config, then built as the peer above
+PEFT_PEER = f"{PEFT_ROW} method=peft"  # huggingface peft's LoRA; conf/method/peft.yaml: our lora's defaults
 
 
 def main() -> None:
@@ -96,7 +68,7 @@ def main() -> None:
     parser.add_argument("--inference-ref", help="row the inference ratios are relative to (default: --ref)")
     add_bench_arguments(parser)
     args = parser.parse_args()
-    specs = [*(args.methods or ([] if args.row else ["lora", PEFT_ROW, "fft", "head"])), *args.row]
+    specs = [*(args.methods or ([] if args.row else ["lora", PEFT_PEER, "fft", "head"])), *args.row]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory() as tmp:
         rows = run_rows(specs, BenchSettings.from_args(args), Path(tmp))

@@ -229,3 +229,11 @@ def prune_channels(backbone: nn.Module, block: Block, keep: torch.Tensor) -> Non
     for name in block.ffn_in:
         prune_rows(backbone, name, keep)
     prune_columns(backbone, block.ffn_out, keep)
+
+
+def keep_structure(backbone: nn.Module, record: dict) -> None:
+    """Prune ``backbone`` to a recorded structure: ``{"heads": {block: kept units}, "ffn_channels":
+    {block: kept channels}}`` (block indices as strings, JSON's keys), e.g. a merged export's reload."""
+    for i, block in enumerate(blocks(backbone)):
+        prune_heads(backbone, block, torch.tensor(record["heads"][str(i)], dtype=torch.long))
+        prune_channels(backbone, block, torch.tensor(record["ffn_channels"][str(i)], dtype=torch.long))

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ from peftlab.methods.base import (
     safetensors_bytes,
 )
 from peftlab.methods.light_peft.config import LightPeftConfig
+from peftlab.methods.light_peft.notes import kept_modules_note
 from peftlab.methods.light_peft.pruning import apply_pruning, choose_pruning, pruning_report
 from peftlab.methods.light_peft.scores import EstimationScores, peft_layers
 
@@ -64,6 +66,11 @@ class LightPeft(Method):
     config_class = LightPeftConfig
     output_files = (PRUNING_FILE, f"{MASKS}.safetensors")
     config: LightPeftConfig
+    bench_states = ("pruned",)
+    merged_only_reason = (
+        "it prunes heads and FFN channels of the base model, which an adapter on the original base "
+        "cannot express"
+    )
 
     def __init__(self, config: LightPeftConfig) -> None:
         super().__init__(config)
@@ -225,3 +232,18 @@ class LightPeft(Method):
         self._drop_masks(model)
         self.record = json.loads(path.read_text())
         apply_pruning(model.backbone, self.blocks, self.record)
+
+    # -- export and benchmarks ----------------------------------------------------------------------
+    def merged_structure(self) -> dict[str, Any] | None:
+        """The kept heads and FFN channels per block (``blocks.structure.keep_structure``'s record)."""
+        if self.record is None:
+            return None
+        return {"heads": self.record["heads"], "ffn_channels": self.record["ffn_channels"]}
+
+    def bench_state(self, name: str, state: TrainState, step: Callable[[], None]) -> str:
+        """``pruned``: trained on the benchmark's batch until pruned (after the estimation steps)."""
+        if name != "pruned":
+            return super().bench_state(name, state, step)
+        while self.record is None:
+            step()
+        return kept_modules_note(self.record)

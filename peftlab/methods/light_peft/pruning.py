@@ -55,7 +55,7 @@ def choose_pruning(
 
 
 def prune_structure(backbone: nn.Module, structure: list[Block], record: dict[str, Any]) -> None:
-    """Keep only the heads and FFN channels ``record`` lists per block (also a merged export's reload)."""
+    """Keep only the heads and FFN channels ``record`` lists per block."""
     for i, block in enumerate(structure):
         prune_heads(backbone, block, torch.tensor(record["heads"][str(i)], dtype=torch.long))
         prune_channels(backbone, block, torch.tensor(record["ffn_channels"][str(i)], dtype=torch.long))

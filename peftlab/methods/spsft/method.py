@@ -100,6 +100,7 @@ class Spsft(Method):
     config_class = SpsftConfig
     output_files = ("spsft_rows.json", "spsft_importance.safetensors")
     config: SpsftConfig
+    merged_only_reason = "huggingface peft has no sparse row fine-tuning (W + M W_f on chosen rows)"
 
     def __init__(self, config: SpsftConfig) -> None:
         super().__init__(config)
