@@ -108,9 +108,10 @@ def test_config_groups_ship_inside_the_package():
     assert project["project"]["scripts"]["peftlab"] == "peftlab.cli:main"
     patterns = project["tool"]["setuptools"]["package-data"]["peftlab"]
     package = Path(peftlab.__file__).parent
-    shipped = {p.relative_to(package / "conf") for pattern in patterns for p in package.glob(pattern)}
-    in_checkout = {p.relative_to(ROOT / "conf") for p in (ROOT / "conf").rglob("*.yaml")}
-    assert in_checkout and shipped == in_checkout
+    shipped = {p.resolve() for pattern in patterns for p in package.glob(pattern)}
+    in_checkout = {p.resolve() for p in (ROOT / "conf").rglob("*.yaml")}
+    data_tables = {p.resolve() for p in package.rglob("*.yaml") if "conf" not in p.relative_to(package).parts}
+    assert in_checkout and data_tables and shipped == in_checkout | data_tables
 
 
 def test_help_lists_presets_not_the_schedule_schema():
