@@ -1,4 +1,5 @@
-"""The papers' accuracy tables, kept once, as data (``paper_tables.yaml`` beside this file):
+"""The papers' accuracy tables, kept once, as data: each method folder's ``paper_tables.yaml`` (a method owns
+its paper's numbers);
 ``scripts/table.py RUNS --paper NAME`` prints ours beside them (the efficiency figures are in
 ``peftlab.reporting.paper_claims``).
 
@@ -49,7 +50,13 @@ class PaperTable:
     seeds: str = ""  # how the paper aggregates seeds
 
 
-TABLES_FILE = Path(__file__).with_name("paper_tables.yaml")
+
+
+def table_files() -> list[Path]:
+    """Every method folder's ``paper_tables.yaml``."""
+    import peftlab.methods
+
+    return sorted(Path(peftlab.methods.__file__).parent.glob("*/paper_tables.yaml"))
 
 
 def _table(name: str, raw: dict[str, Any]) -> PaperTable:
@@ -58,8 +65,11 @@ def _table(name: str, raw: dict[str, Any]) -> PaperTable:
     return PaperTable(name, raw["title"], raw["source"], raw["model"], columns, rows, raw.get("seeds", ""))
 
 
-def load_tables(path: Path = TABLES_FILE) -> dict[str, PaperTable]:
-    return {name: _table(name, raw) for name, raw in yaml.safe_load(path.read_text()).items()}
+def load_tables(paths: list[Path] | None = None) -> dict[str, PaperTable]:
+    tables = {}
+    for path in table_files() if paths is None else paths:
+        tables.update({name: _table(name, raw) for name, raw in yaml.safe_load(path.read_text()).items()})
+    return tables
 
 
 TABLES = load_tables()
