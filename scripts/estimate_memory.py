@@ -10,14 +10,11 @@ Any run override is accepted (``schedule.micro_batch_size``, ``schedule.activati
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from peftlab.config import compose_config  # noqa: E402
-from peftlab.models import architecture, build  # noqa: E402
-from peftlab.models.footprint import Workload, estimate  # noqa: E402
-from peftlab.registry import TASKS  # noqa: E402
+from peftlab.config import compose_config
+from peftlab.models import architecture, build
+from peftlab.models.footprint import Workload, estimate
+from peftlab.registry import TASKS
 
 
 def main(overrides: list[str]) -> str:

@@ -11,17 +11,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
-from pathlib import Path
 
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from peftlab.config import compose_config  # noqa: E402
-from peftlab.run.experiment import build_trainer  # noqa: E402
-from peftlab.run.folder import RunDir  # noqa: E402
+from peftlab.config import compose_config
+from peftlab.run.experiment import build_trainer
+from peftlab.run.folder import RunDir
 
 MATMULS = ("aten::mm", "aten::addmm", "aten::bmm")
 

@@ -19,14 +19,14 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-from peftlab.reporting.benchmark import BenchSettings, Row, add_bench_arguments, run_rows  # noqa: E402
-from peftlab.train.efficiency import CPU_PEAK_GFLOPS  # noqa: E402
+from peftlab.reporting.benchmark import BenchSettings, Row, add_bench_arguments, run_rows
+from peftlab.reporting.markdown import table
+from peftlab.train.efficiency import measured_ceiling_gflops
 
 SETTINGS = {"all": ("all-linear", "false"), "FA": ("ffn-linear", "true")}
 
@@ -63,12 +63,8 @@ def report(pairs: list[tuple[Row, Row]], args: argparse.Namespace) -> None:
         f"\nmodel={args.model} task={args.task} batch={args.batch_size}x{tokens // args.batch_size} tokens "
         f"device={device} lora_dropout={args.lora_dropout} steps={len(lora0.times)} per row (median)"
     )
-    print(
-        "| LoRA row | params | mem MB | step ms | SPSFT row | params | mem MB | step ms "
-        "| mem SPSFT/LoRA | time SPSFT/LoRA | FLOPs SPSFT/LoRA | SPSFT % of peak |"
-    )
-    print("|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
-    out = []
+    ceiling = measured_ceiling_gflops(torch.float32) if device.type == "cpu" else None
+    out, cells = [], []
     for lora, spsft in pairs:
         t_lora, t_spsft = statistics.median(lora.times), statistics.median(spsft.times)
         record = {
@@ -83,14 +79,29 @@ def report(pairs: list[tuple[Row, Row]], args: argparse.Namespace) -> None:
             "flops_ratio": spsft.flops / lora.flops,
         }
         out.append(record)
-        peak = (
-            f"{100 * spsft.flops / t_spsft / 1e9 / CPU_PEAK_GFLOPS:.0f}%" if device.type == "cpu" else "n/a"
+        peak = f"{100 * spsft.flops / t_spsft / 1e9 / ceiling:.0f}%" if ceiling else "n/a"
+        cells.append(
+            [lora.label, f"{lora.trainable:,}", f"{lora.memory_bytes / 2**20:.1f}", f"{1000 * t_lora:.0f}"]
+            + [
+                spsft.label,
+                f"{spsft.trainable:,}",
+                f"{spsft.memory_bytes / 2**20:.1f}",
+                f"{1000 * t_spsft:.0f}",
+            ]
+            + [
+                f"{record['memory_ratio']:.3f}",
+                f"{record['time_ratio']:.3f}",
+                f"{record['flops_ratio']:.3f}",
+                peak,
+            ]
         )
+    headers = ["LoRA row", "params", "mem MB", "step ms", "SPSFT row", "params", "mem MB", "step ms"]
+    headers += ["mem SPSFT/LoRA", "time SPSFT/LoRA", "FLOPs SPSFT/LoRA", "SPSFT % of peak"]
+    print("\n".join(table(headers, cells, "lrrrlrrrrrrr")))
+    if ceiling:
         print(
-            f"| {lora.label} | {lora.trainable:,} | {lora.memory_bytes / 2**20:.1f} "
-            f"| {1000 * t_lora:.0f} | {spsft.label} | {spsft.trainable:,} "
-            f"| {spsft.memory_bytes / 2**20:.1f} | {1000 * t_spsft:.0f} | {record['memory_ratio']:.3f} "
-            f"| {record['time_ratio']:.3f} | {record['flops_ratio']:.3f} | {peak} |"
+            "% of peak: achieved GFLOP/s over this CPU's fp32 matmul ceiling, measured now: "
+            f"{ceiling:.0f} GFLOP/s"
         )
     print("memory detail:")
     for lora, spsft in pairs:

@@ -11,12 +11,9 @@ script re-reads a sweep folder at any time, e.g. while jobs are still running (s
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from peftlab.reporting.sweep import summarize, to_csv, to_markdown  # noqa: E402
+from peftlab.reporting.sweep import summarize, to_csv, to_markdown
 
 
 def main() -> None:

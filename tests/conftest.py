@@ -1,4 +1,5 @@
-"""Shared fixtures: offline hub, composed configs, a tiny random BERT classifier."""
+"""Shared fixtures: offline hub, one xdist worker per usable core, composed configs, a tiny random BERT
+classifier; no run a test starts outlives the test."""
 
 from __future__ import annotations
 
@@ -7,11 +8,29 @@ import subprocess
 import sys
 from pathlib import Path
 
+
+def usable_cores() -> int:
+    """The cores this process may use: its CPU affinity, capped by a cgroup CPU quota (a CI container can
+    see every core of its host and be allowed two)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()  # cgroup v2
+    except OSError:
+        v1 = Path("/sys/fs/cgroup/cpu")
+        try:
+            quota, period = (v1 / "cpu.cfs_quota_us").read_text(), (v1 / "cpu.cfs_period_us").read_text()
+        except OSError:
+            return cores
+    if quota.strip() in ("max", "-1"):
+        return cores
+    return max(1, min(cores, int(quota) // int(period)))
+
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a forgotten download fails fast instead of hanging
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # make test: pytest -n auto, one worker per core
     # each worker (and the subprocesses it starts) gets its share of the cores: oversubscribed OpenMP
     # threads wait for each other and make the suite many times slower
-    share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    share = max(1, usable_cores() // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
     os.environ.setdefault("OMP_NUM_THREADS", str(share))
 
 import pytest  # noqa: E402
@@ -24,6 +43,42 @@ from peftlab.models import build_model  # noqa: E402
 # curves=false: a figure per run costs ~0.3 s; tests/test_table.py checks the curves
 TINY = ["model=tiny_bert", "schedule=quick", "progress_bar=false", "curves=false"]
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: xdist counts the host's physical cores, quota or not; one worker per usable one."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None  # xdist's own override
+    try:
+        import psutil  # xdist's choice: physical cores (psutil ships with pytest-xdist[psutil])
+    except ImportError:
+        return usable_cores()
+    return min(usable_cores(), psutil.cpu_count(logical=False) or usable_cores())
+
+
+@pytest.fixture(autouse=True)
+def no_run_outlives_its_test(monkeypatch):
+    """A ``python -m peftlab`` (or torchrun of it) that a test started and still runs when the test ends
+    (it failed waiting, e.g. a timeout) is stopped: an endless run would take a core from every later test."""
+    started = []
+
+    class Tracked(subprocess.Popen):
+        def __init__(self, args, *rest, **kwargs):
+            super().__init__(args, *rest, **kwargs)
+            if not isinstance(args, str) and "peftlab" in list(args):
+                started.append(self)
+
+    monkeypatch.setattr(subprocess, "Popen", Tracked)
+    yield
+    for proc in started:
+        if proc.poll() is None:
+            proc.terminate()  # torchrun passes it on to its workers
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:

@@ -15,6 +15,7 @@ from peftlab.config import compose_config
 from peftlab.errors import ConfigError
 from peftlab.models import architecture, build_model, footprint
 from peftlab.models.footprint import Workload
+from peftlab.registry import METHODS
 from peftlab.run.experiment import run_experiment
 
 # name -> (task head, published parameter count, tolerance): the count of the whole model as released
@@ -130,6 +131,12 @@ def test_borrowed_tokenizer_is_mapped_into_the_model(caplog):
     assert len(tokenizer) <= config.vocab_size
 
 
+def workload_of(method: str, checkpointing: bool = False) -> Workload:
+    """One 512-token sequence, trained as ``method`` declares (``Method.trains_backbone_weights``, ...)."""
+    cls = METHODS.get(method)
+    return Workload(1, 512, cls.trains_backbone_weights, cls.backward_through_backbone, checkpointing)
+
+
 def test_memory_estimate_is_logged_and_refuses_what_cannot_fit(monkeypatch, caplog):
     cfg = compose_config(["model=llama2_7b", "model.pretrained=false", "task=gsm8k"])
     with caplog.at_level(logging.INFO):
@@ -138,25 +145,28 @@ def test_memory_estimate_is_logged_and_refuses_what_cannot_fit(monkeypatch, capl
     monkeypatch.setattr(footprint, "available_memory", lambda device: 8 * footprint.GIB)
     with pytest.raises(ConfigError, match=r"needs ~.* GiB .* has 8.00 GiB available.*model.num_layers=N"):
         build_model(cfg.model, 0, head="lm", workload=Workload.from_config(cfg))
-    lora, fft = (footprint.estimate(empty, empty.config, Workload(1, 512, m), True) for m in ("lora", "fft"))
+    lora, fft, head = (
+        footprint.estimate(empty, empty.config, workload_of(m), True) for m in ("lora", "fft", "head")
+    )
     bf16_base = 2 * sum(p.numel() for p in empty.parameters())
     assert fft.gradients == fft.weights == 2 * bf16_base and fft.optimizer == 2 * fft.gradients  # all fp32
     assert lora.weights == bf16_base + lora.gradients  # the base in bf16, the adapters in fp32
     assert lora.gradients < 0.05 * fft.gradients and lora.activations == fft.activations > 0
     # activation checkpointing keeps each block's input: far less than every block's activations
-    kept = footprint.estimate(empty, empty.config, Workload(1, 512, "lora", checkpointing=True), True)
+    kept = footprint.estimate(empty, empty.config, workload_of("lora", checkpointing=True), True)
     assert kept.activations < 0.3 * lora.activations
+    assert head.gradients == head.optimizer == head.activations == 0 and head.weights == bf16_base
 
 
 def test_workload_is_the_micro_batch_with_checkpointing():
     overrides = ["schedule.batch_size=32", "schedule.micro_batch_size=4"]
     overrides.append("schedule.activation_checkpointing=true")
-    assert Workload.from_config(compose_config(overrides)) == Workload(4, 128, "lora", checkpointing=True)
+    assert Workload.from_config(compose_config(overrides)) == Workload(4, 128, checkpointing=True)
 
 
 def test_workload_of_a_generation_task_is_its_prompt_and_target_budget():
     cfg = compose_config(["task=gsm8k", "task.max_prompt_tokens=100", "task.max_target_tokens=28"])
-    assert Workload.from_config(cfg) == Workload(cfg.schedule.batch_size, 128, "lora")
+    assert Workload.from_config(cfg) == Workload(cfg.schedule.batch_size, 128)
 
 
 def test_bert_target_names_stand_for_the_family_names():
@@ -203,6 +213,7 @@ ONE_LAYER_RUNS = {
 }
 
 
+@pytest.mark.slow  # paper widths and vocabularies (llama3_8b: two untied 128256 x 4096 matrices)
 @pytest.mark.parametrize("name", ONE_LAYER_RUNS)
 def test_one_layer_paper_model_trains_two_lora_steps_offline(tmp_path, name):
     overrides = [
@@ -245,3 +256,9 @@ def test_paper_model_without_weights_evaluates_few_examples_unless_asked(caplog)
         cfg = compose_config(overrides)
         limit_random_weights_eval(cfg)
         assert cfg.task.max_eval_samples == expected, overrides
+
+
+def test_workload_reads_what_the_method_trains():
+    fft, head = (Workload.from_config(compose_config([f"method={m}"])) for m in ("fft", "head"))
+    assert (fft.trains_backbone_weights, fft.backward_through_backbone) == (True, True)
+    assert (head.trains_backbone_weights, head.backward_through_backbone) == (False, False)

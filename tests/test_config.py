@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 
 import pytest
@@ -33,13 +32,37 @@ def test_every_option_of_every_group_composes(group):
             assert cfg[group].name == option
 
 
+def interpolations(node) -> list[str]:
+    """The ``${...}`` values in a container of ``OmegaConf.to_container(..., resolve=False)``."""
+    if isinstance(node, dict):
+        node = list(node.values())
+    if isinstance(node, list):
+        return [text for value in node for text in interpolations(value)]
+    return [node] if isinstance(node, str) and "${" in node else []
+
+
 def test_every_method_task_combination_composes_and_builds():
-    for method, task in itertools.product(options("method"), options("task")):
-        cfg = compose_config([f"method={method}", f"task={task}"])
+    """A method YAML sets only ``method``, a task YAML only ``task``, and neither interpolates the other:
+    composing ``method=M task=T`` then equals the default config with M's and T's subtrees put in, so each
+    option is composed once (not each pair) and every pair built that way is checked and built."""
+    default = OmegaConf.to_container(compose_config([]), resolve=False)
+    composed = {"method": {}, "task": {}}
+    for group, other in (("method", "task"), ("task", "method")):
+        for option in options(group):
+            cfg = compose_config([f"{group}={option}"])
+            raw = OmegaConf.to_container(cfg, resolve=False)
+            assert {**raw, group: None} == {**default, group: None}, f"{group}={option} sets other groups"
+            reads = [text for text in interpolations(raw[group]) if other in text]
+            assert not reads, f"{group}={option} interpolates {other}: {reads}"
+            composed[group][option] = cfg
+    for task, cfg in composed["task"].items():
         assert cfg.task.name == task
-        check_config(cfg)  # every group's values pass the schemas' checks
-        build_method(cfg.method)  # config values pass the method's own checks
         TASKS.get(cfg.task.name)
+        for method_cfg in composed["method"].values():
+            cfg.method = method_cfg.method  # a copy: the pair's config
+            assert cfg.method == method_cfg.method and cfg.task.name == task
+            check_config(cfg)  # every group's values pass the schemas' checks
+            build_method(cfg.method)  # config values pass the method's own checks
 
 
 def test_yaml_and_registries_agree():
@@ -86,9 +109,10 @@ def test_config_groups_ship_inside_the_package():
     assert project["project"]["scripts"]["peftlab"] == "peftlab.cli:main"
     patterns = project["tool"]["setuptools"]["package-data"]["peftlab"]
     package = Path(peftlab.__file__).parent
-    shipped = {p.relative_to(package / "conf") for pattern in patterns for p in package.glob(pattern)}
-    in_checkout = {p.relative_to(ROOT / "conf") for p in (ROOT / "conf").rglob("*.yaml")}
-    assert in_checkout and shipped == in_checkout
+    shipped = {p.resolve() for pattern in patterns for p in package.glob(pattern)}
+    in_checkout = {p.resolve() for p in (ROOT / "conf").rglob("*.yaml")}
+    data_tables = {p.resolve() for p in package.rglob("*.yaml") if "conf" not in p.relative_to(package).parts}
+    assert in_checkout and data_tables and shipped == in_checkout | data_tables
 
 
 def test_help_lists_presets_not_the_schedule_schema():

@@ -14,6 +14,8 @@ import torch
 from conftest import ROOT, cli
 from safetensors.torch import load_file
 
+pytestmark = pytest.mark.slow  # every test starts torchrun: two processes and a rendezvous
+
 COMMON = [
     "model=tiny_bert",
     "schedule=quick",

@@ -224,7 +224,7 @@ def test_taylor_without_the_bias_term():
 
 
 def test_even_row_counts_round_down_as_the_official_code():
-    from peftlab.methods.spsft.method import row_count
+    from peftlab.blocks.selection import row_count
 
     assert [row_count(n, 0.05, even=True) for n in (768, 3072, 32)] == [38, 152, 2]
     assert [row_count(n, 0.05, even=False) for n in (768, 3072, 32)] == [38, 154, 2]

@@ -49,7 +49,7 @@ def test_prune_removes_exactly_the_lowest_scored_units(tiny_model):
     }
     assert not hasattr(model, MASKS) and method.masks is None
     for name, layer in peft_layers(model):
-        assert name in record["ranks"] and layer.rank == len(record["ranks"][name])
+        assert name in record["ranks"] and layer.units == len(record["ranks"][name])
 
 
 def test_optimizer_after_pruning_holds_only_live_parameters(tmp_path):
@@ -96,4 +96,4 @@ def test_bad_options_fail_clearly(tmp_path):
     with pytest.raises(ConfigError, match="unknown option"):
         build_method(OmegaConf.create({"name": "light_peft", "peft": {"name": "lora", "bottleneck": 8}}))
     with pytest.raises(ConfigError, match="head_ratio=1"):
-        build_method(OmegaConf.create({"name": "light_peft", "head_ratio": 1}))
+        build_method(OmegaConf.create({"name": "light_peft", "peft": {"name": "lora"}, "head_ratio": 1}))

@@ -57,6 +57,7 @@ def metric_rows(run_dir) -> list[dict]:
     return [{k: v for k, v in row.items() if k != "step_time_s"} for row in rows]
 
 
+@pytest.mark.slow  # per method: a reference run, a run killed midway and its resumption
 @pytest.mark.parametrize("method", ["lora", "aflora", "light_peft", "spsft"])
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, method):
     args = [*COMMON, f"method={method}"]

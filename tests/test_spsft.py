@@ -16,12 +16,12 @@ from conftest import tiny_config
 from omegaconf import OmegaConf
 from torch import nn
 
-from peftlab.blocks.importance import quantile_mean
+from peftlab.blocks.importance import class_quantile_mean_scores, quantile_mean, taylor_scores
 from peftlab.blocks.lowrank import LowRankLinear
+from peftlab.blocks.selection import select_rows
 from peftlab.blocks.sparse_rows import SparseRowsLayer, merge_sparse_rows, sparse_rows_layers
 from peftlab.errors import ConfigError
 from peftlab.methods.base import CalibrationData, build_method
-from peftlab.methods.spsft.method import class_quantile_mean_scores, select_rows, taylor_scores
 from peftlab.run.experiment import build_trainer, run_experiment
 from peftlab.run.folder import RunDir
 
@@ -50,7 +50,7 @@ def check_against_reference(layer: SparseRowsLayer, x: torch.Tensor, reference) 
     computation on copies; the frozen base gets no gradient."""
     x_ref = x.detach().clone().requires_grad_(True)
     w_f = layer.rows_weight.detach().clone().requires_grad_(True)
-    bias = layer.rows_bias if layer.rows_bias is not None else torch.zeros(layer.rank, dtype=x.dtype)
+    bias = layer.rows_bias if layer.rows_bias is not None else torch.zeros(layer.units, dtype=x.dtype)
     b_f = bias.detach().clone().requires_grad_(True)
     out, expected = layer(x), reference(x_ref, w_f, b_f)
     torch.testing.assert_close(out, expected)

@@ -5,9 +5,10 @@ published numbers; runs and sweeps draw their curves from metrics.jsonl."""
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
+import logging
+import os
 import re
 import subprocess
 import sys
@@ -20,7 +21,8 @@ from omegaconf import OmegaConf
 
 from peftlab.figures import CURVES, curves, read_metrics, run_series
 from peftlab.registry import TASKS
-from peftlab.reporting.paper_tables import SPSFT_T2_PARAMS, SPSFT_T2_VALUES, SPSFT_T4_VALUES, TABLES
+from peftlab.reporting import runs_table
+from peftlab.reporting.paper_tables import TABLES, Row
 from peftlab.reporting.results import find_runs
 from peftlab.reporting.sweep import write_summary
 from peftlab.run.experiment import run_experiment
@@ -40,6 +42,7 @@ def job(
     secs: float = 10,
     extra: str = "",
     baseline: float | None = None,
+    units: bool = True,
 ) -> None:
     folder = root / name
     folder.mkdir(parents=True)
@@ -59,21 +62,18 @@ def job(
             "train_time_s": secs,
             "median_step_time_s": secs / 100,
         }
+        if units:  # as the trainer writes them: ROUGE is in percent already, accuracy a fraction
+            results["metric_units"] = {metric: "percent" if task == "cnn_dm" else "fraction", "loss": "loss"}
         if baseline is not None:
             results["baseline"] = {"kind": "majority class (0)", "metrics": {metric: baseline}}
         (folder / "results.json").write_text(json.dumps(results))
 
 
 def table(*args: str | Path) -> list[str]:
-    """scripts/table.py's output, run in this process (a subprocess would import torch again)."""
-    module = sys.modules.get("table_script")
-    if module is None:
-        spec = importlib.util.spec_from_file_location("table_script", ROOT / "scripts" / "table.py")
-        module = sys.modules["table_script"] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+    """The table command's output, run in this process (a subprocess would import torch again)."""
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        module.main([str(a) for a in args])
+        runs_table.main([str(a) for a in args])
     return out.getvalue().splitlines()
 
 
@@ -83,14 +83,15 @@ def test_table_mean_std_params_and_missing_jobs(tmp_path):
     job(tmp_path, "2", "lora", "cola", 1, 0.50, 1e6, secs=30)
     job(tmp_path, "3", "aflora", "rte", 1, 0.65, 0.5e6)
     job(tmp_path, "4", "aflora", "cola", 1, None, 0.5e6)  # killed: no results.json
-    out = subprocess.run(
+    out = subprocess.run(  # the script, once: a wrapper of the installed package's command
         [sys.executable, str(ROOT / "scripts" / "table.py"), str(tmp_path)],
         capture_output=True,
         text=True,
         check=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     ).stdout
     lines = out.splitlines()
-    assert lines[0] == "| | #params | cola | rte | Avg | train s | step ms |"
+    assert lines[0] == "|  | #params | cola | rte | Avg | train s | step ms |"
     # lora: rte mean 65, sample std of (60, 70) = 7.07; cola 50 (one seed); avg (50 + 65) / 2 = 57.5
     # #params: mean over the row's jobs (2M, 2M, 1M) = 1.667M; train s: mean of (10, 20, 30) = 20
     # step ms: mean of the jobs' median step times (secs / 100 s each): (100 + 200 + 300) / 3 = 200
@@ -119,13 +120,28 @@ def test_each_task_declares_its_scale_rouge_is_not_multiplied_twice(tmp_path):
     job(tmp_path, "1", "lora", "rte", 1, 0.6, 1e6, baseline=0.527)
     job(tmp_path, "2", "aflora", "rte", 1, 0.7, 1e6)
     lines = table(tmp_path)
-    assert lines[0] == "| | #params | cnn_dm | rte | Avg | train s | step ms |"
+    assert lines[0] == "|  | #params | cnn_dm | rte | Avg | train s | step ms |"
     assert "| lora | 1.000M | 15.97 ± 0.00 (1) | 60.00 ± 0.00 (1) | 37.98 | 10 | 100 |" in lines
-    assert "| no learning (majority / chance) | |  | 52.70 | | | |" in lines  # only rte's run knows one
+    assert "| no learning (majority / chance) |  |  | 52.70 |  |  |  |" in lines  # only rte's run knows one
     # best: ROUGE 15.97 + 10 stays in its unit; the rte fraction + 0.1 becomes +10 points
     assert "| lora | 1.000M | 25.97 ± 0.00 (1) | 70.00 ± 0.00 (1) | 47.98 | 10 | 100 |" in table(
         tmp_path, "--select", "best"
     )
+
+
+def test_a_results_json_without_metric_units_reads_fractions_with_a_warning(tmp_path, caplog):
+    """An older run folder: losses stay losses, every other metric is a fraction (x100), even ROUGE,
+    which such a folder cannot say is in percent; one warning names the folder."""
+    job(tmp_path, "0", "lora", "cnn_dm", 1, 0.1597, 1e6, units=False)
+    job(tmp_path, "1", "lora", "rte", 1, 0.6, 1e6, units=False, baseline=0.527)
+    with caplog.at_level(logging.WARNING, logger="peftlab.reporting.results"):
+        lines = table(tmp_path)
+    assert "| lora | 1.000M | 15.97 ± 0.00 (1) | 60.00 ± 0.00 (1) | 37.98 | 10 | 100 |" in lines
+    warned = [r.getMessage() for r in caplog.records if "metric_units" in r.getMessage()]
+    assert len(warned) == 2 and all("lora" not in w for w in warned)  # one per folder, not per value
+    assert {w.split(":")[0] for w in warned} == {str(tmp_path / "0"), str(tmp_path / "1")}
+    (run,) = [r for r in find_runs(tmp_path) if r.path.name == "1"]
+    assert run.scale("eval_loss") == 1.0 and run.scale("loss") == 1.0 and run.scale("f1") == 100.0
 
 
 def test_agg_median_over_seeds(tmp_path):
@@ -245,7 +261,7 @@ def test_real_run_writes_baseline_curves_and_table(tmp_path):
     value = 100 * results["final_eval"]["accuracy"]
     assert any(line.startswith("| lora | 0.") and f"| {value:.2f} ± 0.00 (1) |" in line for line in lines)
     base = 100 * results["baseline"]["metrics"]["accuracy"]
-    assert f"| no learning (majority / chance) | | {base:.2f} | | | |" in lines
+    assert f"| no learning (majority / chance) |  | {base:.2f} |  |  |  |" in lines
 
 
 PAPERS = ROOT.parent / "shared" / "papers"
@@ -254,6 +270,32 @@ PAPERS = ROOT.parent / "shared" / "papers"
 def printed_numbers(line: str) -> list[float]:
     """A paper table line's decimals, without counts and sizes (184.42M, 3.7k, 23.46GB, 2.37%, 1.2\\%)."""
     return [float(x) for x in re.findall(r"(\d+\.\d+)(?![MKkG%\\\d])", line)]
+
+
+def in_threes(rows: tuple[Row, ...]) -> list[tuple[Row, ...]]:
+    return [tuple(rows[i : i + 3]) for i in range(0, len(rows), 3)]
+
+
+def spsft_t2_printed() -> tuple[list[tuple[float, ...]], list[tuple[str, ...]]]:
+    """SPSFT Table 2 as printed: per (model, epochs) nine accuracies, dense / head / SPSFT for each data
+    set in turn (a row holds every third); per model the nine #param."""
+    groups = in_threes(TABLES["spsft-t2"].rows)
+    accuracies = [tuple(row.values[c] for c in range(3) for row in group) for group in groups]
+    sizes = {
+        group[0].model: tuple(row.params.split(" / ")[c] for c in range(3) for row in group)
+        for group in groups
+    }
+    return accuracies, list(sizes.values())
+
+
+def spsft_t4_printed() -> dict[str, list[tuple[float, ...]]]:
+    """SPSFT Table 4 as printed: per model the line without and the line with dependencies, each the
+    l2 / Taylor / QMTaylor accuracies of every data set in turn (Caltech101 has no QMTaylor)."""
+    printed: dict[str, list[tuple[float, ...]]] = {}
+    for group in in_threes(TABLES["spsft-t4"].rows):
+        line = tuple(row.values[c] for c in range(3) for row in group if row.values[c] is not None)
+        printed.setdefault(group[0].model, []).append(line)
+    return printed
 
 
 @pytest.mark.skipif(
@@ -266,17 +308,19 @@ def test_paper_tables_are_the_numbers_the_papers_print():
         lines = (PAPERS / f"{name.split('-')[0]}.txt").read_text().splitlines()
         if name == "spsft-t2":  # printed as "loss, acc" pairs: the accuracies of each line, in order
             pairs = [x for x in lines if re.fullmatch(r"(5|10|30)(\t\d+\.\d+, \d+\.\d+){9}", x)]
-            assert [tuple(printed_numbers(x)[1::2]) for x in pairs] == list(SPSFT_T2_VALUES.values())
-            sizes = [tuple(x.split("\t")[1:10]) for x in lines if x.startswith("#param:\t")]
-            assert sizes == list(SPSFT_T2_PARAMS.values())
+            accuracies, sizes = spsft_t2_printed()
+            assert [tuple(printed_numbers(x)[1::2]) for x in pairs] == accuracies
+            assert [tuple(x.split("\t")[1:10]) for x in lines if x.startswith("#param:\t")] == sizes
             continue
         if name == "spsft-t4":  # two lines per model (without, with dependencies), eight accuracies each
             start = lines.index(next(x for x in lines if x.startswith("model\tdata\tdep")))
             end = lines.index(next(x for x in lines if x.startswith("Table 4:")))
             printed = [tuple(printed_numbers(x)) for x in lines[start:end] if len(printed_numbers(x)) == 8]
-            assert printed == [line for pair in SPSFT_T4_VALUES.values() for line in pair]
-            for model, (without, with_) in SPSFT_T4_VALUES.items():  # the dep-mark reading: Table 2's SPSFT
-                table2 = SPSFT_T2_VALUES[(model, 5)][2::3]  # (ViT CIFAR100: 88.06 here, 88.13 in Table 2)
+            ours = spsft_t4_printed()
+            assert printed == [line for pair in ours.values() for line in pair]
+            spsft5 = {r.label: r.values for r in TABLES["spsft-t2"].rows}
+            for model, (without, with_) in ours.items():  # the dep-mark reading: Table 2's SPSFT
+                table2 = spsft5[f"{model} SPSFT 5 ep"]  # (ViT CIFAR100: 88.06 here, 88.13 in Table 2)
                 assert sum(a == b for a, b in zip(without[1::3], table2, strict=True)) >= 2, model
                 assert not any(a == b for a, b in zip(with_[1::3], table2, strict=True)), model
             continue

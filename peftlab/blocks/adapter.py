@@ -4,7 +4,7 @@ Wrapping the projection that writes a sublayer back to the residual stream (atte
 output) puts the adapter where Houlsby et al. place it: after the sublayer, before its residual add and
 LayerNorm. ``up`` starts at zero, so step 0 equals the base model (``init=normal``: down and up drawn
 from N(0, 0.02), as the Light-PEFT authors' adapter, which also has no biases: ``bias=false``). The
-bottleneck width plays the role of a rank (Light-PEFT prunes it).
+bottleneck's hidden units are the adapter's prunable units (Light-PEFT prunes them as it prunes ranks).
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from peftlab.blocks.protocol import copy_into, sliced_linear
+from peftlab.blocks.protocol import LowRankLayer, copy_into, sliced_linear
 from peftlab.errors import ConfigError
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 ADAPTER_INITS = ("houlsby", "normal")  # houlsby: down kaiming, up zero | normal: both N(0, 0.02) (Light-PEFT)
 
 
-class BottleneckAdapter(nn.Module):
+class BottleneckAdapter(LowRankLayer):
     """A frozen ``nn.Linear`` whose output h is adapted: h + scale * up(act(down(h)))."""
 
     def __init__(
@@ -46,7 +46,6 @@ class BottleneckAdapter(nn.Module):
         self.adapter_up = nn.Linear(bottleneck, width, bias=bias, **factory)
         self.act = ACTIVATIONS[activation]()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()  # on the adapter's input h
-        self.merged = False  # a nonlinear adapter never merges (see ``merge``)
         if init == "normal":  # the Light-PEFT authors' adapter: step 0 is not quite the base model
             for layer in (self.adapter_down, self.adapter_up):
                 nn.init.normal_(layer.weight, std=0.02)
@@ -58,7 +57,8 @@ class BottleneckAdapter(nn.Module):
                 nn.init.zeros_(self.adapter_up.bias)
 
     @property
-    def rank(self) -> int:
+    def units(self) -> int:
+        """The bottleneck width: its hidden units are what Light-PEFT prunes."""
         return self.adapter_down.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -66,10 +66,10 @@ class BottleneckAdapter(nn.Module):
         return torch.add(h, self.adapter_up(self.act(self.adapter_down(self.dropout(h)))), alpha=self.scale)
 
     def low_rank_pair(self) -> tuple[nn.Parameter, nn.Parameter]:
-        """(down, up) weights: (rank x d) and (d x rank), shaped like LoRA's (A, B)."""
+        """(down, up) weights: (units x d) and (d x units), shaped like LoRA's (A, B)."""
         return self.adapter_down.weight, self.adapter_up.weight
 
-    # -- the adapter-layer protocol (peftlab/blocks/protocol.py) -------------------------------------
+    # -- AdapterLayer and PrunableAdapterLayer (peftlab/blocks/protocol.py) ---------------------------
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
         return {n: p for n, p in self.named_parameters() if not n.startswith("base_layer.")}
 
@@ -85,7 +85,7 @@ class BottleneckAdapter(nn.Module):
     def unmerge(self) -> None:
         """Never merged: nothing to undo."""
 
-    def keep_ranks(self, keep: torch.Tensor) -> None:
+    def keep_units(self, keep: torch.Tensor) -> None:
         """Keep only bottleneck units ``keep`` (rows of down, columns of up)."""
         down, up = self.adapter_down, self.adapter_up
         self.adapter_down = sliced_linear(down, keep, None)
@@ -102,5 +102,4 @@ class BottleneckAdapter(nn.Module):
         return self.base_layer
 
     def extra_repr(self) -> str:
-        return f"bottleneck={self.rank}, scale={self.scale}"
-
+        return f"bottleneck={self.units}, scale={self.scale}"

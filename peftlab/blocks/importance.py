@@ -7,8 +7,10 @@ few fused kernels, not a Python loop over parameters.
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from peftlab import distributed
+from peftlab.errors import ConfigError
 
 SENSITIVITIES = ("grad", "weight_grad", "grad_over_weight")
 
@@ -166,6 +168,73 @@ def mean_gradients(
         for p, flag in flags.items():
             p.requires_grad_(flag)
         model.train(was_training)
+
+
+# -- Taylor scores of every row of whole layers, from mean gradients (SPSFT) -------------------------
+
+
+def _weights_and_biases(layers: dict[str, nn.Module]) -> list[torch.Tensor]:
+    params = []
+    for layer in layers.values():
+        params.append(layer.weight)
+        if layer.bias is not None:
+            params.append(layer.bias)
+    return params
+
+
+def _row_scores_from_grads(
+    layers: dict[str, nn.Module], grads: list[torch.Tensor], with_bias: bool = True
+) -> dict[str, torch.Tensor]:
+    scores, it = {}, iter(grads)
+    for name, layer in layers.items():
+        weight_grad = next(it)
+        bias_grad = next(it) if layer.bias is not None else None
+        bias = layer.bias if with_bias else None
+        scores[name] = taylor_row_scores(layer.weight, weight_grad, bias, bias_grad)
+    return scores
+
+
+def taylor_scores(
+    model: nn.Module,
+    layers: dict[str, nn.Module],
+    batches: list[dict[str, torch.Tensor]],
+    with_bias: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Taylor importance of every row, from the mean gradient over ``batches``; ``with_bias=False``
+    leaves the |b g_b| term out (``taylor_bias``)."""
+    grads = mean_gradients(model, _weights_and_biases(layers), batches)
+    return _row_scores_from_grads(layers, grads, with_bias)
+
+
+def class_quantile_mean_scores(
+    model: nn.Module,
+    layers: dict[str, nn.Module],
+    batches: list[dict[str, torch.Tensor]],
+    num_labels: int,
+    with_bias: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Class-aware Quantile-Mean Taylor (Eq. 7): a Taylor score per class from the gradient of that
+    class's mean loss, then per row the mean of the 0,10,...,100% quantiles over the classes present
+    (SPSFT).
+    One class at a time, each from fresh gradients (the official code lets gradients accumulate from
+    class to class, so a later class's score also holds the earlier ones'); memory holds one set."""
+    per_class: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    for label in range(num_labels):
+        subsets = [_rows_with_label(b, label) for b in batches]
+        subsets = [b for b in subsets if len(b["labels"])]
+        present = distributed.all_reduce_sum(torch.tensor(float(sum(len(b["labels"]) for b in subsets))))
+        if not present:  # the class is absent from every rank's share of the batches
+            continue
+        for name, scores in taylor_scores(model, layers, subsets, with_bias).items():
+            per_class[name].append(scores)
+    if not per_class or not next(iter(per_class.values())):
+        raise ConfigError("class-aware (qm_taylor) scores: the calibration batches hold no labelled example")
+    return {name: quantile_mean(torch.stack(rows)) for name, rows in per_class.items()}
+
+
+def _rows_with_label(batch: dict[str, torch.Tensor], label: int) -> dict[str, torch.Tensor]:
+    keep = batch["labels"] == label
+    return {k: v[keep] for k, v in batch.items()}
 
 
 # -- PEFT-module and rank importance (Light-PEFT's estimation) -----------------------------------------

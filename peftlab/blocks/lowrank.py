@@ -6,8 +6,9 @@ LoRA uses no vectors (d = b = 1) and scale = alpha / r; ELoRA/AFLoRA use the vec
 A and B are trainable parameters, or frozen projections (ELoRA's seeded pair). Initialisations:
 ``lora`` (A kaiming-uniform with a=sqrt(5), B zero: peft's), ``kaiming`` (A and B kaiming-uniform with
 a=0: AFLoRA's, where b = 0 makes step 0 the base model) and ``pissa`` (A, B from the top-r singular
-vectors of W; the base keeps the residual W - scale·BA). A variant (``LowRankVariant``, registered in
-``LORA_VARIANTS``) changes how the update enters the output, the merge and the slicing.
+vectors of W; the base keeps the residual W - scale·BA). A variant (``LowRankVariant``, in
+``lowrank_variant.py``, registered in ``LORA_VARIANTS``) changes how the update enters the output, the
+merge and the slicing.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from peftlab.blocks.lowrank_variant import PLAIN, LowRankVariant
 from peftlab.blocks.params import default_param_groups
-from peftlab.blocks.protocol import adapter_layers, copy_into, kept, sliced_linear
+from peftlab.blocks.projections import FixedProjections
+from peftlab.blocks.protocol import LowRankLayer, adapter_layers, copy_into, kept, sliced_linear
 from peftlab.blocks.targeting import TargetSpec, match_targets, replace_module
 from peftlab.errors import ConfigError
 from peftlab.registry import LORA_VARIANTS
@@ -30,36 +33,7 @@ Wrapped = TypeVar("Wrapped", bound=nn.Module)
 INITS = ("lora", "kaiming", "pissa")
 
 
-class LowRankVariant(nn.Module):
-    """A LoRA variant (peft's ``LoraVariant``): tensors of its own (registered on this module, so they are
-    saved with the layer) and hooks into forward, merge and slicing. The base class is plain LoRA."""
-
-    def __init__(self, layer: LowRankLinear) -> None:
-        super().__init__()
-        del layer
-
-    def output(self, layer: LowRankLinear, x: torch.Tensor, y: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """The layer's output from the (dropped-out) input ``x``, base output ``y`` and update ``h`` =
-        b ⊙ B(d ⊙ A x), not yet scaled."""
-        return torch.add(y, h, alpha=layer.scale)
-
-    def merged_weight(self, layer: LowRankLinear, weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        """The base weight with the update folded in (fp32 in, fp32 out)."""
-        return weight + delta
-
-    def unmerged_weight(
-        self, layer: LowRankLinear, weight: torch.Tensor, delta: torch.Tensor
-    ) -> torch.Tensor:
-        return weight - delta
-
-    def keep_outputs(self, layer: LowRankLinear, index: torch.Tensor) -> None:
-        """Called before the layer keeps only output rows ``index``."""
-
-    def keep_inputs(self, layer: LowRankLinear, index: torch.Tensor) -> None:
-        """Called before the layer keeps only input columns ``index``."""
-
-
-class LowRankLinear(nn.Module):
+class LowRankLinear(LowRankLayer):
     """A frozen ``nn.Linear`` (or 1x1 ``nn.Conv2d``, a linear map over channels) plus a low-rank update;
     step 0 equals the base layer when B or b is 0 (or, for PiSSA, by construction)."""
 
@@ -92,7 +66,6 @@ class LowRankLinear(nn.Module):
         self.save_fixed = False  # whether the fixed pair is saved (else regenerated from its seed)
         self.register_buffer("init_A", None)  # PiSSA: the factors the residual base was computed with
         self.register_buffer("init_B", None)
-        self.merged = False
         self.init = init
         self._initialise(init)
         self.variant = LORA_VARIANTS.get(variant)(self) if variant else None
@@ -188,7 +161,7 @@ class LowRankLinear(nn.Module):
         weight.copy_(rule(self, matrix, self.delta_weight()).view_as(weight).to(weight.dtype))
 
     def _variant(self) -> LowRankVariant:
-        return self.variant if self.variant is not None else _PLAIN
+        return self.variant if self.variant is not None else PLAIN
 
     def removed(self) -> nn.Module:
         """The base layer without the adapter; for PiSSA the residual gets its principal part back."""
@@ -282,7 +255,12 @@ class LowRankLinear(nn.Module):
             self.register_buffer("lora_B", b)
 
     # -- slicing ------------------------------------------------------------------------------------
-    def keep_ranks(self, keep: torch.Tensor) -> None:
+    @property
+    def units(self) -> int:
+        """A low-rank layer's units are its ranks."""
+        return self.rank
+
+    def keep_units(self, keep: torch.Tensor) -> None:
         """Keep only ranks ``keep`` (rows of A, columns of B, entries of d); the scale is unchanged, as in
         Light-PEFT's code (alpha / the original rank). PiSSA's dropped ranks return to the base."""
         self._own_projections()
@@ -338,37 +316,6 @@ class LowRankLinear(nn.Module):
         )
 
 
-_PLAIN = LowRankVariant(None)  # type: ignore[arg-type]  # plain LoRA's hooks (never a submodule)
-
-
-class FixedProjections(nn.Module):
-    """A frozen random pair A (rank x in), B (out x rank), regenerated from a seed (VeRA/ELoRA).
-
-    Drawn as peft's VeRA draws it: uniform(-sqrt(6 / fan_in), sqrt(6 / fan_in)) (kaiming-uniform with
-    a=0), A then B, from one ``torch.Generator`` seeded with ``seed``. Layers slice ``A[:, :in]`` and
-    ``B[:out, :]``. The buffers are not part of the state dict: the seed is the checkpoint.
-    """
-
-    def __init__(
-        self,
-        rank: int,
-        in_features: int,
-        out_features: int,
-        seed: int,
-        dtype: torch.dtype,
-        device: torch.device | str = "cpu",
-    ) -> None:
-        super().__init__()
-        self.rank, self.seed = rank, seed
-        generator = torch.Generator().manual_seed(seed)  # on the CPU: the same pair on every device
-        a = torch.empty(rank, in_features, dtype=torch.float32)
-        b = torch.empty(out_features, rank, dtype=torch.float32)
-        nn.init.kaiming_uniform_(a, a=0, generator=generator)
-        nn.init.kaiming_uniform_(b, a=0, generator=generator)
-        self.register_buffer("A", a.to(device, dtype), persistent=False)
-        self.register_buffer("B", b.to(device, dtype), persistent=False)
-
-
 def check_rank(name: str, layer: nn.Linear | nn.Conv2d, rank: int, option: str = "lora rank") -> None:
     """A rank must be at least 1 and at most min(in, out) of the layer it adapts."""
     conv = isinstance(layer, nn.Conv2d)
@@ -406,8 +353,6 @@ def wrap_targets(
 
 def low_rank_layers(model: nn.Module) -> list[tuple[str, LowRankLinear]]:
     return [(name, m) for name, m in adapter_layers(model) if isinstance(m, LowRankLinear)]
-
-
 
 
 def vector_param_groups(model: nn.Module, decay_vectors: bool) -> list[dict[str, Any]]:

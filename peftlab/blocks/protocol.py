@@ -1,14 +1,16 @@
-"""The adapter-layer protocol: what every layer that wraps a frozen base layer says about itself.
+"""What every layer that wraps a frozen base layer implements: a small core, and opt-in pruning.
 
 Saving, loading, merging and structural pruning ask the layer (as torchtune's ``AdapterModule`` and
 peft's ``adapter_layer_names``); no code outside a layer's own file names its tensors. A layer owns
 ``base_layer`` (the frozen layer it wraps) and the tensors it lists in ``adapter_tensors``: trained
 or not, everything needed to rebuild the trained function on a freshly attached model.
+The parts are abstract base classes, and a layer class says which it implements: one that misses a
+member fails when it is built, so no layer drops out of saving, merging, folding or pruning unnoticed.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from abc import ABCMeta, abstractmethod
 
 import torch
 from torch import nn
@@ -16,47 +18,72 @@ from torch import nn
 from peftlab.errors import ConfigError
 
 
-@runtime_checkable
-class AdapterLayer(Protocol):
-    """A base layer plus an adapter. ``keep_*`` slice the layer consistently (base weight, bias and
-    adapter tensors together), so a pruned model computes what the masked model computed."""
+class AdapterLayer(nn.Module, metaclass=ABCMeta):
+    """The core: a frozen ``base_layer`` plus an adapter that saves, reloads and merges itself."""
 
     base_layer: nn.Module
-    merged: bool
 
-    @property
-    def rank(self) -> int: ...
+    def __init__(self) -> None:
+        super().__init__()
+        self.merged = False  # whether the adapter is folded into the base weight (forward = base cost)
 
+    @abstractmethod
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
         """Tensors (by name relative to the layer) that a saved adapter must hold."""
-        ...
 
+    @abstractmethod
     def load_adapter_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         """Put saved tensors (names as in ``adapter_tensors``) into this freshly attached layer."""
-        ...
 
+    @abstractmethod
     def merge(self) -> None:
         """Fold the adapter into the base weight; forward then costs what the base layer costs."""
-        ...
 
-    def unmerge(self) -> None: ...
+    @abstractmethod
+    def unmerge(self) -> None:
+        """Undo ``merge``: the base weight as it was, the adapter applied in forward again."""
 
-    def keep_outputs(self, index: torch.Tensor) -> None: ...
+    def folded(self) -> nn.Module:
+        """The base layer with the adapter merged into it: what replaces this layer in a plain model."""
+        self.merge()
+        return self.base_layer
 
-    def keep_inputs(self, index: torch.Tensor) -> None: ...
 
-    def keep_ranks(self, index: torch.Tensor) -> None: ...
+class PrunableAdapterLayer(AdapterLayer):
+    """Opt-in structural pruning (Light-PEFT, head and FFN pruning through wrapped layers). ``keep_*``
+    slice the layer consistently (base weight, bias and adapter tensors together), so a pruned model
+    computes what the masked model computed. ``units`` are the adapter's own prunable entries: LoRA's
+    ranks, a bottleneck adapter's hidden units, SPSFT's trained rows."""
 
+    @property
+    @abstractmethod
+    def units(self) -> int:
+        """How many units the adapter has (see ``keep_units``)."""
+
+    @abstractmethod
+    def keep_units(self, index: torch.Tensor) -> None:
+        """Keep only the adapter's units ``index``."""
+
+    @abstractmethod
+    def keep_outputs(self, index: torch.Tensor) -> None:
+        """Keep only output rows ``index`` of the base layer (and what the adapter holds of them)."""
+
+    @abstractmethod
+    def keep_inputs(self, index: torch.Tensor) -> None:
+        """Keep only input columns ``index`` of the base layer (and what the adapter holds of them)."""
+
+    @abstractmethod
     def removed(self) -> nn.Module:
         """The base layer as it was before the adapter was attached (what removing the adapter leaves)."""
-        ...
 
 
-@runtime_checkable
-class LowRankLayer(AdapterLayer, Protocol):
-    """An adapter whose update factors through a rank: (A, B) shaped (rank x in) and (out x rank)."""
+class LowRankLayer(PrunableAdapterLayer):
+    """A prunable adapter whose update goes through its units: a pair shaped like LoRA's (A, B), (units x
+    in) and (out x units); Light-PEFT scores each unit from it."""
 
-    def low_rank_pair(self) -> tuple[torch.Tensor, torch.Tensor]: ...
+    @abstractmethod
+    def low_rank_pair(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, B) (or an adapter's (down, up) weights): (units x in) and (out x units)."""
 
 
 def adapter_layers(model: nn.Module) -> list[tuple[str, AdapterLayer]]:
@@ -126,8 +153,7 @@ def fold_adapters(model: nn.Module, kind: type[nn.Module] = nn.Module) -> int:
     plain model for inference or export. Returns how many were folded."""
     layers = [(n, m) for n, m in adapter_layers(model) if isinstance(m, kind)]
     for name, layer in layers:
-        layer.merge()
-        model.set_submodule(name, layer.base_layer)
+        model.set_submodule(name, layer.folded())
     return len(layers)
 
 

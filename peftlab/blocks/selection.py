@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 import torch
 
+from peftlab.errors import ConfigError
+
 SCOPES = ("group", "global")
 
 
@@ -70,3 +72,40 @@ def _complement(n: int, drop: torch.Tensor) -> torch.Tensor:
     keep = torch.ones(n, dtype=torch.bool, device=drop.device)
     keep[drop] = False
     return keep.nonzero().flatten()
+
+
+# -- rows per layer: by count or ratio, per layer or over all layers (SPSFT) ----------------------------
+
+
+def row_count(rows: int, ratio: float, even: bool) -> int:
+    """Rows to train of a layer with ``rows``: round(ratio x rows), at least 1; ``even``: rounded down to
+    an even number, at least 2, as SPSFT's official code (5% of 3072 rows: 152, not 154)."""
+    if even:
+        return min(rows, max(2, 2 * math.floor(ratio * rows / 2)))
+    return max(1, round(ratio * rows))
+
+
+def select_rows(
+    scores: dict[str, torch.Tensor],
+    rank: int | None,
+    ratio: float,
+    scope: str,
+    even: bool = False,
+    option: str = "rank",
+) -> dict[str, torch.Tensor]:
+    """Indices (sorted) of the rows to train in each layer: the top ``rank`` (or ``row_count`` of the
+    rows) of each layer, or, with ``scope="global"``, the same total taken over all layers after dividing
+    each layer's scores by their mean (so layers of different scale compete fairly). Layers that get no
+    row are left out."""
+    sizes = {name: s.numel() for name, s in scores.items()}
+    if rank is not None:
+        too_big = {name: n for name, n in sizes.items() if rank > n}
+        if too_big:
+            name, n = next(iter(too_big.items()))
+            raise ConfigError(f"{option}={rank} is larger than layer {name!r} ({n} rows); allowed: 1..{n}")
+    names = list(scores)
+    per_layer = [rank if rank is not None else row_count(sizes[n], ratio, even) for n in names]
+    kept = keep_highest(
+        [scores[n] for n in names], per_layer, scope="group" if scope == "layer" else "global", normalize=True
+    )
+    return {name: rows for name, rows in zip(names, kept, strict=True) if rows.numel()}

@@ -12,6 +12,7 @@ code tunes rows of every convolution and norm of a vision model.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Iterator
 
 import torch
@@ -19,7 +20,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.grad import conv2d_input, conv2d_weight
 
-from peftlab.blocks.protocol import copy_into, fold_adapters, kept, sliced_linear
+from peftlab.blocks.protocol import (
+    AdapterLayer,
+    PrunableAdapterLayer,
+    copy_into,
+    fold_adapters,
+    kept,
+    sliced_linear,
+)
 from peftlab.blocks.targeting import is_pointwise_conv
 from peftlab.errors import ConfigError
 
@@ -114,21 +122,21 @@ def _check_base_frozen(ctx) -> None:
         raise RuntimeError("SparseRowsLayer trains only its rows; its base layer must be frozen")
 
 
-class _RowsAdapter(nn.Module):
+class _RowsAdapter(AdapterLayer):
     """What a layer with trainable rows ``rows_weight`` (+ ``rows_bias``) at ``rows_index`` of its frozen
     ``base_layer`` shares: its tensors, reload (the same rows only) and merge, by ``_add(sign)``."""
 
     rows_index: torch.Tensor
     rows_weight: nn.Parameter
     rows_bias: nn.Parameter | None
-    merged: bool
     what = "sparse-rows layer"
 
     @property
-    def rank(self) -> int:
+    def units(self) -> int:
+        """The trained rows (a norm's: features)."""
         return self.rows_index.numel()
 
-    # -- the adapter-layer protocol (peftlab/blocks/protocol.py) -------------------------------------
+    # -- AdapterLayer (peftlab/blocks/protocol.py) ---------------------------------------------------
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
         """W_f (+ b_f) and the row indices: a saved adapter rebuilds the layer without data."""
         tensors = {"rows_index": self.rows_index, "rows_weight": self.rows_weight}
@@ -155,11 +163,12 @@ class _RowsAdapter(nn.Module):
             self._add(-1.0)
             self.merged = False
 
+    @abstractmethod
     def _add(self, sign: float) -> None:
-        raise NotImplementedError
+        """Add ``sign`` x the trained rows into the base layer's weight (and bias)."""
 
 
-class SparseRowsLayer(_RowsAdapter):
+class SparseRowsLayer(_RowsAdapter, PrunableAdapterLayer):
     """``base_layer`` (frozen) + trainable rows ``rows_weight`` (r x d_in, zero-initialised, so the
     layer starts equal to the base) at output positions ``rows_index``, optional ``rows_bias``."""
 
@@ -178,7 +187,6 @@ class SparseRowsLayer(_RowsAdapter):
         self.register_buffer("rows_index", index.to(weight.device))
         self.rows_weight = nn.Parameter(torch.zeros(index.numel(), row_len, **factory))
         self.rows_bias = nn.Parameter(torch.zeros(index.numel(), **factory)) if train_bias else None
-        self.merged = False
 
     @property
     def weight(self) -> torch.Tensor:
@@ -202,7 +210,7 @@ class SparseRowsLayer(_RowsAdapter):
     def _conv_rows(self, x: torch.Tensor) -> torch.Tensor:
         """A k x k or grouped convolution: the rows' kernels through the base layer's own forward."""
         base, index = self.base_layer, self.rows_index
-        kernel = self.rows_weight.view(self.rank, *base.weight.shape[1:])
+        kernel = self.rows_weight.view(self.units, *base.weight.shape[1:])
         if base.groups == 1:
             rows = _conv_with(base, kernel, x)
         else:  # a row reads only its group's channels: the base convolution with only those kernels set
@@ -222,7 +230,8 @@ class SparseRowsLayer(_RowsAdapter):
                 base.bias = nn.Parameter(self.rows_bias.new_zeros(base.weight.shape[0]), requires_grad=False)
             base.bias.index_add_(0, self.rows_index, self.rows_bias, alpha=sign)
 
-    def keep_ranks(self, keep: torch.Tensor) -> None:
+    # -- PrunableAdapterLayer: its units are the trained rows ----------------------------------------
+    def keep_units(self, keep: torch.Tensor) -> None:
         """Keep only the trained rows at positions ``keep`` of ``rows_index``."""
         keep = keep.to(self.rows_index.device)
         self.rows_index = self.rows_index.index_select(0, keep)
@@ -239,7 +248,7 @@ class SparseRowsLayer(_RowsAdapter):
         still = (new_index >= 0).nonzero().flatten()
         if still.numel() == 0:
             raise ConfigError("pruning would remove every trained row of a sparse-rows layer")
-        self.keep_ranks(still)
+        self.keep_units(still)
         self.rows_index = new_index.index_select(0, still)
         self.base_layer = sliced_linear(self.base_layer, keep, None)
 
@@ -258,13 +267,14 @@ class SparseRowsLayer(_RowsAdapter):
 
     def extra_repr(self) -> str:
         rows, row_len = row_shape(self.base_layer)
-        return f"rows={self.rank}/{rows}, row_len={row_len}, bias={self.rows_bias is not None}"
+        return f"rows={self.units}/{rows}, row_len={row_len}, bias={self.rows_bias is not None}"
 
 
 class SparseRowsNorm(_RowsAdapter):
     """``base_layer`` (a frozen LayerNorm or BatchNorm) + trainable scale and shift deltas on the features
     ``rows_index`` (zero-initialised): SPSFT's official code also tunes a fraction of every norm's
-    features. A feature of a norm is its "row", so it saves and reloads as ``SparseRowsLayer`` does."""
+    features. A feature of a norm is its "row", so it saves and reloads as ``SparseRowsLayer`` does; it
+    is not a ``PrunableAdapterLayer`` (structural pruning slices linear layers only)."""
 
     what = "sparse-rows norm"
 
@@ -283,7 +293,6 @@ class SparseRowsNorm(_RowsAdapter):
         self.rows_weight = nn.Parameter(torch.zeros(index.numel(), dtype=weight.dtype, device=weight.device))
         has_bias = train_bias and base_layer.bias is not None
         self.rows_bias = nn.Parameter(torch.zeros_like(self.rows_weight)) if has_bias else None
-        self.merged = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         base = self.base_layer
@@ -299,17 +308,8 @@ class SparseRowsNorm(_RowsAdapter):
         if self.rows_bias is not None:
             self.base_layer.bias.index_add_(0, self.rows_index, self.rows_bias, alpha=sign)
 
-    def keep_outputs(self, index: torch.Tensor) -> None:
-        raise ConfigError("structural pruning of a LayerNorm with SPSFT feature rows is not supported")
-
-    keep_inputs = keep_ranks = keep_outputs
-
-    def removed(self) -> nn.Module:
-        self.unmerge()
-        return self.base_layer
-
     def extra_repr(self) -> str:
-        return f"features={self.rank}/{self.base_layer.weight.numel()}, bias={self.rows_bias is not None}"
+        return f"features={self.units}/{self.base_layer.weight.numel()}, bias={self.rows_bias is not None}"
 
 
 def sparse_rows_layer(base: nn.Module, index: torch.Tensor, train_bias: bool) -> nn.Module:

@@ -9,8 +9,9 @@ In a Llama-style model with grouped KV heads, the unit of head pruning is a whol
 value head and the query heads that read them), so every remaining group keeps the same number of query
 heads, as the attention code requires.
 
-Pruning works on wrapped layers too: an adapter layer slices itself (``keep_outputs`` / ``keep_inputs``
-of the protocol in ``blocks/protocol.py``), so this module never looks inside one.
+Pruning works on wrapped layers too: a ``PrunableAdapterLayer`` slices itself (``keep_outputs`` /
+``keep_inputs``, ``blocks/protocol.py``), so this module never looks inside one; any other adapter layer
+is refused.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from peftlab.blocks.protocol import AdapterLayer, sliced_linear
+from peftlab.blocks.protocol import AdapterLayer, PrunableAdapterLayer, sliced_linear
 from peftlab.errors import ConfigError
 
 # query/key/value projection names of the encoder layouts (BERT, RoBERTa: query; DeBERTa-v2/v3: query_proj)
@@ -163,11 +164,18 @@ def num_channels(backbone: nn.Module, block: Block) -> int:
 # -- physical pruning ---------------------------------------------------------------------------------
 
 
+def prunable(layer: nn.Module, name: str) -> PrunableAdapterLayer:
+    """``layer`` if it is an adapter layer that can be sliced; a clear error for any other."""
+    if not isinstance(layer, PrunableAdapterLayer):
+        raise ConfigError(f"{name}: a {type(layer).__name__} cannot be pruned structurally")
+    return layer
+
+
 def prune_rows(backbone: nn.Module, name: str, keep: torch.Tensor) -> None:
     """Keep only output rows ``keep`` of the layer at ``name`` (an adapter layer slices itself)."""
     module = backbone.get_submodule(name)
     if isinstance(module, AdapterLayer):
-        module.keep_outputs(keep)
+        prunable(module, name).keep_outputs(keep)
     else:
         backbone.set_submodule(name, sliced_linear(module, keep, None))
 
@@ -176,7 +184,7 @@ def prune_columns(backbone: nn.Module, name: str, keep: torch.Tensor) -> None:
     """Keep only input columns ``keep`` of the layer at ``name`` (an adapter layer slices itself)."""
     module = backbone.get_submodule(name)
     if isinstance(module, AdapterLayer):
-        module.keep_inputs(keep)
+        prunable(module, name).keep_inputs(keep)
     else:
         backbone.set_submodule(name, sliced_linear(module, None, keep))
 
@@ -221,3 +229,11 @@ def prune_channels(backbone: nn.Module, block: Block, keep: torch.Tensor) -> Non
     for name in block.ffn_in:
         prune_rows(backbone, name, keep)
     prune_columns(backbone, block.ffn_out, keep)
+
+
+def keep_structure(backbone: nn.Module, record: dict) -> None:
+    """Prune ``backbone`` to a recorded structure: ``{"heads": {block: kept units}, "ffn_channels":
+    {block: kept channels}}`` (block indices as strings, JSON's keys), e.g. a merged export's reload."""
+    for i, block in enumerate(blocks(backbone)):
+        prune_heads(backbone, block, torch.tensor(record["heads"][str(i)], dtype=torch.long))
+        prune_channels(backbone, block, torch.tensor(record["ffn_channels"][str(i)], dtype=torch.long))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -23,8 +23,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from peftlab import distributed
+from peftlab.blocks.lowrank import LowRankLinear
 from peftlab.blocks.params import default_param_groups, trainable_named_parameters
-from peftlab.blocks.protocol import adapter_state_dict, load_adapter_state_dict
+from peftlab.blocks.protocol import adapter_layers, adapter_state_dict, fold_adapters, load_adapter_state_dict
 from peftlab.config.check import checked
 from peftlab.errors import ConfigError
 from peftlab.registry import METHODS
@@ -103,6 +104,12 @@ class Method:
 
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
     output_files: ClassVar[tuple[str, ...]] = ()  # what ``report`` writes (a new run deletes them)
+    # What the memory estimate (models/footprint.py) needs before the model is built:
+    trains_backbone_weights: ClassVar[bool] = False  # every base weight trains (fp32 copies, Adam on all)
+    backward_through_backbone: ClassVar[bool] = True  # False: only the head trains, no activations kept
+    bench_states: ClassVar[tuple[str, ...]] = ()  # states a benchmark row may ask for (``@<state>``)
+    # why ``python -m peftlab.export RUN --to peft`` refuses the method (``peft_export``)
+    merged_only_reason: ClassVar[str] = "huggingface peft has no equivalent of it"
 
     def __init__(self, config: MethodConfig) -> None:
         self.config = config
@@ -177,12 +184,50 @@ class Method:
         adapter tensors are loaded: structure first (frozen sets, pruning), then values."""
         del state, model
 
+    # -- export and benchmarks ---------------------------------------------------------------------
+    def peft_export(self, root: nn.Module) -> tuple[Any, dict[str, torch.Tensor]]:
+        """The trained adapter as huggingface peft's config object and tensors in peft's naming
+        (``base_model.model.<module>...``), module names relative to ``root``, the transformers model
+        peft wraps. Default: refused, with the reason the method gives."""
+        del root
+        raise ConfigError(
+            f"method {self.name!r} has no huggingface peft form: export it with --to merged only, "
+            f"because {self.merged_only_reason}"
+        )
+
+    def merge_into_base(self, model: nn.Module) -> None:
+        """Fold the trained adapter into the base weights (a merged export): every adapter layer replaced
+        by its base layer with the adapter merged in (``fold_adapters``; ConfigError when one cannot)."""
+        fold_adapters(model)
+
+    def merged_structure(self) -> dict[str, Any] | None:
+        """The structure change a merged export keeps (config.json records it; ``load_merged`` rebuilds
+        it): ``{"heads": {block: kept units}, "ffn_channels": {block: kept channels}}`` as
+        ``blocks.structure.keep_structure`` takes it; None: the base model's shapes (default)."""
+        return None
+
+    def bench_state(self, name: str, state: TrainState, step: Callable[[], None]) -> str:
+        """Bring the method into state ``name`` (one of ``bench_states``) before a benchmark times it;
+        ``step()`` runs one training step on the benchmark's batch. Returns a note for the row."""
+        del state, step
+        offered = ", ".join(f"@{s}" for s in self.bench_states) or "none"
+        raise ConfigError(f"method {self.name} has no benchmark state @{name}; its states: {offered}")
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, **dataclasses.asdict(self.config)}
 
     @property
     def name(self) -> str:
         return getattr(type(self), "registered_name", type(self).__name__)
+
+
+def peft_linear_layers(root: nn.Module, method: str) -> list[tuple[str, LowRankLinear]]:
+    """``root``'s adapter layers for a peft export: low-rank layers on ``nn.Linear`` only (peft's
+    LoRA and VeRA layers); anything else is refused with a pointer to ``--to merged``."""
+    layers = adapter_layers(root)
+    if not layers or any(not isinstance(m, LowRankLinear) or m.conv for _, m in layers):
+        raise ConfigError(f"method {method!r}: only low-rank layers on nn.Linear go to peft; use --to merged")
+    return layers  # type: ignore[return-value]
 
 
 def register_method(name: str):

@@ -1,11 +1,12 @@
 """What a run will take in memory, estimated before the model is built, and the refusal when it cannot fit.
 
 The model is first built on the meta device (no memory), so the parameter count is exact; the rest is
-an estimate: fp32 gradients and the two fp32 Adam moments of the trained parameters (all of them for full
-fine-tuning, with their fp32 copy on a 16-bit base; at most ``PEFT_TRAINABLE_SHARE`` of them otherwise:
-adapters are attached later, in fp32), and the activations a backward pass keeps for one micro-batch
-(``schedule.micro_batch_size``; with activation checkpointing only each block's input plus one block's
-activations during its recomputation), after Korthikanti et al. 2022 (per token and block at 16 bits:
+an estimate: fp32 gradients and the two fp32 Adam moments of the trained parameters (all of them when
+the method trains every base weight, with their fp32 copy on a 16-bit base; at most
+``PEFT_TRAINABLE_SHARE`` of them otherwise: adapters are attached later, in fp32; none when only the head
+trains), and, when the backward pass goes through the backbone, the activations it keeps for one
+micro-batch (``schedule.micro_batch_size``; with activation checkpointing only each block's input plus one
+block's activations during its recomputation), after Korthikanti et al. 2022 (per token and block at 16 bits:
 17 x hidden + 4 x FFN width bytes, their 34 x hidden for a 4 x hidden FFN, plus 5 x heads x sequence when
 attention scores are stored, i.e. not with SDPA/flash), times ``ACTIVATION_MARGIN``, plus the logits of a
 language-model head. It is meant to catch a 7B model on a 24 GiB machine, not to predict a peak to the
@@ -25,6 +26,7 @@ from torch import nn
 
 from peftlab.errors import ConfigError
 from peftlab.models.architecture import num_layers
+from peftlab.registry import METHODS
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +34,6 @@ GIB = 2**30
 FP32 = 4
 ADAM_BYTES = 2 * FP32  # two fp32 moments per trained parameter
 PEFT_TRAINABLE_SHARE = 0.03  # LoRA r=64 on every linear layer of Llama-2-7B trains 2.4%
-FULL_FINETUNE = ("fft",)
-HEAD_ONLY = ("head",)  # no backward through the backbone: no activations kept
 # The tensors autograd saved in our CPU measurements (scripts/efficiency_tables.py) were 1.4-2.4x that
 # count: LoRA's dropout copies, SwiGLU's extra FFN tensors, DeBERTa's three attention score maps.
 ACTIVATION_MARGIN = 1.5
@@ -47,13 +47,14 @@ class Workload:
 
     batch_size: int  # examples per forward: the micro-batch when gradients are accumulated
     seq_len: int
-    method: str
+    trains_backbone_weights: bool = False  # the method's (``Method.trains_backbone_weights``)
+    backward_through_backbone: bool = True  # the method's; False: no activations kept
     checkpointing: bool = False  # schedule.activation_checkpointing
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> Workload:
         """Generation tasks budget prompt and target apart (``task.max_*_tokens``); others use
-        ``schedule.max_seq_length``."""
+        ``schedule.max_seq_length``. What the method trains comes from its class (``cfg.method.name``)."""
         task = cfg.task
         if task.get("max_prompt_tokens") is not None:
             seq_len = int(task.max_prompt_tokens) + int(task.get("max_target_tokens") or 0)
@@ -62,7 +63,14 @@ class Workload:
         sched = cfg.schedule
         batch = int(sched.get("micro_batch_size") or sched.batch_size)
         checkpointing = bool(sched.get("activation_checkpointing", False))
-        return cls(min(batch, int(sched.batch_size)), seq_len, str(cfg.method.name), checkpointing)
+        method = METHODS.get(str(cfg.method.name))
+        return cls(
+            min(batch, int(sched.batch_size)),
+            seq_len,
+            method.trains_backbone_weights,
+            method.backward_through_backbone,
+            checkpointing,
+        )
 
 
 @dataclass(frozen=True)
@@ -95,15 +103,16 @@ def estimate(model: nn.Module, config: Any, workload: Workload | None, lm_head: 
     if workload is None:
         return MemoryEstimate(params, weights, 0, 0, 0)
     element = next(model.parameters()).element_size()
-    if workload.method in FULL_FINETUNE:
+    if workload.trains_backbone_weights:
         trained = params
         weights = params * FP32  # trained tensors are kept in fp32 (peftlab/train/precision.py)
-    elif workload.method in HEAD_ONLY:
+    elif not workload.backward_through_backbone:  # only the head trains
         trained = 0
     else:
         trained = int(PEFT_TRAINABLE_SHARE * params)
         weights += trained * FP32  # the adapters, fp32
-    activations = 0 if workload.method in HEAD_ONLY else activation_bytes(config, workload, element, lm_head)
+    backward = workload.backward_through_backbone
+    activations = activation_bytes(config, workload, element, lm_head) if backward else 0
     return MemoryEstimate(params, weights, trained * FP32, trained * ADAM_BYTES, activations)
 
 

@@ -10,11 +10,11 @@ loop's own ``Trainer.train_step`` (forward, backward, hooks, clipping, AdamW). S
   step adds (tensors autograd saves for backward, gradients, optimizer state), counted exactly, since a
   process's RSS cannot be split between rows that share one process. The weights are recorded apart.
 
-A row is a label and Hydra overrides; ``@frozen`` freezes every trainable projection matrix before
-timing (AFLoRA after its freezing schedule has run); ``@pruned`` trains on the batch until the method
-has pruned (Light-PEFT after its estimation steps); ``@loader`` times the steps on the row's loader's
-batches in turn (with ``task.max_train_samples=N`` in the row: N / batch size batches, e.g. to compare
-``task.group_by_length=true``, whose batches hold less padding).
+A row is a label and Hydra overrides; ``@<state>`` brings the method into a state of its own before
+timing (``Method.bench_state``: AFLoRA's ``@frozen``, every projection matrix frozen as after its
+freezing schedule; Light-PEFT's ``@pruned``, trained on the batch until it has pruned); ``@loader`` times
+the steps on the row's loader's batches in turn (with ``task.max_train_samples=N`` in the row: N / batch
+size batches, e.g. to compare ``task.group_by_length=true``, whose batches hold less padding).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import re
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -38,13 +37,8 @@ from peftlab.train import efficiency
 from peftlab.train.optim import optimizer_state_bytes
 from peftlab.train.trainer import Trainer
 
-FROZEN = "@frozen"
-PRUNED = "@pruned"
+FLAG = "@"  # a row's flags: @loader, or a state of the row's method (Method.bench_states)
 LOADER = "@loader"  # time the row on its loader's batches in turn (task.group_by_length: their padding)
-FLAGS = (FROZEN, PRUNED, LOADER)
-# Bench-only method names -> the method config they are composed from (registered by the scripts that
-# define such methods, e.g. scripts/bench.py's huggingface/peft LoRA peer).
-CONFIG_ALIASES: dict[str, str] = {}
 
 
 @dataclass
@@ -94,7 +88,7 @@ class Row:
     inference_peak: int = 0  # CUDA only
     infer_times: list[float] = field(default_factory=list)
     infer_memory_bytes: int = 0
-    note: str = ""  # what a pruned row kept
+    note: str = ""  # what the method says of its benchmark state (a pruned row: what it kept)
     batches: list[dict[str, torch.Tensor]] = field(default_factory=list)  # @loader: stepped in turn
     precision: str = "fp32"  # the autocast of the row's forwards (its % of the matching ceiling)
     turn: int = -1  # @loader: the index of the batch last stepped
@@ -148,12 +142,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
 def make_row(spec: str, settings: BenchSettings, steps: int, run_dir: RunDir) -> Row:
     """A trainer built exactly as a run builds it, and its one batch (the first examples, or synthetic)."""
     label, *overrides = shlex.split(spec)
-    frozen, pruned, whole_loader = FROZEN in overrides, PRUNED in overrides, LOADER in overrides
-    overrides = [o for o in overrides if o not in FLAGS] or [f"method={label}"]
-    methods = [o.partition("=")[2] for o in overrides if o.startswith("method=")]
-    alias = next((m for m in methods if m in CONFIG_ALIASES), None)
-    if alias:
-        overrides = [f"method={CONFIG_ALIASES[alias]}" if o == f"method={alias}" else o for o in overrides]
+    whole_loader = LOADER in overrides
+    states = [o[len(FLAG) :] for o in overrides if o.startswith(FLAG) and o != LOADER]
+    overrides = [o for o in overrides if not o.startswith(FLAG)] or [f"method={label}"]
     cfg = compose_config(
         [
             f"model={settings.model}",
@@ -169,25 +160,19 @@ def make_row(spec: str, settings: BenchSettings, steps: int, run_dir: RunDir) ->
             *overrides,
         ]
     )
-    if alias:
-        cfg.method.name = alias
     trainer = build_trainer(cfg, run_dir)
     trainer.model.train()  # as Trainer.fit does: dropout on (from_pretrained returns eval mode)
-    if frozen:
-        freeze_projections(trainer)
     if settings.synthetic:
         batch = synthetic_batch(trainer, settings.batch_size, settings.seq_len)
     else:
         batch = next(iter(trainer.train_loader))
     batch = {k: v.to(trainer.device) for k, v in batch.items()}
-    if pruned:
-        prune_early(trainer, batch)
+    notes = [reach_state(trainer, state, batch) for state in states]
     row = Row(label, trainer, batch, trainer.trainable_count, trainer.device)
     row.precision = trainer.precision.name
     if whole_loader:
         row.batches = [{k: v.to(trainer.device) for k, v in b.items()} for b in trainer.train_loader]
-    if pruned:
-        row.note = pruning_note(trainer.method.record)
+    row.note = "; ".join(n for n in notes if n)
     row.inference_peak = inference_peak(trainer, batch)
     return row
 
@@ -226,30 +211,13 @@ def inference_peak(trainer: Trainer, batch: dict[str, torch.Tensor]) -> int:
     return torch.cuda.max_memory_allocated(device)
 
 
-def freeze_projections(trainer: Trainer) -> None:
-    """Freeze what the method's schedule freezes by the end of training (AFLoRA: every PM)."""
-    freeze_all = getattr(trainer.method, "freeze_all", None)
-    if freeze_all is None:
-        raise ConfigError(f"{FROZEN}: method {trainer.method.name} has no freeze_all()")
-    freeze_all(trainer.state)
-    trainer.apply_param_change()
-
-
-def prune_early(trainer: Trainer, batch: dict[str, torch.Tensor]) -> None:
-    """Train on the batch until the method has pruned (Light-PEFT after its estimation steps)."""
-    if not hasattr(trainer.method, "record"):
-        raise ConfigError(f"{PRUNED}: method {trainer.method.name} does not prune")
-    while trainer.method.record is None:
-        trainer.train_step(batch)
-
-
-def pruning_note(record: dict) -> str:
-    """Which PEFT modules a Light-PEFT pruning kept: the backward pass reaches down to the lowest of
-    them, so where they are decides much of the training cost."""
-    kept, total = record.get("ranks", {}), len(record.get("module_scores", {}))
-    blocks = sorted({int(m.group(1)) for name in kept if (m := re.search(r"\.layers?\.(\d+)\.", name))})
-    where = f", in blocks {blocks}" if blocks else ""
-    return f"PEFT modules kept: {len(kept)} of {total}{where}"
+def reach_state(trainer: Trainer, state: str, batch: dict[str, torch.Tensor]) -> str:
+    """The method's benchmark state ``state`` (``Method.bench_state``; its steps train on ``batch``), the
+    optimizer rebuilt over what it trains then; returns the method's note for the row."""
+    note = trainer.method.bench_state(state, trainer.state, lambda: trainer.train_step(batch))
+    if trainer.state.rebuild_requested:
+        trainer.apply_param_change()
+    return note
 
 
 def measure_once(row: Row, flops: bool = True) -> None:

@@ -1,5 +1,6 @@
-"""The papers' efficiency figures, kept once, as data: ``scripts/efficiency_tables.py`` prints ours beside
-them. Each claim compares two measured rows (a ratio) or states one row's value in the paper's unit.
+"""The papers' efficiency figures, kept once, as data (``paper_claims.yaml`` beside this file):
+``scripts/efficiency_tables.py`` prints ours beside them. Each claim compares two measured rows (a
+ratio) or states one row's value in the paper's unit.
 
 Kinds: ``speedup`` = ref / row (how many times faster or fewer, e.g. AFLoRA 1.86x faster than ELoRA);
 ``fraction`` = row / ref (e.g. Light-PEFT's training memory, 0.61 of its PEFT's = -39%); ``absolute`` =
@@ -10,6 +11,10 @@ against its midpoint; a lower bound ("> 46.14 GB": the run did not fit in 80 GB)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
 
 KINDS = ("speedup", "fraction", "absolute")
 # what a row measures: median step time, FLOPs per step, training memory minus inference memory ("mem"),
@@ -30,66 +35,43 @@ class Claim:
     model: str | None = None  # model config the figure is for (None: the table's every model)
 
 
-AFLORA_SOURCE = "AFLoRA (Liu et al. 2024) Sec. 4 / Fig. 3: runtime and FLOPs averaged over the run"
-# "comparable with LoRA in these two metrics": no figure is printed, so about 1.0
-AFLORA_CLAIMS = tuple(
-    Claim("aflora", row, quantity, kind, value, text, AFLORA_SOURCE, ref=ref)
-    for row in ("aflora-trainable", "aflora-frozen", "aflora-run")
-    for ref, quantity, kind, value, text in (
-        ("elora1024", "time", "speedup", 1.86, "1.86x faster than ELoRA"),
-        ("elora1024", "flops", "speedup", 2.96, "2.96x fewer FLOPs than ELoRA"),
-        ("lora8", "time", "fraction", 1.0, "comparable with LoRA (~1x)"),
-        ("lora8", "flops", "fraction", 1.0, "comparable with LoRA (~1x)"),
+CLAIMS_FILE = Path(__file__).with_name("paper_claims.yaml")
+
+
+def _paired_claims(table: str, raw: dict[str, Any]) -> tuple[Claim, ...]:
+    """Every (row, ref) pair against every claim; a claim's own ref wins over the pair's."""
+    return tuple(
+        Claim(table, row, c["quantity"], c["kind"], c["paper"], c["text"], raw["source"], c.get("ref", ref))
+        for row, ref in raw["pairs"]
+        for c in raw["claims"]
     )
-)
-
-LIGHT_PEFT_SOURCE = "Light-PEFT (Gu et al. 2024) abstract: RoBERTa-large / OPT, against the PEFT it wraps"
-LIGHT_PEFT_CLAIMS = tuple(
-    Claim("light-peft", row, quantity, kind, value, text, LIGHT_PEFT_SOURCE, ref=ref)
-    for row, ref in (("light-peft-lora", "lora"), ("light-peft-adapter", "adapter"))
-    for quantity, kind, value, text in (
-        ("time", "speedup", 1.5, "1.4-1.6x training speed-up"),
-        ("train_mem", "fraction", 0.61, "-39% training memory"),
-        ("infer_time", "speedup", 1.6, "1.6x inference speed"),
-        ("infer_mem", "fraction", 0.52, "-48% inference memory"),
-    )
-)
-
-SPSFT_SOURCE = "SPSFT Appendix D.2, Table 7 (Tables 6/8 for FA-LoRA on Llama-3): fp32, A100-80GB"
-# row -> (Llama-2-7B mem GB, #param M, Llama-3-8B mem GB, #param M); a "> x" mem did not fit in 80 GB
-SPSFT_FIGURES = {
-    "lora64": ("23.46", 159.9, "30.37", 167.8),
-    "dora64": ("44.80", 161.3, ">46.14", 169.1),
-    "spsft128": ("17.62", 145.8, "24.49", 159.4),
-    "fa-lora64": ("17.25", 92.8, "24.55", 113.2),  # Table 7 prints 30.37 for Llama-3; its TTL - M is 24.55
-    "fa-dora64": ("30.57", 93.6, ">46.14", 114.3),
-    "fa-spsft128": ("15.21", 78.6, "22.41", 92.3),
-}
 
 
-# the paper's point, SPSFT's "mem" against LoRA's at about equal trainable parameters: row -> ref
-SPSFT_PAIRS = {"spsft128": "lora64", "fa-spsft128": "fa-lora64"}
-
-
-def _spsft_claims() -> tuple[Claim, ...]:
-    claims = []
-    for row, (mem2, params2, mem3, params3) in SPSFT_FIGURES.items():
-        for model, mem, params in (("llama2_7b", mem2, params2), ("llama3_8b", mem3, params3)):
+def _figure_claims(table: str, raw: dict[str, Any]) -> tuple[Claim, ...]:
+    """Each row's "mem" and #param per model, then each pair's mem ratio (SPSFT Table 7)."""
+    claims, source, figures = [], raw["source"], raw["figures"]
+    for row, per_model in figures.items():
+        for model, (mem, params) in zip(raw["models"], per_model, strict=True):
             text = f"{mem} GB" + (" (did not fit in 80 GB)" if mem.startswith(">") else "")
-            value = float(mem.lstrip(">"))
-            claims.append(Claim("spsft", row, "mem", "absolute", value, text, SPSFT_SOURCE, model=model))
             claims.append(
-                Claim("spsft", row, "params", "absolute", params, f"{params}M", SPSFT_SOURCE, model=model)
+                Claim(table, row, "mem", "absolute", float(mem.lstrip(">")), text, source, model=model)
             )
-    for row, ref in SPSFT_PAIRS.items():
-        for model, column in (("llama2_7b", 0), ("llama3_8b", 2)):
-            value = float(SPSFT_FIGURES[row][column]) / float(SPSFT_FIGURES[ref][column])
-            text = f"{value:.3f} ({SPSFT_FIGURES[row][column]} / {SPSFT_FIGURES[ref][column]} GB)"
-            claims.append(
-                Claim("spsft", row, "mem", "fraction", value, text, SPSFT_SOURCE, ref=ref, model=model)
-            )
+            claims.append(Claim(table, row, "params", "absolute", params, f"{params}M", source, model=model))
+    for row, ref in raw["pairs"].items():
+        for i, model in enumerate(raw["models"]):
+            mem, ref_mem = figures[row][i][0], figures[ref][i][0]
+            value = float(mem) / float(ref_mem)
+            text = f"{value:.3f} ({mem} / {ref_mem} GB)"
+            claims.append(Claim(table, row, "mem", "fraction", value, text, source, ref=ref, model=model))
     return tuple(claims)
 
 
-SPSFT_CLAIMS = _spsft_claims()
-CLAIMS = {"aflora": AFLORA_CLAIMS, "light-peft": LIGHT_PEFT_CLAIMS, "spsft": SPSFT_CLAIMS}
+def load_claims(path: Path = CLAIMS_FILE) -> dict[str, tuple[Claim, ...]]:
+    raw = yaml.safe_load(path.read_text())
+    return {
+        table: (_figure_claims if "figures" in spec else _paired_claims)(table, spec)
+        for table, spec in raw.items()
+    }
+
+
+CLAIMS = load_claims()

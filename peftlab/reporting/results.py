@@ -2,14 +2,16 @@
 
 A run folder holds ``config.yaml`` (what the job was), ``results.json`` (what it scored, written last)
 and, when the job failed before training, ``failure.json``. ``read_run`` turns one folder into a
-``Run``; ``find_runs`` every folder below a sweep. Metric values come out in percent through the task's
-own scale (``Task.metric_scale``: accuracy, F1 and correlations are fractions, x100; ROUGE is x100
-already), so no table multiplies by 100 on its own.
+``Run``; ``find_runs`` every folder below a sweep. Metric values come out in percent by the unit
+results.json declares for each metric (``metric_units``: accuracy, F1 and correlations are fractions,
+x100; ROUGE is percent already; losses stay as they are), so no table multiplies by 100 on its own and
+reading a folder needs no task code.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +21,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from peftlab.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 FAILURE = "failure.json"
+# results.json's metric_units: the factor that puts each unit in percent, the papers' unit
+UNIT_SCALES = {"fraction": 100.0, "percent": 1.0, "loss": 1.0}
 # results.json's final_eval (the last evaluation) or best_eval (chosen by the task's best_by)
 SELECTS = ("final", "best")
 AGGREGATES = ("mean", "median")  # over a row's seeds
@@ -33,6 +39,7 @@ class Run:
     config: DictConfig | None
     results: dict[str, Any] = field(default_factory=dict)
     failure: dict[str, Any] | None = None
+    _warned: bool = field(default=False, repr=False, compare=False)
 
     @property
     def status(self) -> str:
@@ -72,38 +79,43 @@ class Run:
         return evaluation.get(name) if name else None
 
     def percent(self, metric: str | None = None, select: str = "final") -> float | None:
-        """The metric in percent (the papers' unit), by the task's declared scale."""
+        """The metric in percent (the papers' unit), by the unit results.json declares for it."""
         value = self.raw(metric, select)
         name = self.metric_name(metric)
-        return None if value is None or name is None else value * metric_scale(self.get("task.name"), name)
+        return None if value is None or name is None else value * self.scale(name)
 
     def baseline_percent(self, metric: str | None = None) -> float | None:
         """The majority-class (or chance) score of the run's evaluation split, in percent."""
         baseline = self.results.get("baseline") or {}
         name = self.metric_name(metric)
         value = (baseline.get("metrics") or {}).get(name) if name else None
-        return None if value is None else value * metric_scale(self.get("task.name"), name)
+        return None if value is None else value * self.scale(name)
+
+    def scale(self, metric: str) -> float:
+        """The factor that puts ``metric`` in percent, by results.json's ``metric_units``; a results.json
+        without one (written before runs recorded units) is read as losses for losses and fractions for
+        the rest, with a warning once for the folder."""
+        unit = (self.results.get("metric_units") or {}).get(metric)
+        if unit is None:
+            if not self._warned:
+                self._warned = True
+                log.warning(
+                    "%s: results.json's metric_units gives no unit for %s: losses taken as losses, "
+                    "every other metric as a fraction (x100)",
+                    self.path,
+                    metric,
+                )
+            unit = "loss" if metric.removeprefix("eval_").startswith("loss") else "fraction"
+        if unit not in UNIT_SCALES:
+            raise ConfigError(
+                f"{self.path}: metric_units[{metric!r}]={unit!r}; known: {', '.join(UNIT_SCALES)}"
+            )
+        return UNIT_SCALES[unit]
 
     def params(self, adapter: bool = False) -> float | None:
         """Trainable parameters averaged over the steps (``adapter``: without the task head)."""
         counts = self.results.get("trainable_params") or {}
         return counts.get("mean_over_steps_without_head" if adapter else "mean_over_steps")
-
-
-def metric_scale(task: str | None, metric: str) -> float:
-    """The factor that puts ``metric`` of ``task`` in percent (the task class declares it; a task this
-    version does not know is taken to report fractions)."""
-    from peftlab.registry import TASKS
-
-    try:
-        cls = TASKS.get(task) if task else None
-    except ConfigError:
-        cls = None
-    if cls is None:
-        from peftlab.tasks.base import Task
-
-        cls = Task
-    return cls.metric_scale(metric)
 
 
 def _load_json(path: Path) -> dict[str, Any] | None:

@@ -19,6 +19,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from peftlab.reporting.markdown import table
 from peftlab.reporting.results import FAILURE, Run, find_runs
 from peftlab.run.folder import write_bytes_atomic, write_json_atomic, write_text_atomic
 
@@ -82,10 +83,7 @@ def summarize(sweep_dir: Path) -> list[dict[str, Any]]:
 
 
 def to_markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for row in rows:
-        cells = [_cell(row.get(c)) for c in COLUMNS]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines = table(COLUMNS, [[_cell(row.get(c)) for c in COLUMNS] for row in rows])
     failed = sum(r["status"] != "completed" for r in rows)
     lines.append(f"\n{len(rows)} jobs, {len(rows) - failed} completed, {failed} not completed")
     return "\n".join(lines) + "\n"
@@ -104,7 +102,7 @@ def _cell(value: Any) -> str:
         return ""
     if isinstance(value, float):
         return f"{value:.4g}"
-    return str(value).replace("|", "/").replace("\n", " ")[:200]
+    return str(value)[:200]
 
 
 def write_sweep_curves(sweep_dir: Path, runs: list[Run]) -> Path | None:

@@ -7,12 +7,13 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from peftlab.reporting.markdown import table as markdown_table
 from peftlab.reporting.paper_tables import Column, PaperTable, Row
 from peftlab.reporting.results import Run, aggregate
 
-HEADER = (
-    "| paper row | column | ours | paper | ours - paper | seeds | #params ours | #params paper | differs |",
-    "|---|---|---:|---:|---:|---:|---:|---:|---|",
+HEADERS = (
+    *("paper row", "column", "ours", "paper", "ours - paper", "seeds"),
+    *("#params ours", "#params paper", "differs"),
 )
 
 
@@ -54,10 +55,10 @@ def _fmt(value: float | None, signed: bool = False) -> str:
     return f"{value:+.2f}" if signed else f"{value:.2f}"
 
 
-def row_lines(
+def row_cells(
     table: PaperTable, row: Row, runs: list[Run], select: str, agg: str, adapter: bool
-) -> list[str]:
-    """The lines of one paper row: one per column, then the average when every column has ours."""
+) -> list[list[str]]:
+    """The cells of one paper row: a line per column, then the average when every column has ours."""
     lines, ours_all = [], []
     for column, paper in zip(table.columns, row.values, strict=True):
         found = row_runs(runs, row, column)
@@ -69,16 +70,16 @@ def row_lines(
         params = [p for p in (r.params(adapter) for r in found) if p is not None]
         ours_params = f"{statistics.fmean(params) / 1e6:.3f}M" if params else ""
         lines.append(
-            f"| {row.label} | {column.label} | {_fmt(ours)} | {_fmt(paper)} | {_fmt(delta, True)} | "
-            f"{seeds or ''} | {ours_params} | {row.params} | {'; '.join(notes)} |"
+            [row.label, column.label, _fmt(ours), _fmt(paper), _fmt(delta, True), str(seeds or "")]
+            + [ours_params, row.params, "; ".join(notes)]
         )
         if ours is not None:
             ours_all.append(ours)
     if row.avg is not None and len(ours_all) == len(table.columns):
         ours_avg = statistics.fmean(ours_all)
         lines.append(
-            f"| {row.label} | Avg | {_fmt(ours_avg)} | {_fmt(row.avg)} | {_fmt(ours_avg - row.avg, True)} | "
-            "| | | mean of our columns; the paper's own average |"
+            [row.label, "Avg", _fmt(ours_avg), _fmt(row.avg), _fmt(ours_avg - row.avg, True), "", "", ""]
+            + ["mean of our columns; the paper's own average"]
         )
     return lines
 
@@ -92,10 +93,9 @@ def paper_comparison(
         + (f", {table.seeds}" if table.seeds else "")
         + f". Ours: {select} evaluation, {agg} over seeds, in percent.",
         "",
-        *HEADER,
     ]
-    for row in table.rows:
-        lines.extend(row_lines(table, row, runs, select, agg, adapter))
+    cells = [line for row in table.rows for line in row_cells(table, row, runs, select, agg, adapter)]
+    lines += markdown_table(HEADERS, cells, "llrrrrrrl")
     used = sum(1 for r in runs if r.completed)
     lines.append("")
     lines.append(f"{used} completed runs read; a run counts for a row when its config has the row's values.")

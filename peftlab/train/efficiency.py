@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import resource
 import time
 from collections.abc import Callable
@@ -91,6 +92,13 @@ def matmul_gflops(dtype: torch.dtype, size: int = 1024, repeats: int = 20) -> fl
         torch.mm(a, b)
         best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best / 1e9
+
+
+@functools.cache
+def measured_ceiling_gflops(dtype: torch.dtype) -> float:
+    """This process's matmul ceiling in ``dtype`` (``matmul_gflops``), measured once and kept: the number
+    a run's achieved GFLOP/s is a fraction of, without a benchmark per call."""
+    return matmul_gflops(dtype)
 
 
 def synchronize(device: torch.device) -> None:

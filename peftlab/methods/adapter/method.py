@@ -41,6 +41,10 @@ class AdapterConfig(MethodConfig):
 class Adapter(Method):
     config_class = AdapterConfig
     config: AdapterConfig
+    merged_only_reason = (
+        "huggingface peft has no bottleneck adapter (and --to merged refuses it too: the nonlinearity "
+        "between its projections does not fold into the base weights)"
+    )
 
     def attach(self, model: nn.Module) -> None:
         freeze(model)

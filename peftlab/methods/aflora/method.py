@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import re
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +89,11 @@ class Aflora(Method):
     config_class = AfloraConfig
     output_files = ("freeze_trace.json", "freeze_heatmap.png")
     config: AfloraConfig
+    bench_states = ("frozen",)
+    merged_only_reason = (
+        "huggingface peft has no AFLoRA: its projection pairs are per layer, trained and then frozen "
+        "(VeRA's are one random pair, never trained)"
+    )
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         return vector_param_groups(model, self.config.decay_vectors)
@@ -140,6 +146,13 @@ class Aflora(Method):
     def freeze_all(self, state: TrainState) -> None:
         """Freeze every PM still trainable (what the schedule has done by step T - t_f)."""
         self._freeze(list(self.scorer.active), state)
+
+    def bench_state(self, name: str, state: TrainState, step: Callable[[], None]) -> str:
+        """``frozen``: every PM frozen, the state after the freezing schedule."""
+        if name != "frozen":
+            return super().bench_state(name, state, step)
+        self.freeze_all(state)
+        return ""
 
     # -- freezing ---------------------------------------------------------------------------------
     def _groups(self, active: list[int]) -> list[list[int]]:

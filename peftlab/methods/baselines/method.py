@@ -13,6 +13,9 @@ from peftlab.methods.base import Method, register_method
 class FullFineTuning(Method):
     """Every parameter is trained (but a frozen pooler, ``model.head_pooler=frozen``)."""
 
+    trains_backbone_weights = True
+    merged_only_reason = "it trains every base weight: the merged export is the fine-tuned model itself"
+
     def attach(self, model: nn.Module) -> None:
         model.requires_grad_(True)
         if hasattr(model, "head"):
@@ -22,6 +25,11 @@ class FullFineTuning(Method):
 @register_method("head")
 class HeadOnly(Method):
     """Only the classification head (and its pooler, if any) is trained."""
+
+    backward_through_backbone = False
+    merged_only_reason = (
+        "it trains no base weight: the merged export is the base model with the head beside it"
+    )
 
     def attach(self, model: nn.Module) -> None:
         if not any(True for _ in model.head.parameters()):

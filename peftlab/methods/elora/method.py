@@ -13,13 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 from peftlab.blocks.lowrank import FixedProjections, vector_param_groups, wrap_with_vectors
 from peftlab.blocks.params import freeze, train_head
 from peftlab.blocks.targeting import ALL_LINEAR
 from peftlab.errors import ConfigError
-from peftlab.methods.base import Method, MethodConfig, register_method
+from peftlab.methods.base import Method, MethodConfig, peft_linear_layers, register_method
 
 
 @dataclass
@@ -68,3 +69,28 @@ class Elora(Method):
             )
             layer.use_fixed_projections(own, save=cfg.save_projections)
         train_head(model)
+
+    def peft_export(self, root: nn.Module) -> tuple[Any, dict[str, torch.Tensor]]:
+        """peft's VeRA: the shared frozen pair (saved, ``save_projection``) and the vectors d, b."""
+        from peft import VeraConfig
+
+        cfg = self.config
+        layers = peft_linear_layers(root, self.name)
+        pairs = {id(m.fixed) for _, m in layers}
+        if not cfg.shared_projections or len(pairs) != 1 or layers[0][1].fixed is None:
+            raise ConfigError(
+                "peft's VeRA shares one projection pair; elora shared_projections=false: --to merged"
+            )
+        fixed = layers[0][1].fixed
+        tensors = {"base_model.vera_A": fixed.A, "base_model.vera_B": fixed.B}
+        for name, layer in layers:
+            tensors[f"base_model.model.{name}.vera_lambda_d"] = layer.vec_d.detach()
+            tensors[f"base_model.model.{name}.vera_lambda_b"] = layer.vec_b.detach()
+        config = VeraConfig(
+            r=layers[0][1].rank,
+            target_modules=[name for name, _ in layers],
+            projection_prng_key=cfg.projection_seed,
+            save_projection=True,
+            d_initial=cfg.d_init,
+        )
+        return config, tensors

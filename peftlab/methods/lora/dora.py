@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peftlab.blocks.lowrank import LowRankLinear, LowRankVariant
+from peftlab.blocks.lowrank import LowRankLinear
+from peftlab.blocks.lowrank_variant import LowRankVariant
 from peftlab.blocks.protocol import kept
 from peftlab.errors import ConfigError
 from peftlab.registry import LORA_VARIANTS

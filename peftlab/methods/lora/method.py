@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
+import torch
 from torch import nn
 
 from peftlab.blocks.lowrank import LowRankLinear, check_rank, wrap_targets
 from peftlab.blocks.params import freeze, train_head
 from peftlab.errors import ConfigError
-from peftlab.methods.base import Method, MethodConfig, register_method
+from peftlab.methods.base import Method, MethodConfig, peft_linear_layers, register_method
+from peftlab.methods.lora.peft_form import lora_peft_form
 from peftlab.registry import LORA_VARIANTS
 
 LORA_INITS = ("lora", "pissa")
@@ -62,3 +65,8 @@ class Lora(Method):
 
         wrap_targets(model.backbone, cfg.target_modules, make)
         train_head(model)
+
+    def peft_export(self, root: nn.Module) -> tuple[Any, dict[str, torch.Tensor]]:
+        """peft's LoRA: rsLoRA and DoRA as its options, PiSSA as a rank-2r LoRA on the original base."""
+        cfg = self.config
+        return lora_peft_form(peft_linear_layers(root, self.name), cfg.dropout, cfg.rslora, cfg.variant)

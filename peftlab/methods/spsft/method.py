@@ -10,7 +10,6 @@ weights (the layers' row indices), so a saved adapter rebuilds the same layers w
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,10 +18,10 @@ import torch
 from torch import nn
 
 from peftlab import checks, distributed
-from peftlab.blocks.importance import l2_row_scores, mean_gradients, quantile_mean, taylor_row_scores
+from peftlab.blocks.importance import class_quantile_mean_scores, l2_row_scores, taylor_scores
 from peftlab.blocks.params import freeze, train_head
 from peftlab.blocks.protocol import adapter_layers
-from peftlab.blocks.selection import keep_highest
+from peftlab.blocks.selection import select_rows
 from peftlab.blocks.sparse_rows import (
     NORMS,
     SparseRowsLayer,
@@ -96,40 +95,12 @@ class SpsftConfig(MethodConfig):
             raise ConfigError(f"spsft importance_batches={self.importance_batches}; allowed: >= 1")
 
 
-def row_count(rows: int, ratio: float, even: bool) -> int:
-    """Rows to train of a layer with ``rows``: round(ratio x rows), at least 1; ``even``: rounded down to
-    an even number, at least 2, as the official code (5% of 3072 rows: 152, not 154)."""
-    if even:
-        return min(rows, max(2, 2 * math.floor(ratio * rows / 2)))
-    return max(1, round(ratio * rows))
-
-
-def select_rows(
-    scores: dict[str, torch.Tensor], rank: int | None, ratio: float, scope: str, even: bool = False
-) -> dict[str, torch.Tensor]:
-    """Indices (sorted) of the rows to train in each layer: the top ``rank`` (or ``row_count`` of the
-    rows) of each layer, or, with ``scope="global"``, the same total taken over all layers after dividing
-    each layer's scores by their mean (so layers of different scale compete fairly). Layers that get no
-    row are left out."""
-    sizes = {name: s.numel() for name, s in scores.items()}
-    if rank is not None:
-        too_big = {name: n for name, n in sizes.items() if rank > n}
-        if too_big:
-            name, n = next(iter(too_big.items()))
-            raise ConfigError(f"spsft rank={rank} is larger than layer {name!r} ({n} rows); allowed: 1..{n}")
-    names = list(scores)
-    per_layer = [rank if rank is not None else row_count(sizes[n], ratio, even) for n in names]
-    kept = keep_highest(
-        [scores[n] for n in names], per_layer, scope="group" if scope == "layer" else "global", normalize=True
-    )
-    return {name: rows for name, rows in zip(names, kept, strict=True) if rows.numel()}
-
-
 @register_method("spsft")
 class Spsft(Method):
     config_class = SpsftConfig
     output_files = ("spsft_rows.json", "spsft_importance.safetensors")
     config: SpsftConfig
+    merged_only_reason = "huggingface peft has no sparse row fine-tuning (W + M W_f on chosen rows)"
 
     def __init__(self, config: SpsftConfig) -> None:
         super().__init__(config)
@@ -200,7 +171,7 @@ class Spsft(Method):
         self.scores = scores
         norms = {n for n in scores if isinstance(backbone.get_submodule(n), NORMS)}
         linear = {n: s for n, s in scores.items() if n not in norms}
-        self.rows = select_rows(linear, cfg.rank, cfg.ratio, cfg.selection, cfg.even_rows)
+        self.rows = select_rows(linear, cfg.rank, cfg.ratio, cfg.selection, cfg.even_rows, "spsft rank")
         if norms:
             norm_scores = {n: scores[n] for n in norms}
             self.rows.update(select_rows(norm_scores, None, cfg.norm_ratio, "layer", cfg.even_rows))
@@ -296,39 +267,6 @@ class Spsft(Method):
         super().load_adapter_state_dict(model, tensors)
 
 
-def _weights_and_biases(layers: dict[str, nn.Module]) -> list[torch.Tensor]:
-    params = []
-    for layer in layers.values():
-        params.append(layer.weight)
-        if layer.bias is not None:
-            params.append(layer.bias)
-    return params
-
-
-def _row_scores_from_grads(
-    layers: dict[str, nn.Module], grads: list[torch.Tensor], with_bias: bool = True
-) -> dict[str, torch.Tensor]:
-    scores, it = {}, iter(grads)
-    for name, layer in layers.items():
-        weight_grad = next(it)
-        bias_grad = next(it) if layer.bias is not None else None
-        bias = layer.bias if with_bias else None
-        scores[name] = taylor_row_scores(layer.weight, weight_grad, bias, bias_grad)
-    return scores
-
-
-def taylor_scores(
-    model: nn.Module,
-    layers: dict[str, nn.Module],
-    batches: list[dict[str, torch.Tensor]],
-    with_bias: bool = True,
-) -> dict[str, torch.Tensor]:
-    """Taylor importance of every row, from the mean gradient over ``batches``; ``with_bias=False``
-    leaves the |b g_b| term out (``taylor_bias``)."""
-    grads = mean_gradients(model, _weights_and_biases(layers), batches)
-    return _row_scores_from_grads(layers, grads, with_bias)
-
-
 def examples_per_class(
     batches: Iterable[dict[str, torch.Tensor]], num_labels: int, limit: int
 ) -> list[dict[str, torch.Tensor]]:
@@ -348,33 +286,3 @@ def examples_per_class(
         if min(taken) >= limit:
             break
     return kept
-
-
-def class_quantile_mean_scores(
-    model: nn.Module,
-    layers: dict[str, nn.Module],
-    batches: list[dict[str, torch.Tensor]],
-    num_labels: int,
-    with_bias: bool = True,
-) -> dict[str, torch.Tensor]:
-    """Class-aware Quantile-Mean Taylor (Eq. 7): a Taylor score per class from the gradient of that
-    class's mean loss, then per row the mean of the 0,10,...,100% quantiles over the classes present.
-    One class at a time, each from fresh gradients (the official code lets gradients accumulate from
-    class to class, so a later class's score also holds the earlier ones'); memory holds one set."""
-    per_class: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
-    for label in range(num_labels):
-        subsets = [_rows_with_label(b, label) for b in batches]
-        subsets = [b for b in subsets if len(b["labels"])]
-        present = distributed.all_reduce_sum(torch.tensor(float(sum(len(b["labels"]) for b in subsets))))
-        if not present:  # the class is absent from every rank's share of the batches
-            continue
-        for name, scores in taylor_scores(model, layers, subsets, with_bias).items():
-            per_class[name].append(scores)
-    if not per_class or not next(iter(per_class.values())):
-        raise ConfigError("spsft importance=qm_taylor: the calibration batches hold no labelled example")
-    return {name: quantile_mean(torch.stack(rows)) for name, rows in per_class.items()}
-
-
-def _rows_with_label(batch: dict[str, torch.Tensor], label: int) -> dict[str, torch.Tensor]:
-    keep = batch["labels"] == label
-    return {k: v[keep] for k, v in batch.items()}

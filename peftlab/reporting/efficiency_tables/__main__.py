@@ -1,0 +1,3 @@
+from peftlab.reporting.efficiency_tables.cli import main
+
+main()

@@ -1,0 +1,133 @@
+"""Run folders -> a paper-style markdown table: mean (or median) ± std over seeds, #params, time; or, with
+``--paper``, ours beside a paper's published table.
+
+    python scripts/table.py multirun/2026-11-24_12-00-00                       # rows: method, cols: task
+    python scripts/table.py multirun/... --rows method.name method.pm_trainable method.freezing
+    python scripts/table.py multirun/... --paper aflora-t1                     # ours | paper | difference
+
+Each job folder's config.yaml says what the job was (any dotted key can label rows or columns) and its
+results.json what it scored: the task's main metric of the final evaluation (``--select best``: of the
+best evaluation, chosen by the task's selection metric, e.g. MRPC's F1, as the AFLoRA authors keep their
+best checkpoint), in percent by the task's declared scale (accuracy x100, ROUGE as it is). ``--agg``:
+mean (AFLoRA averages 5 seeds) or median over a row's seeds. The last row is what a model that learned
+nothing scores (majority class; chance for correlations). #params is the trainable parameter count
+averaged over all training steps (``--params adapter``: without the task head, the AFLoRA paper's
+#Params); "train s" the mean training time (evaluation excluded) and "step ms" the mean median step time
+of the row's jobs. Jobs without a completed results.json are listed under the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from peftlab.reporting.markdown import table
+from peftlab.reporting.paper_tables import TABLES, get_table
+from peftlab.reporting.results import AGGREGATES, SELECTS, Run, aggregate, find_runs
+from peftlab.reporting.tables import paper_comparison
+
+BASELINE_ROW = "no learning (majority / chance)"
+
+
+def label(run: Run, keys: list[str]) -> str:
+    return " / ".join("-" if run.get(key) is None else str(run.get(key)) for key in keys)
+
+
+@dataclass
+class Collected:
+    cells: dict[tuple[str, str], list[float]] = field(default_factory=lambda: defaultdict(list))
+    params: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    times: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    steps: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    baselines: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    problems: list[str] = field(default_factory=list)
+
+
+def collect(
+    runs: list[Run], rows: list[str], cols: list[str], metric: str | None, select: str, adapter: bool
+) -> Collected:
+    """The row x column values (percent) of the completed runs; the others as problems."""
+    out = Collected()
+    for run in runs:
+        if not run.completed:
+            why = run.error or "no results.json (still running, killed, or failed before the end)"
+            out.problems.append(f"{run.path.name}: {run.status}: {why}")
+            continue
+        row, col = label(run, rows), label(run, cols)
+        value = run.percent(metric, select)
+        if value is None:
+            out.problems.append(f"{run.path.name}: no {run.metric_name(metric)} in its {select} evaluation")
+            continue
+        out.cells[(row, col)].append(value)
+        out.params[row].append(run.params(adapter) or 0.0)
+        out.times[row].append(run.results.get("train_time_s") or 0.0)
+        if run.results.get("median_step_time_s"):
+            out.steps[row].append(1000 * run.results["median_step_time_s"])
+        baseline = run.baseline_percent(metric)
+        if baseline is not None:
+            out.baselines[col].append(baseline)
+    return out
+
+
+def render(data: Collected, select: str = "final", adapter: bool = False, agg: str = "mean") -> str:
+    row_names = sorted({r for r, _ in data.cells})
+    col_names = sorted({c for _, c in data.cells})
+    cells = []
+    for row in row_names:
+        centres, parts = [], []
+        for col in col_names:
+            values = data.cells.get((row, col), [])
+            if not values:
+                parts.append("")
+                continue
+            centre, std = aggregate(values, agg)
+            centres.append(centre)
+            parts.append(f"{centre:.2f} ± {std:.2f} ({len(values)})")
+        avg = f"{statistics.fmean(centres):.2f}" if len(centres) == len(col_names) else ""
+        count = statistics.fmean(data.params[row]) / 1e6
+        train_s = statistics.fmean(data.times[row])
+        step = f"{statistics.fmean(data.steps[row]):.0f}" if data.steps[row] else ""
+        cells.append([row, f"{count:.3f}M", *parts, avg, f"{train_s:.0f}", step])
+    if data.baselines:
+        parts = [f"{statistics.fmean(data.baselines[c]):.2f}" if data.baselines[c] else "" for c in col_names]
+        cells.append([BASELINE_ROW, "", *parts, "", "", ""])
+    headers = ["", "#params", *col_names, "Avg", "train s", "step ms"]
+    lines = [*table(headers, cells, "lr" + "r" * (len(col_names) + 3)), ""]
+    lines.append(
+        f"Cells: {select} dev metric in percent, {agg} ± std (number of seeds). #params: trainable"
+        f"{' without the head' if adapter else ''}, averaged over steps. train s: mean training time per "
+        f"job; step ms: median step time."
+    )
+    lines.extend(f"- not counted: {p}" for p in data.problems)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("root", type=Path, help="a multirun folder (or any folder holding run folders)")
+    parser.add_argument("--rows", nargs="+", default=["method.name"], help="config keys that label rows")
+    parser.add_argument("--cols", nargs="+", default=["task.name"], help="config keys that label columns")
+    parser.add_argument(
+        "--metric", help="metric of the evaluation to show (default: each task's main metric)"
+    )
+    parser.add_argument("--select", choices=SELECTS, default="final", help="which evaluation of a run")
+    parser.add_argument("--agg", choices=AGGREGATES, default="mean", help="over a row's seeds")
+    parser.add_argument("--params", choices=("all", "adapter"), default="all", help="count the head or not")
+    parser.add_argument("--paper", choices=sorted(TABLES), help="print ours beside this published table")
+    args = parser.parse_args(argv)
+    adapter = args.params == "adapter"
+    runs = find_runs(args.root)
+    if args.paper:
+        print(paper_comparison(get_table(args.paper), runs, args.select, args.agg, adapter))
+        return
+    data = collect(runs, args.rows, args.cols, args.metric, args.select, adapter)
+    if not data.cells:
+        raise SystemExit(f"no completed runs under {args.root}")
+    print(render(data, args.select, adapter, args.agg))
+
+
+if __name__ == "__main__":
+    main()
