@@ -23,6 +23,7 @@ METHODS = {  # method -> overrides that make it decide something within 3 steps,
     "spsft": [],
     "fft": [],
     "head": [],
+    "ia3": [],
 }
 
 

@@ -14,7 +14,7 @@ from peftlab.train import accumulate, efficiency
 from peftlab.train.recompute import enable_activation_checkpointing
 
 COMMON = ["model=tiny_llama", "model.dropout=0.0", "model.head_dropout=0.0", "schedule.batch_size=8"]
-METHODS = {"lora": [], "spsft": [], "light_peft": ["method.peft.dropout=0.0"], "aflora": []}
+METHODS = {"lora": [], "spsft": [], "light_peft": ["method.peft.dropout=0.0"], "aflora": [], "ia3": []}
 
 
 def step_gradients(tmp_path, method: str, checkpointing: bool):

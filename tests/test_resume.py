@@ -58,7 +58,7 @@ def metric_rows(run_dir) -> list[dict]:
 
 
 @pytest.mark.slow  # per method: a reference run, a run killed midway and its resumption
-@pytest.mark.parametrize("method", ["lora", "aflora", "light_peft", "spsft"])
+@pytest.mark.parametrize("method", ["lora", "aflora", "light_peft", "spsft", "ia3"])
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, method):
     args = [*COMMON, f"method={method}"]
     if method == "light_peft":  # estimation inside the run (the authors' separate run: test_fidelity)

@@ -1,0 +1,1 @@
+"""The ia3 method (``method.py``, its layer ``layer.py``): registered in ``METHODS`` on import."""
