@@ -50,6 +50,9 @@ def test_cli_run_writes_every_output(tmp_path):
     assert results["trainable_params"]["start"] == results["trainable_params"]["end"] > 0
     for key in ("train_time_s", "median_step_time_s", "peak_memory_bytes", "samples_per_s", "flops_per_step"):
         assert results[key] > 0, key
+    # the step's GFLOP/s against this machine's matmul ceiling, measured in the run (not a constant)
+    ceiling = results["matmul_ceiling_gflops"]
+    assert ceiling > 0 and results["fraction_of_matmul_ceiling"] == results["achieved_gflops"] / ceiling
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if "train_loss" in r]
     assert [r["step"] for r in train_rows] == [2, 4]

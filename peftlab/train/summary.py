@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from peftlab.blocks.params import count_parameters
 from peftlab.blocks.timing import median
 from peftlab.train import efficiency
@@ -57,7 +59,14 @@ def run_summary(trainer: Trainer, wall_time_s: float) -> dict[str, Any]:
         "flops_per_step": history.flops_per_step,
         "achieved_gflops": achieved,
         "method_report": method_report(trainer),
-        "fraction_of_cpu_peak": achieved / efficiency.CPU_PEAK_GFLOPS
-        if achieved and trainer.device.type == "cpu"
-        else None,
+        **matmul_ceiling(trainer, achieved),
     }
+
+
+def matmul_ceiling(trainer: Trainer, achieved: float | None) -> dict[str, float | None]:
+    """The achieved GFLOP/s as a fraction of this machine's matmul ceiling in the run's compute dtype,
+    measured in this process (CPU; on CUDA the ceiling is the bench's to measure)."""
+    if not achieved or trainer.device.type != "cpu":
+        return {"matmul_ceiling_gflops": None, "fraction_of_matmul_ceiling": None}
+    ceiling = efficiency.measured_ceiling_gflops(trainer.precision.dtype or torch.float32)
+    return {"matmul_ceiling_gflops": ceiling, "fraction_of_matmul_ceiling": achieved / ceiling}
