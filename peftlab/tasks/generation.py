@@ -54,7 +54,7 @@ class GenerationConfig(TaskConfig):
     """``conf/task`` keys of prompt -> target tasks (GSM8k)."""
 
     prompt: str = "{source}"
-    # zero-shot multiple-choice tasks scored at every evaluation (peftlab/zero_shot.py), e.g. [arc_easy]
+    # zero-shot multiple-choice tasks scored at every evaluation (peftlab/tasks/zero_shot.py), e.g. [arc_easy]
     zero_shot: list[str] = field(default_factory=list)
     zero_shot_limit: int | None = None  # items per zero-shot task; null: all
     zero_shot_batch_size: int = 8
