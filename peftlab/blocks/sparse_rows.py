@@ -295,8 +295,12 @@ class SparseRowsNorm(_RowsAdapter):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         base = self.base_layer
-        if self.merged:
-            return base(x)
+        if self.merged:  # the merged parameters in the dtype an unmerged forward gives them
+            dtype = torch.promote_types(base.weight.dtype, x.dtype)
+            params = {
+                n: p.to(dtype) for n, p in (("weight", base.weight), ("bias", base.bias)) if p is not None
+            }
+            return torch.func.functional_call(base, params, (x,))
         params = {"weight": _with_rows(base.weight, self.rows_index, self.rows_weight, x.dtype)}
         if self.rows_bias is not None:
             params["bias"] = _with_rows(base.bias, self.rows_index, self.rows_bias, x.dtype)
