@@ -71,7 +71,12 @@ SETTINGS = BenchSettings(
     inference=True,
     overrides=["model.dropout=0"],
 )
-SPECS = ["fft method=fft", "lora method=lora", "spsft method=spsft method.importance_batches=1"]
+SPECS = [
+    "fft method=fft",
+    "lora method=lora",
+    "spsft method=spsft method.importance_batches=1",
+    "lora_bf16 method=lora model.dtype=bfloat16",  # its CUDA peaks come from forwards in its autocast
+]
 
 
 def memory(row) -> tuple[int, int, int]:
@@ -95,6 +100,7 @@ def test_each_rows_memory_is_what_it_measures_alone(tmp_path, fake_cuda_memory):
     del rows, row
     alone = one_at_a_time("alone")
     assert together == alone
-    fft, lora, _ = alone
+    fft, lora, _, lora_bf16 = alone
     assert lora[0] > 0 and lora[1] > 0 and lora[2] > 0
     assert fft[1] > lora[1]  # full fine-tuning's gradients and Adam state: the counter sees them
+    assert lora_bf16[0] < lora[0]  # bf16 weights

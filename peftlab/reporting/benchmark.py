@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from omegaconf import DictConfig
 
 from peftlab.config import compose_config
 from peftlab.errors import ConfigError
@@ -158,7 +159,7 @@ def resident_bytes(device: torch.device) -> int:
     return torch.cuda.memory_allocated(device)
 
 
-def row_config(overrides: list[str], settings: BenchSettings, steps: int, run_dir: RunDir):
+def row_config(overrides: list[str], settings: BenchSettings, steps: int, run_dir: RunDir) -> DictConfig:
     """The run config of a row: the shared settings, then the row's own overrides."""
     return compose_config(
         [
