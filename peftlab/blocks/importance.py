@@ -6,6 +6,8 @@ few fused kernels, not a Python loop over parameters.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -153,10 +155,13 @@ def mean_gradients(
         for batch in batches:
             n = len(batch["labels"])
             if n:
-                (model(**batch).loss * n).backward()
+                with _base_autocast(params):
+                    loss = model(**batch).loss
+                (loss.float() * n).backward()
             examples += n
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        total = distributed.all_reduce_sum(torch.tensor(float(examples)))  # data-parallel: every rank's share
+        # data-parallel: every rank's share; on the parameters' device, as NCCL takes only CUDA tensors
+        total = distributed.all_reduce_sum(torch.tensor(float(examples), device=params[0].device))
         if not total:
             raise ValueError("no examples to compute gradients on")
         for grad in grads:
@@ -168,6 +173,16 @@ def mean_gradients(
         for p, flag in flags.items():
             p.requires_grad_(flag)
         model.train(was_training)
+
+
+def _base_autocast(params: list[torch.Tensor]) -> contextlib.AbstractContextManager:
+    """Autocast to the scored weights' dtype when it is bf16 / fp16, as the training loop's forwards
+    autocast for a low-precision base (``train/precision.py``): fp32 inputs (images) and fp32 tensors
+    then meet bf16 weights; none for fp32 weights."""
+    dtype = params[0].dtype
+    if dtype not in (torch.bfloat16, torch.float16):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=params[0].device.type, dtype=dtype)
 
 
 # -- Taylor scores of every row of whole layers, from mean gradients (SPSFT) -------------------------
@@ -219,10 +234,12 @@ def class_quantile_mean_scores(
     One class at a time, each from fresh gradients (the official code lets gradients accumulate from
     class to class, so a later class's score also holds the earlier ones'); memory holds one set."""
     per_class: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    device = next(iter(layers.values())).weight.device  # the collective's (NCCL: CUDA only)
     for label in range(num_labels):
         subsets = [_rows_with_label(b, label) for b in batches]
         subsets = [b for b in subsets if len(b["labels"])]
-        present = distributed.all_reduce_sum(torch.tensor(float(sum(len(b["labels"]) for b in subsets))))
+        count = torch.tensor(float(sum(len(b["labels"]) for b in subsets)), device=device)
+        present = distributed.all_reduce_sum(count)
         if not present:  # the class is absent from every rank's share of the batches
             continue
         for name, scores in taylor_scores(model, layers, subsets, with_bias).items():

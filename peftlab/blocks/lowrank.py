@@ -111,9 +111,14 @@ class LowRankLinear(LowRankLayer):
             return y
         x = self.dropout(x)
         h = self._update(x)
-        if self.variant is not None:
-            return self.variant.output(self, x, y, h)
-        return torch.add(y, h, alpha=self.scale)
+        out = (
+            self.variant.output(self, x, y, h)
+            if self.variant is not None
+            else torch.add(y, h, alpha=self.scale)
+        )
+        # the base output's dtype (as peft): fp32 vectors or magnitudes would promote a bf16 output to
+        # fp32, which a bf16 LayerNorm after it does not take on the CPU
+        return out.to(y.dtype)
 
     def _update(self, x: torch.Tensor) -> torch.Tensor:
         """b ⊙ B(d ⊙ A x), unscaled."""
@@ -265,7 +270,7 @@ class LowRankLinear(LowRankLayer):
         Light-PEFT's code (alpha / the original rank). PiSSA's dropped ranks return to the base."""
         self._own_projections()
         if self.init_A is not None:
-            drop = torch.ones(self.rank, dtype=torch.bool)
+            drop = torch.ones(self.rank, dtype=torch.bool, device="cpu")  # indexed by keep.cpu()
             drop[keep.cpu()] = False
             with torch.no_grad():
                 weight = self.base_layer.weight

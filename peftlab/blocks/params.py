@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
+import torch
 from torch import nn
 
 
@@ -42,3 +43,21 @@ def default_param_groups(model: nn.Module, decayed: Collection[nn.Parameter] = (
         key = ("head" if id(param) in head_ids else "body", param.ndim >= 2 or id(param) in decayed_ids)
         groups.setdefault(key, []).append(param)
     return [{"params": ps, "part": part, "decay": decay} for (part, decay), ps in groups.items()]
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's parameters live (the CPU for a model without any)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+def copied_to(value: Any, device: torch.device | str) -> Any:
+    """``value`` (tensors, possibly in dicts, lists and tuples) with every tensor copied onto ``device``:
+    a checkpoint's method state is loaded onto the CPU, and its tensors must neither stay there (a step
+    adds device scores to them) nor share storage with the loaded payload."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to(device, copy=True)
+    if isinstance(value, dict):
+        return {k: copied_to(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(copied_to(v, device) for v in value)
+    return value

@@ -26,8 +26,8 @@ class FixedProjections(nn.Module):
         super().__init__()
         self.rank, self.seed = rank, seed
         generator = torch.Generator().manual_seed(seed)  # on the CPU: the same pair on every device
-        a = torch.empty(rank, in_features, dtype=torch.float32)
-        b = torch.empty(out_features, rank, dtype=torch.float32)
+        a = torch.empty(rank, in_features, dtype=torch.float32, device="cpu")
+        b = torch.empty(out_features, rank, dtype=torch.float32, device="cpu")
         nn.init.kaiming_uniform_(a, a=0, generator=generator)
         nn.init.kaiming_uniform_(b, a=0, generator=generator)
         self.register_buffer("A", a.to(device, dtype), persistent=False)

@@ -54,7 +54,7 @@ def keep_highest(
         kept = [_complement(s.numel(), lowest(s, s.numel() - k)) for s, k in zip(scores, keep, strict=True)]
     else:
         groups = [s / s.mean().clamp_min(1e-12) if normalize else s for s in scores]
-        flat = torch.cat([g.flatten() for g in groups]) if groups else torch.zeros(0)
+        flat = torch.cat([g.flatten() for g in groups]) if groups else torch.zeros(0, device="cpu")
         drop = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
         drop[lowest(flat, flat.numel() - sum(keep))] = True
         kept, offset = [], 0

@@ -214,21 +214,20 @@ class SparseRowsLayer(_RowsAdapter, PrunableAdapterLayer):
         if base.groups == 1:
             rows = _conv_with(base, kernel, x)
         else:  # a row reads only its group's channels: the base convolution with only those kernels set
-            full = base.weight.new_zeros(base.weight.shape).index_add(0, index, kernel)
+            full = kernel.new_zeros(base.weight.shape).index_add(0, index, kernel)  # fp32, as the rows
             rows = _conv_with(base, full, x).index_select(1, index)
         if self.rows_bias is not None:
             rows = rows + self.rows_bias.view(1, -1, 1, 1)
-        return base(x).index_add(1, index, rows)
+        out = base(x)
+        return out.index_add(1, index, rows.to(out.dtype))  # a bf16 base: its output's dtype
 
     def _add(self, sign: float) -> None:
         base = self.base_layer
-        base.weight.view(base.weight.shape[0], -1).index_add_(
-            0, self.rows_index, self.rows_weight, alpha=sign
-        )
+        _add_rows(base.weight.view(base.weight.shape[0], -1), self.rows_index, self.rows_weight, sign)
         if self.rows_bias is not None:
             if base.bias is None:
-                base.bias = nn.Parameter(self.rows_bias.new_zeros(base.weight.shape[0]), requires_grad=False)
-            base.bias.index_add_(0, self.rows_index, self.rows_bias, alpha=sign)
+                base.bias = nn.Parameter(base.weight.new_zeros(base.weight.shape[0]), requires_grad=False)
+            _add_rows(base.bias, self.rows_index, self.rows_bias, sign)
 
     # -- PrunableAdapterLayer: its units are the trained rows ----------------------------------------
     def keep_units(self, keep: torch.Tensor) -> None:
@@ -296,20 +295,44 @@ class SparseRowsNorm(_RowsAdapter):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         base = self.base_layer
-        if self.merged:
-            return base(x)
-        params = {"weight": base.weight.index_add(0, self.rows_index, self.rows_weight)}
+        if self.merged:  # the merged parameters in the dtype an unmerged forward gives them
+            dtype = torch.promote_types(base.weight.dtype, x.dtype)
+            params = {
+                n: p.to(dtype) for n, p in (("weight", base.weight), ("bias", base.bias)) if p is not None
+            }
+            return torch.func.functional_call(base, params, (x,))
+        params = {"weight": _with_rows(base.weight, self.rows_index, self.rows_weight, x.dtype)}
         if self.rows_bias is not None:
-            params["bias"] = base.bias.index_add(0, self.rows_index, self.rows_bias)
+            params["bias"] = _with_rows(base.bias, self.rows_index, self.rows_bias, x.dtype)
         return torch.func.functional_call(base, params, (x,))  # BatchNorm: its running statistics too
 
     def _add(self, sign: float) -> None:
-        self.base_layer.weight.index_add_(0, self.rows_index, self.rows_weight, alpha=sign)
+        _add_rows(self.base_layer.weight, self.rows_index, self.rows_weight, sign)
         if self.rows_bias is not None:
-            self.base_layer.bias.index_add_(0, self.rows_index, self.rows_bias, alpha=sign)
+            _add_rows(self.base_layer.bias, self.rows_index, self.rows_bias, sign)
 
     def extra_repr(self) -> str:
         return f"features={self.units}/{self.base_layer.weight.numel()}, bias={self.rows_bias is not None}"
+
+
+def _with_rows(
+    base: torch.Tensor, index: torch.Tensor, rows: torch.Tensor, input_dtype: torch.dtype
+) -> torch.Tensor:
+    """``base`` with ``rows`` (fp32, trained) added at ``index``, summed in fp32, in the wider of the
+    base's and the norm input's dtypes: an fp32 base stays fp32; a bf16 base's LayerNorm may get an fp32
+    input (after a trained fp32 embedding), which bf16 parameters cannot meet, and a BatchNorm with bf16
+    running statistics needs bf16 parameters for its bf16 input. In bf16 a delta below the weight's
+    rounding step is lost in the forward (as in a bf16 model's own norms); its gradient still reaches
+    the fp32 ``rows``."""
+    dtype = torch.promote_types(base.dtype, input_dtype)
+    return base.float().index_add(0, index, rows.float()).to(dtype)
+
+
+@torch.no_grad()
+def _add_rows(target: torch.Tensor, index: torch.Tensor, rows: torch.Tensor, sign: float) -> None:
+    """target[index] += sign * rows in place (merge / unmerge); the fp32 rows are cast to the target's
+    dtype first, so a bf16 base keeps its dtype (the merged weight is rounded to bf16)."""
+    target.index_add_(0, index, rows.to(target.dtype), alpha=sign)
 
 
 def sparse_rows_layer(base: nn.Module, index: torch.Tensor, train_bias: bool) -> nn.Module:

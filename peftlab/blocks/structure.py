@@ -235,5 +235,7 @@ def keep_structure(backbone: nn.Module, record: dict) -> None:
     """Prune ``backbone`` to a recorded structure: ``{"heads": {block: kept units}, "ffn_channels":
     {block: kept channels}}`` (block indices as strings, JSON's keys), e.g. a merged export's reload."""
     for i, block in enumerate(blocks(backbone)):
-        prune_heads(backbone, block, torch.tensor(record["heads"][str(i)], dtype=torch.long))
-        prune_channels(backbone, block, torch.tensor(record["ffn_channels"][str(i)], dtype=torch.long))
+        # host index lists: the slicing moves them to each weight's device
+        prune_heads(backbone, block, torch.tensor(record["heads"][str(i)], dtype=torch.long, device="cpu"))
+        channels = torch.tensor(record["ffn_channels"][str(i)], dtype=torch.long, device="cpu")
+        prune_channels(backbone, block, channels)

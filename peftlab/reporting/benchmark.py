@@ -9,6 +9,10 @@ loop's own ``Trainer.train_step`` (forward, backward, hooks, clipping, AdamW). S
   allocated during a training step minus the peak of a no-grad forward before it; on CPU the bytes a
   step adds (tensors autograd saves for backward, gradients, optimizer state), counted exactly, since a
   process's RSS cannot be split between rows that share one process. The weights are recorded apart.
+  Each row is measured right after it is built, and on CUDA the bytes the rows built before it still
+  hold are subtracted from its peaks: a row's memory is what it would be alone.
+- Forwards outside the training step (the inference peak and timings) run in the row's autocast
+  (``Trainer.autocast``), as its training and evaluation forwards do.
 
 A row is a label and Hydra overrides; ``@<state>`` brings the method into a state of its own before
 timing (``Method.bench_state``: AFLoRA's ``@frozen``, every projection matrix frozen as after its
@@ -28,9 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from omegaconf import DictConfig
 
 from peftlab.config import compose_config
 from peftlab.errors import ConfigError
+from peftlab.models.build import resolve_device
 from peftlab.run.experiment import build_trainer
 from peftlab.run.folder import RunDir
 from peftlab.train import efficiency
@@ -86,6 +92,7 @@ class Row:
     memory_detail: str = ""
     weights_bytes: int = 0  # parameters and buffers of the model as trained (after pruning)
     inference_peak: int = 0  # CUDA only
+    resident_before: int = 0  # CUDA bytes other rows held when this one was built (not its own)
     infer_times: list[float] = field(default_factory=list)
     infer_memory_bytes: int = 0
     note: str = ""  # what the method says of its benchmark state (a pruned row: what it kept)
@@ -112,7 +119,7 @@ class Row:
     @property
     def train_total_bytes(self) -> int:
         """Training memory in all: the CUDA train-step peak, or on CPU weights + what a step adds."""
-        base = self.inference_peak if self.device.type == "cuda" else self.weights_bytes
+        base = self.inference_peak if measures_cuda_memory(self.device) else self.weights_bytes
         return base + self.memory_bytes
 
     def release(self) -> None:
@@ -139,13 +146,22 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("override", nargs="*", help="Hydra overrides for every row, e.g. model.dropout=0")
 
 
-def make_row(spec: str, settings: BenchSettings, steps: int, run_dir: RunDir) -> Row:
-    """A trainer built exactly as a run builds it, and its one batch (the first examples, or synthetic)."""
-    label, *overrides = shlex.split(spec)
-    whole_loader = LOADER in overrides
-    states = [o[len(FLAG) :] for o in overrides if o.startswith(FLAG) and o != LOADER]
-    overrides = [o for o in overrides if not o.startswith(FLAG)] or [f"method={label}"]
-    cfg = compose_config(
+def measures_cuda_memory(device: torch.device) -> bool:
+    """Whether a row's memory comes from CUDA's allocator (peaks); else it is counted on the CPU."""
+    return device.type == "cuda"
+
+
+def resident_bytes(device: torch.device) -> int:
+    """CUDA bytes allocated now (after freeing garbage); 0 where memory is counted on the CPU."""
+    if not measures_cuda_memory(device):
+        return 0
+    gc.collect()
+    return torch.cuda.memory_allocated(device)
+
+
+def row_config(overrides: list[str], settings: BenchSettings, steps: int, run_dir: RunDir) -> DictConfig:
+    """The run config of a row: the shared settings, then the row's own overrides."""
+    return compose_config(
         [
             f"model={settings.model}",
             f"task={settings.task}",
@@ -160,6 +176,16 @@ def make_row(spec: str, settings: BenchSettings, steps: int, run_dir: RunDir) ->
             *overrides,
         ]
     )
+
+
+def make_row(spec: str, settings: BenchSettings, steps: int, run_dir: RunDir) -> Row:
+    """A trainer built exactly as a run builds it, and its one batch (the first examples, or synthetic)."""
+    label, *overrides = shlex.split(spec)
+    whole_loader = LOADER in overrides
+    states = [o[len(FLAG) :] for o in overrides if o.startswith(FLAG) and o != LOADER]
+    overrides = [o for o in overrides if not o.startswith(FLAG)] or [f"method={label}"]
+    cfg = row_config(overrides, settings, steps, run_dir)
+    resident = resident_bytes(resolve_device(cfg.model.device))
     trainer = build_trainer(cfg, run_dir)
     trainer.model.train()  # as Trainer.fit does: dropout on (from_pretrained returns eval mode)
     if settings.synthetic:
@@ -168,12 +194,12 @@ def make_row(spec: str, settings: BenchSettings, steps: int, run_dir: RunDir) ->
         batch = next(iter(trainer.train_loader))
     batch = {k: v.to(trainer.device) for k, v in batch.items()}
     notes = [reach_state(trainer, state, batch) for state in states]
-    row = Row(label, trainer, batch, trainer.trainable_count, trainer.device)
+    row = Row(label, trainer, batch, trainer.trainable_count, trainer.device, resident_before=resident)
     row.precision = trainer.precision.name
     if whole_loader:
         row.batches = [{k: v.to(trainer.device) for k, v in b.items()} for b in trainer.train_loader]
     row.note = "; ".join(n for n in notes if n)
-    row.inference_peak = inference_peak(trainer, batch)
+    row.inference_peak = inference_peak(row)
     return row
 
 
@@ -197,18 +223,25 @@ def synthetic_batch(trainer: Trainer, batch_size: int, length: int, seed: int = 
     return batch
 
 
-def inference_peak(trainer: Trainer, batch: dict[str, torch.Tensor]) -> int:
-    """CUDA peak of a no-grad forward of the batch before any training step (the SPSFT paper's mem_M:
-    model + inference activations, no gradients or optimizer state yet); 0 on CPU."""
-    device = trainer.device
-    if device.type != "cuda":
+def inference_peak(row: Row) -> int:
+    """CUDA peak of a no-grad forward of the row's batch before any training step, in the row's autocast
+    (the SPSFT paper's mem_M: model + inference activations, no gradients or optimizer state yet),
+    without what other rows hold; 0 on CPU."""
+    if not measures_cuda_memory(row.device):
         return 0
+    return _forward_peak(row)
+
+
+def _forward_peak(row: Row) -> int:
+    """CUDA peak of one no-grad forward of the row's batch, less what other rows hold."""
+    trainer, device = row.trainer, row.device
+    assert trainer is not None
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
-    with torch.no_grad():
-        trainer.model(**batch)
+    with torch.no_grad(), trainer.autocast():
+        trainer.model(**row.batch)
     torch.cuda.synchronize(device)
-    return torch.cuda.max_memory_allocated(device)
+    return torch.cuda.max_memory_allocated(device) - row.resident_before
 
 
 def reach_state(trainer: Trainer, state: str, batch: dict[str, torch.Tensor]) -> str:
@@ -230,7 +263,7 @@ def measure_once(row: Row, flops: bool = True) -> None:
     row.weights_bytes = sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors}.values())
     counter = efficiency.flop_counter() if flops else contextlib.nullcontext()
     with counter:
-        if row.device.type == "cuda":
+        if measures_cuda_memory(row.device):
             _cuda_step_memory(row)
         else:
             _cpu_step_memory(row)
@@ -245,7 +278,7 @@ def _cuda_step_memory(row: Row) -> None:
     torch.cuda.reset_peak_memory_stats(device)
     trainer.train_step(row.batch)
     torch.cuda.synchronize(device)
-    row.memory_bytes = torch.cuda.max_memory_allocated(device) - row.inference_peak
+    row.memory_bytes = torch.cuda.max_memory_allocated(device) - row.resident_before - row.inference_peak
     row.memory_detail = "cuda train-step peak - inference peak"
 
 
@@ -270,13 +303,18 @@ def timed_step(row: Row) -> None:
 
 
 def run_rows(specs: list[str], settings: BenchSettings, workdir: Path) -> list[Row]:
-    """Build every row, warm it up, measure FLOPs and memory, then time interleaved rounds of steps."""
+    """Build each row, warm it up and measure its FLOPs and memory (before the next row is built, so
+    its peaks hold nothing of later rows), then time interleaved rounds of steps."""
     steps = settings.warmup + settings.steps + 4
-    rows = [make_row(spec, settings, steps, RunDir(workdir / str(i))) for i, spec in enumerate(specs)]
-    for row in rows:
+    rows = []
+    for i, spec in enumerate(specs):
+        row = make_row(spec, settings, steps, RunDir(workdir / str(i)))
         for _ in range(settings.warmup):
             row.trainer.train_step(row.batch)  # type: ignore[union-attr]
         measure_once(row, settings.flops)
+        if settings.inference:
+            measure_inference_memory(row)
+        rows.append(row)
     per_round = max(1, settings.steps // settings.rounds) if settings.steps else 0
     for _ in range(settings.rounds if per_round else 0):
         for row in rows:
@@ -298,29 +336,34 @@ def run_rows_one_by_one(specs: list[str], settings: BenchSettings, workdir: Path
     return rows
 
 
-def time_inference(rows: list[Row], settings: BenchSettings) -> None:
-    """Eval-mode, no-grad forwards of the batch, interleaved like the training steps. Memory: on CUDA the
-    peak allocated during a forward; on CPU the bytes of the model's parameters and buffers (what a
+def measure_inference_memory(row: Row) -> None:
+    """Memory of an eval-mode, no-grad forward of the trained row: on CUDA the peak allocated during
+    it (less what other rows hold); on CPU the bytes of the model's parameters and buffers (what a
     pruned model saves), since activations are freed as a forward goes."""
+    if not measures_cuda_memory(row.device):
+        row.infer_memory_bytes = row.weights_bytes
+        return
+    model = row.trainer.model  # type: ignore[union-attr]
+    model.eval()
+    row.infer_memory_bytes = _forward_peak(row)
+    model.train()
+
+
+def time_inference(rows: list[Row], settings: BenchSettings) -> None:
+    """Eval-mode, no-grad forwards of the batch in each row's autocast, interleaved like the training
+    steps."""
     for row in rows:
-        model = row.trainer.model  # type: ignore[union-attr]
-        model.eval()
-        if row.device.type == "cuda":
-            torch.cuda.synchronize(row.device)
-            torch.cuda.reset_peak_memory_stats(row.device)
-            with torch.no_grad():
-                model(**row.batch)
-            torch.cuda.synchronize(row.device)
-            row.infer_memory_bytes = torch.cuda.max_memory_allocated(row.device)
-        else:
-            row.infer_memory_bytes = row.weights_bytes
+        row.trainer.model.eval()  # type: ignore[union-attr]
     per_round = max(1, settings.steps // settings.rounds)
     with torch.no_grad():
         for _ in range(settings.rounds):
             for row in rows:
+                trainer = row.trainer
+                assert trainer is not None
                 for _ in range(per_round):
                     start = time.perf_counter()
-                    row.trainer.model(**row.batch)  # type: ignore[union-attr]
+                    with trainer.autocast():
+                        trainer.model(**row.batch)
                     efficiency.synchronize(row.device)
                     row.infer_times.append(time.perf_counter() - start)
     for row in rows:

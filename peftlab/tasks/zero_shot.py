@@ -221,6 +221,7 @@ class ZeroShotSuite:
             pretrained=model.transformers_model,
             tokenizer=tokenizer,
             batch_size=self.batch_size,
+            mixed_precision_dtype=_active_autocast(model),
             **_special_tokens(tokenizer),
         )
         try:
@@ -236,6 +237,14 @@ class ZeroShotSuite:
         finally:
             model.train(was_training)  # HFLM puts the model in eval mode
         return collect(out["results"], self.names)
+
+
+def _active_autocast(model: torch.nn.Module) -> torch.dtype | None:
+    """The dtype of the autocast the caller runs in (the run's evaluation: ``Trainer.autocast``) on the
+    model's device: HFLM enters its own ``torch.autocast``, disabled unless given this dtype, and a bf16
+    base with fp32 adapters needs it. None outside autocast."""
+    device = next(model.parameters()).device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
 
 
 def _special_tokens(tokenizer: Any) -> dict[str, Any]:

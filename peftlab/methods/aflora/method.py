@@ -180,7 +180,7 @@ class Aflora(Method):
         total = len(self.scorer.params)
         to_freeze = math.floor(fraction * total) - (total - len(active))
         chosen: list[int] = []
-        for g in lowest(torch.tensor(group_scores), len(groups)).tolist():  # lowest score first
+        for g in lowest(torch.tensor(group_scores, device="cpu"), len(groups)).tolist():  # lowest score first
             if len(chosen) >= to_freeze:
                 break
             chosen.extend(groups[g])

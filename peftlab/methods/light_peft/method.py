@@ -36,7 +36,7 @@ from torch import nn
 
 from peftlab import distributed
 from peftlab.blocks.masks import StructureMasks
-from peftlab.blocks.params import count_parameters, default_param_groups
+from peftlab.blocks.params import copied_to, count_parameters, default_param_groups
 from peftlab.blocks.structure import blocks
 from peftlab.errors import ConfigError
 from peftlab.methods.base import (
@@ -218,7 +218,8 @@ class LightPeft(Method):
 
     def load_state_dict(self, state: dict[str, Any], model: nn.Module) -> None:
         self.estimation_steps = state["estimation_steps"]
-        self.record, self.final_masks = state["record"], state["final_masks"]
+        self.record = state["record"]
+        self.final_masks = copied_to(state["final_masks"], "cpu")  # host copies, as ``prune`` keeps them
         if self.record is not None:  # pruned before the checkpoint: prune the fresh model the same way
             self._drop_masks(model)
             apply_pruning(model.backbone, self.blocks, self.record)

@@ -32,7 +32,7 @@ def choose_pruning(
     )
     names = list(module_scores)
     (modules_kept,) = keep_highest(
-        [torch.tensor(list(module_scores.values()))],
+        [torch.tensor(list(module_scores.values()), device="cpu")],  # host: read with .tolist()
         [len(names) - dropped_count(len(names), cfg.module_ratio)],
     )
     kept = [names[i] for i in modules_kept.tolist()]
@@ -57,8 +57,10 @@ def choose_pruning(
 def prune_structure(backbone: nn.Module, structure: list[Block], record: dict[str, Any]) -> None:
     """Keep only the heads and FFN channels ``record`` lists per block."""
     for i, block in enumerate(structure):
-        prune_heads(backbone, block, torch.tensor(record["heads"][str(i)], dtype=torch.long))
-        prune_channels(backbone, block, torch.tensor(record["ffn_channels"][str(i)], dtype=torch.long))
+        # host index lists: the slicing moves them to each weight's device
+        prune_heads(backbone, block, torch.tensor(record["heads"][str(i)], dtype=torch.long, device="cpu"))
+        channels = torch.tensor(record["ffn_channels"][str(i)], dtype=torch.long, device="cpu")
+        prune_channels(backbone, block, channels)
 
 
 def apply_pruning(backbone: nn.Module, structure: list[Block], record: dict[str, Any]) -> None:
@@ -67,7 +69,9 @@ def apply_pruning(backbone: nn.Module, structure: list[Block], record: dict[str,
     for name in record["removed_modules"]:
         backbone.set_submodule(name, prunable(backbone.get_submodule(name), name).removed())
     for name, keep in record["ranks"].items():
-        prunable(backbone.get_submodule(name), name).keep_units(torch.tensor(keep, dtype=torch.long))
+        prunable(backbone.get_submodule(name), name).keep_units(
+            torch.tensor(keep, dtype=torch.long, device="cpu")
+        )
 
 
 def pruning_report(record: dict[str, Any] | None, step_times: list[float]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from torch import nn
 
 from peftlab import distributed
 from peftlab.blocks.importance import output_change_sums, rank_taylor_scores
+from peftlab.blocks.params import copied_to, model_device
 from peftlab.blocks.protocol import LowRankLayer
 
 
@@ -75,10 +76,16 @@ class EstimationScores:
         also over the data-parallel ranks, whose activations differ)."""
         steps = max(self.recorded_steps, 1)
         names = sorted(layers)
-        sums = torch.tensor([float(self.module_sums.get(n, 0)) for n in names])
-        sums = distributed.all_reduce_mean(sums)
-        modules = {n: float(v) / steps for n, v in zip(names, sums, strict=True)}
-        ranks = {n: (self.rank_sums.get(n, torch.zeros(layers[n].units)) / steps).cpu() for n in names}
+        device = next(layers[names[0]].parameters()).device if names else torch.device("cpu")
+        sums = torch.tensor([float(self.module_sums.get(n, 0)) for n in names], device=device)
+        sums = distributed.all_reduce_mean(sums).tolist()  # on the device: NCCL takes only CUDA tensors
+        modules = {n: v / steps for n, v in zip(names, sums, strict=True)}
+        ranks = {  # on the host: pruning reads them with .tolist()
+            n: (self.rank_sums[n] / steps).cpu()
+            if n in self.rank_sums
+            else torch.zeros(layers[n].units, device="cpu")
+            for n in names
+        }
         return modules, ranks
 
     def stop(self) -> None:
@@ -95,7 +102,9 @@ class EstimationScores:
         }
 
     def load_state_dict(self, state: dict[str, Any], model: nn.Module) -> None:
-        self.module_sums, self.rank_sums = state["module_sums"], state["rank_sums"]
+        device = model_device(model)
+        self.module_sums = copied_to(state["module_sums"], device)
+        self.rank_sums = copied_to(state["rank_sums"], device)
         self.recorded_steps = state["recorded_steps"]
         if state["importance_on"]:
             self.start_module_scores(model)
