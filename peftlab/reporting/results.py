@@ -24,6 +24,7 @@ from peftlab.errors import ConfigError
 log = logging.getLogger(__name__)
 
 FAILURE = "failure.json"
+RESULTS = "results.json"
 # results.json's metric_units: the factor that puts each unit in percent, the papers' unit
 UNIT_SCALES = {"fraction": 100.0, "percent": 1.0, "loss": 1.0}
 # results.json's final_eval (the last evaluation) or best_eval (chosen by the task's best_by)
@@ -118,7 +119,7 @@ class Run:
         return counts.get("mean_over_steps_without_head" if adapter else "mean_over_steps")
 
 
-def _load_json(path: Path) -> dict[str, Any] | None:
+def load_json(path: Path) -> dict[str, Any] | None:
     """A JSON file's content; None when absent or unreadable (a job still writing it)."""
     try:
         return json.loads(path.read_text())
@@ -133,8 +134,8 @@ def read_run(folder: Path) -> Run:
     return Run(
         path=folder,
         config=config,  # type: ignore[arg-type]
-        results=_load_json(folder / "results.json") or {},
-        failure=_load_json(folder / FAILURE),
+        results=load_json(folder / RESULTS) or {},
+        failure=load_json(folder / FAILURE),
     )
 
 
