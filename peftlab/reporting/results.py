@@ -30,6 +30,22 @@ UNIT_SCALES = {"fraction": 100.0, "percent": 1.0, "loss": 1.0}
 # results.json's final_eval (the last evaluation) or best_eval (chosen by the task's best_by)
 SELECTS = ("final", "best")
 AGGREGATES = ("mean", "median")  # over a row's seeds
+# config keys (their top-level group) that say where or how a job ran, not what it was: two jobs that
+# differ only in these (and the seed) are repeats of one configuration
+NOT_THE_JOB = (
+    "seed",
+    "run_id",
+    "output_dir",
+    "data_root",
+    "overwrite",
+    "resume",
+    "save_adapter",
+    "curves",
+    "progress_bar",
+    "checkpoint",
+    "logger",
+    "measure",
+)
 
 
 @dataclass
@@ -112,6 +128,21 @@ class Run:
                 f"{self.path}: metric_units[{metric!r}]={unit!r}; known: {', '.join(UNIT_SCALES)}"
             )
         return UNIT_SCALES[unit]
+
+    def settings(self) -> dict[str, str]:
+        """The job's config as dotted key -> value text, without the keys of ``NOT_THE_JOB``: what two
+        runs must share to be seeds (or repeats) of one configuration."""
+        flat: dict[str, str] = {}
+        stack = [("", OmegaConf.to_container(self.config, resolve=False) if self.config is not None else {})]
+        while stack:
+            prefix, node = stack.pop()
+            for key, value in node.items():  # type: ignore[union-attr]
+                dotted = f"{prefix}{key}"
+                if isinstance(value, dict):
+                    stack.append((dotted + ".", value))
+                elif dotted.split(".")[0] not in NOT_THE_JOB:
+                    flat[dotted] = str(value)
+        return flat
 
     def params(self, adapter: bool = False) -> float | None:
         """Trainable parameters averaged over the steps (``adapter``: without the task head)."""
