@@ -60,7 +60,9 @@ class Run:
 
     @property
     def status(self) -> str:
-        if self.failure:
+        """A completed results.json wins over a failure.json beside it: a new run clears both when it
+        claims the folder, so that failure is a later job's refused for this finished run."""
+        if self.failure and self.results.get("status") != "completed":
             return "failed"
         return self.results.get("status") or "incomplete"
 
@@ -80,7 +82,7 @@ class Run:
 
     @property
     def error(self) -> str | None:
-        if self.failure:
+        if self.failure and not self.completed:
             return f"{self.failure['error_type']}: {self.failure['error']}"
         return self.results.get("error")
 

@@ -1,9 +1,9 @@
 """Sweeps: a failed job is recorded and the others go on; at the end one table lists every job.
 
-``record_failure`` writes ``failure.json`` into a job's folder; ``summarize`` reads every job folder of
-a sweep through ``reporting.results`` (the one reader of run folders) into rows; ``SweepSummary`` is the
-Hydra callback that writes ``summary.md`` and ``summary.csv`` into the sweep folder when a multirun ends
-and makes the command exit with 1 when a job failed.
+``record_failure`` writes ``failure.json`` into a job's folder (never beside a finished run's results);
+``summarize`` reads every job folder of a sweep through ``reporting.results`` (the one reader of run
+folders) into rows; ``SweepSummary`` is the Hydra callback that writes ``summary.md`` and ``summary.csv``
+into the sweep folder when a multirun ends and makes the command exit with 1 when a job failed.
 """
 
 from __future__ import annotations
