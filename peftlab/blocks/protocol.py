@@ -114,7 +114,16 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def load_adapter_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
     """Load ``adapter_state_dict``'s output into a model attached like the saved one: each adapter
-    layer takes its own tensors, the rest are copied by name; every name must exist with its shape."""
+    layer takes its own tensors, the rest are copied by name; the saved names must be exactly the ones
+    the attached model holds (a missing head or factor would leave its fresh random values in place),
+    each with its shape."""
+    expected = set(adapter_state_dict(model))
+    missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+    if missing or unexpected:
+        parts = [f"lacks {len(missing)} tensors the method expects: {missing[:5]}"] if missing else []
+        if unexpected:
+            parts.append(f"holds {len(unexpected)} the attached model has not: {unexpected[:5]}")
+        raise ConfigError(f"the saved adapter {'; it '.join(parts)}; was it saved by this method and config?")
     rest = dict(tensors)
     for name, layer in adapter_layers(model):
         prefix = name + "."

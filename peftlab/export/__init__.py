@@ -3,6 +3,9 @@
     python -m peftlab.export RUN_DIR --to peft     [--out DIR]   # default: RUN_DIR/export/peft/
     python -m peftlab.export RUN_DIR --to merged   [--out DIR]   # default: RUN_DIR/export/merged/
 
+``--out`` must be new or empty; a previous export there is replaced with ``--force`` (nothing else is:
+not the run folder or a folder above it, not a folder of other files).
+
 ``peft`` (``export/peft.py``): ``adapter_config.json`` + ``adapter_model.safetensors`` in huggingface peft's
 naming, for ``PeftModel.from_pretrained(base, DIR)``, as the method gives them (``Method.peft_export``).
 ``merged`` (``export/merged.py``): the adapters folded into the base weights, written with ``save_pretrained``
@@ -78,13 +81,18 @@ def rebuild(run_dir: Path) -> Rebuilt:
 
 
 # -- the command -----------------------------------------------------------------------------------------
-def export(run_dir: str | Path, to: str, out: str | Path | None = None) -> Path:
+MARKER_KEY = "peftlab_export"  # in every export's export.json: what ``--force`` may replace
+
+
+def export(run_dir: str | Path, to: str, out: str | Path | None = None, force: bool = False) -> Path:
     """Export ``run_dir`` as ``to`` (peft | merged) into ``out`` (default ``RUN_DIR/export/<to>``),
-    written into a temp folder and renamed into place, so a failed export leaves nothing half-written."""
+    written into a temp folder and renamed into place, so a failed export leaves nothing half-written.
+    A non-empty ``out`` is replaced only when it holds a previous export and ``force`` is given."""
     if to not in FORMATS:
         raise ConfigError(f"--to {to!r} is not allowed; allowed: {', '.join(FORMATS)}")
     run_dir = Path(run_dir)
     target = Path(out) if out is not None else run_dir / "export" / to
+    check_target(run_dir, target, force)
     run = rebuild(run_dir)
     form = peft_form(run) if to == "peft" else None  # a refusal comes before anything is written
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -94,11 +102,45 @@ def export(run_dir: str | Path, to: str, out: str | Path | None = None) -> Path:
         notes = write_peft(run, form, tmp) if form is not None else write_merged(run, tmp)
         (tmp / "export.json").write_text(json.dumps(describe(run, to, notes), indent=2) + "\n")
         if target.exists():
+            check_target(run_dir, target, force)  # still a previous export, nothing else
             shutil.rmtree(target)
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def check_target(run_dir: Path, target: Path, force: bool) -> None:
+    """Refuse an output folder whose replacement would delete what is not a previous export: the run
+    folder or a folder above it, a file, a folder of other files; a previous export only with ``force``."""
+    where = f"--out {target}"
+    run, out = run_dir.resolve(), target.resolve()
+    if run == out or out in run.parents:
+        raise ConfigError(
+            f"{where} is the run folder or holds it; choose a folder outside {run_dir} "
+            f"(or leave --out out: {run_dir / 'export'}/<format>)"
+        )
+    if not target.exists() and not target.is_symlink():
+        return
+    if not target.is_dir() or target.is_symlink():
+        raise ConfigError(f"{where} is a file or a link, not a folder; choose a new or empty folder")
+    if not any(target.iterdir()):
+        return
+    if not is_export(target):
+        raise ConfigError(
+            f"{where} holds files that are not a peftlab export; choose a new or empty folder "
+            "(--force replaces only a previous export)"
+        )
+    if not force:
+        raise ConfigError(f"{where} holds a previous export; pass --force to replace it")
+
+
+def is_export(folder: Path) -> bool:
+    """Whether ``folder`` was written by ``export`` (its export.json carries the marker key)."""
+    try:
+        return MARKER_KEY in json.loads((folder / "export.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def describe(run: Rebuilt, to: str, notes: list[str]) -> dict[str, Any]:
@@ -116,6 +158,7 @@ def describe(run: Rebuilt, to: str, notes: list[str]) -> dict[str, Any]:
     if dataclasses.is_dataclass(run.processor):  # image models: resolution and normalisation
         inputs = dataclasses.asdict(run.processor)
     return {
+        MARKER_KEY: 1,
         "format": to,
         "run": str(run.run_dir),
         "method": run.method.name,
@@ -134,10 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", help="a completed run folder (config.yaml, adapter.safetensors)")
     parser.add_argument("--to", required=True, choices=FORMATS)
     parser.add_argument("--out", default=None, help="output folder (default: RUN_DIR/export/<format>/)")
+    parser.add_argument("--force", action="store_true", help="replace a previous export in the output folder")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
     try:
-        path = export(args.run_dir, args.to, args.out)
+        path = export(args.run_dir, args.to, args.out, args.force)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

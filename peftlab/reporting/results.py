@@ -24,11 +24,28 @@ from peftlab.errors import ConfigError
 log = logging.getLogger(__name__)
 
 FAILURE = "failure.json"
+RESULTS = "results.json"
 # results.json's metric_units: the factor that puts each unit in percent, the papers' unit
 UNIT_SCALES = {"fraction": 100.0, "percent": 1.0, "loss": 1.0}
 # results.json's final_eval (the last evaluation) or best_eval (chosen by the task's best_by)
 SELECTS = ("final", "best")
 AGGREGATES = ("mean", "median")  # over a row's seeds
+# config keys (their top-level group) that say where or how a job ran, not what it was: two jobs that
+# differ only in these (and the seed) are repeats of one configuration
+NOT_THE_JOB = (
+    "seed",
+    "run_id",
+    "output_dir",
+    "data_root",
+    "overwrite",
+    "resume",
+    "save_adapter",
+    "curves",
+    "progress_bar",
+    "checkpoint",
+    "logger",
+    "measure",
+)
 
 
 @dataclass
@@ -43,7 +60,9 @@ class Run:
 
     @property
     def status(self) -> str:
-        if self.failure:
+        """A completed results.json wins over a failure.json beside it: a new run clears both when it
+        claims the folder, so that failure is a later job's refused for this finished run."""
+        if self.failure and self.results.get("status") != "completed":
             return "failed"
         return self.results.get("status") or "incomplete"
 
@@ -63,7 +82,7 @@ class Run:
 
     @property
     def error(self) -> str | None:
-        if self.failure:
+        if self.failure and not self.completed:
             return f"{self.failure['error_type']}: {self.failure['error']}"
         return self.results.get("error")
 
@@ -112,13 +131,28 @@ class Run:
             )
         return UNIT_SCALES[unit]
 
+    def settings(self) -> dict[str, str]:
+        """The job's config as dotted key -> value text, without the keys of ``NOT_THE_JOB``: what two
+        runs must share to be seeds (or repeats) of one configuration."""
+        flat: dict[str, str] = {}
+        stack = [("", OmegaConf.to_container(self.config, resolve=False) if self.config is not None else {})]
+        while stack:
+            prefix, node = stack.pop()
+            for key, value in node.items():  # type: ignore[union-attr]
+                dotted = f"{prefix}{key}"
+                if isinstance(value, dict):
+                    stack.append((dotted + ".", value))
+                elif dotted.split(".")[0] not in NOT_THE_JOB:
+                    flat[dotted] = str(value)
+        return flat
+
     def params(self, adapter: bool = False) -> float | None:
         """Trainable parameters averaged over the steps (``adapter``: without the task head)."""
         counts = self.results.get("trainable_params") or {}
         return counts.get("mean_over_steps_without_head" if adapter else "mean_over_steps")
 
 
-def _load_json(path: Path) -> dict[str, Any] | None:
+def load_json(path: Path) -> dict[str, Any] | None:
     """A JSON file's content; None when absent or unreadable (a job still writing it)."""
     try:
         return json.loads(path.read_text())
@@ -133,8 +167,8 @@ def read_run(folder: Path) -> Run:
     return Run(
         path=folder,
         config=config,  # type: ignore[arg-type]
-        results=_load_json(folder / "results.json") or {},
-        failure=_load_json(folder / FAILURE),
+        results=load_json(folder / RESULTS) or {},
+        failure=load_json(folder / FAILURE),
     )
 
 

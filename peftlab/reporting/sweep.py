@@ -1,9 +1,9 @@
 """Sweeps: a failed job is recorded and the others go on; at the end one table lists every job.
 
-``record_failure`` writes ``failure.json`` into a job's folder; ``summarize`` reads every job folder of
-a sweep through ``reporting.results`` (the one reader of run folders) into rows; ``SweepSummary`` is the
-Hydra callback that writes ``summary.md`` and ``summary.csv`` into the sweep folder when a multirun ends
-and makes the command exit with 1 when a job failed.
+``record_failure`` writes ``failure.json`` into a job's folder (never beside a finished run's results);
+``summarize`` reads every job folder of a sweep through ``reporting.results`` (the one reader of run
+folders) into rows; ``SweepSummary`` is the Hydra callback that writes ``summary.md`` and ``summary.csv``
+into the sweep folder when a multirun ends and makes the command exit with 1 when a job failed.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from peftlab.reporting.markdown import table
-from peftlab.reporting.results import FAILURE, Run, find_runs
+from peftlab.reporting.results import FAILURE, RESULTS, Run, find_runs, load_json
 from peftlab.run.folder import write_bytes_atomic, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -40,8 +40,11 @@ COLUMNS = (
 )
 
 
-def record_failure(job_dir: Path, cfg: DictConfig, err: BaseException) -> None:
-    """What failed and why, in the job's folder, for the sweep summary."""
+def record_failure(job_dir: Path, cfg: DictConfig, err: BaseException) -> bool:
+    """What failed and why, in the job's folder, for the sweep summary; False (nothing written) when the
+    folder holds a finished run: the job was refused for it, and its results stay what the tables read."""
+    if (load_json(job_dir / RESULTS) or {}).get("status") == "completed":
+        return False
     job_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(
         job_dir / FAILURE,
@@ -54,6 +57,7 @@ def record_failure(job_dir: Path, cfg: DictConfig, err: BaseException) -> None:
             "traceback": traceback.format_exception(err)[-3:],
         },
     )
+    return True
 
 
 def job_row(run: Run) -> dict[str, Any]:
