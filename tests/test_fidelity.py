@@ -163,7 +163,7 @@ def test_light_peft_restart_gives_a_fresh_optimizer_and_lr_schedule(tmp_path, mo
 
 
 def test_spsft_official_trainable_set_matches_the_arithmetic_on_tiny_deberta():
-    # DeBERTaV3-base by the same arithmetic (docs/methods.md, "Fidelity"): word 128100 x 768 + relative 512 x 768
+    # DeBERTaV3-base by the same arithmetic (docs/methods.md): word 128100 x 768 + relative 512 x 768
     # + 12 x (4 x 38 x 768 + 152 x 768 + 38 x 3072) rows + 26 LayerNorms x 38 x 2 + pooler/classifier
     # 592,130 = 103,570,618 = 103.57M as printed (5% rows rounded to 154 instead of 152: 103.58M)
     overrides = ["method=spsft_official", "model=tiny_deberta", "method.importance=l2"]

@@ -64,7 +64,7 @@ class SpsftConfig(MethodConfig):
     freeze_attention: bool = False  # "FA": adapt only feed-forward (MLP) layers among the targets
     conv_rows: bool = False  # also rows of every k x k / grouped convolution (the official vision code)
     train_bias: bool = False  # also train a bias for the selected rows
-    # The official code's trainable set (docs/methods.md, "Fidelity"): these embeddings fully, a fraction of every
+    # The official code's trainable set (docs/methods.md "Fidelity"): these embeddings fully, a share of every
     # LayerNorm's features, row counts rounded down to an even number; and Taylor scores with or without
     # the bias term.
     train_embeddings: list[str] = field(default_factory=list)  # e.g. [word_embeddings, rel_embeddings]
