@@ -79,6 +79,8 @@ def test_a_failing_check_is_a_report_line_and_the_others_still_run(tmp_path):
     report = gpu_check.write_report(checks, {"device": "cpu"}, options(tmp_path), 1.0).read_text()
     assert "| a | fail |" in report and "schedule.lr=-1 is out of range" in report
     assert "KeyError: 'loss'" in report and "| c | pass | 0.0 | 12.5 | fine |" in report
+    log = "requests: 0%\rTraceback ...\nRuntimeError: dtypes differ\nSet HYDRA_FULL_ERROR=1\n\r 3/12 it/s"
+    assert gpu_check.last_line(log) == "RuntimeError: dtypes differ"
     saved = json.loads((tmp_path / "gpu_check.json").read_text())
     assert saved["counts"] == {"pass": 1, "fail": 2, "skip": 0}
 
@@ -116,3 +118,9 @@ def test_the_stopped_copy_keeps_only_the_checkpoints_before_the_last_step(tmp_pa
     ]
     with pytest.raises(CheckFailed, match="no checkpoint before step 5"):
         gpu_check.stopped_copy(tmp_path / "full", tmp_path / "again", 5)
+
+
+def test_zero_shot_check_passes_with_bf16_base_weights_and_fp32_lora(tmp_path):
+    """The harness's forwards run in the evaluation's autocast (else fp32 LoRA meets bf16 weights)."""
+    detail, peak = gpu_check.check_zero_shot(options(tmp_path))
+    assert "zero_shot/acc" in detail and "arc_easy/acc" in detail and peak > 0

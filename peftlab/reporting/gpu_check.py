@@ -13,6 +13,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -47,6 +48,10 @@ class CheckFailed(Exception):
     """A check's failure: the message is the report's error line."""
 
 
+class CheckSkipped(Exception):
+    """A check that cannot run here: the message is the reason."""
+
+
 @dataclass
 class Options:
     device: str
@@ -60,7 +65,7 @@ class Options:
     method_overrides: dict[str, list[str]]
 
     @property
-    def steps(self) -> int:
+    def steps(self) -> int:  # of every training run
         return 2 if self.quick else 20
 
 
@@ -120,11 +125,16 @@ def environment(device: str) -> dict[str, object]:
     return env
 
 
+# a traceback's exception line, or the command line's one-line error ("[...][ERROR] - error: ...")
+ERROR_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b|\berror: ")
+
+
 def last_line(text: str) -> str:
-    """The error line of a failed command: its last non-empty output line (the CLI's one-line error, or
-    a traceback's exception)."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1][:300] if lines else "(no output)"
+    """The error line of a failed command: its last exception or error line, else its last line
+    (progress bars' carriage returns split lines)."""
+    lines = [line.strip() for line in text.replace("\r", "\n").splitlines() if line.strip()]
+    errors = [line for line in lines if ERROR_LINE.search(line)]
+    return (errors or lines or ["(no output)"])[-1][:300]
 
 
 def run_command(command: list[str], log: Path, timeout: int = TIMEOUT_S) -> None:
@@ -248,10 +258,6 @@ def check_train(method: str, precision: str, opts: Options) -> tuple[str, float 
     return detail, peak_mib(first, second)
 
 
-class CheckSkipped(Exception):
-    """A check that cannot run here: the message is the reason."""
-
-
 def check_ddp(method: str, opts: Options) -> tuple[str, float | None]:
     """The same short run under ``torchrun --nproc_per_node 2`` (NCCL): it finishes with finite losses."""
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -271,8 +277,11 @@ def check_efficiency(name: str, opts: Options) -> tuple[str, float | None]:
     out = opts.out / "efficiency"
     size = ["--quick"] if opts.quick else ["--layers", "2"]
     command = [sys.executable, "-m", "peftlab.reporting.efficiency_tables", name, "--device", opts.device]
+    patterns = [f"{name}*.md", f"{name.replace('-', '_')}*.md"]
+    for stale in {p for pattern in patterns for p in out.glob(pattern)}:
+        stale.unlink()  # an earlier check's table must not pass for this one's
     run_command([*command, "--out", str(out), *size], opts.out / "logs" / f"efficiency-{name}.log", 600)
-    written = sorted(out.glob(f"{name.replace('-', '_')}*.md")) or sorted(out.glob(f"{name}*.md"))
+    written = sorted({p for pattern in patterns for p in out.glob(pattern)})
     if not written:
         raise CheckFailed(f"no {name} table (.md) in {out}")
     return f"{', '.join(str(p) for p in written)} ({' '.join(size)})", None
@@ -282,23 +291,12 @@ def check_zero_shot(opts: Options) -> tuple[str, float | None]:
     """A short LM run of the tiny Llama in bf16 weights, then zero-shot through lm-evaluation-harness."""
     tasks, limit = ("[arc_easy,boolq]", 2) if opts.quick else (ZERO_SHOT, 100)
     overrides = [
-        "task=alpaca",
-        "model=tiny_llama",
-        "model.dtype=bfloat16",
-        f"model.device={opts.device}",
-        "method.target_modules=[q_proj,v_proj]",
-        "schedule=quick",
-        f"schedule.max_steps={opts.steps}",
-        "task.max_train_samples=8",
-        "task.max_eval_samples=2",
-        "task.max_new_tokens=3",
-        "task.max_prompt_tokens=64",
-        "task.max_target_tokens=16",
-        f"task.zero_shot={tasks}",
-        f"task.zero_shot_limit={limit}",
-        "progress_bar=false",
-        "curves=false",
-    ] + ([f"data_root={opts.data_root}"] if opts.data_root else [])
+        "task=alpaca", "model=tiny_llama", "model.dtype=bfloat16", f"model.device={opts.device}",
+        "method.target_modules=[q_proj,v_proj]", "schedule=quick", f"schedule.max_steps={opts.steps}",
+        "task.max_train_samples=8", "task.max_eval_samples=2", "task.max_new_tokens=3",
+        "task.max_prompt_tokens=64", "task.max_target_tokens=16", f"task.zero_shot={tasks}",
+        f"task.zero_shot_limit={limit}", "progress_bar=false", "curves=false",
+    ] + ([f"data_root={opts.data_root}"] if opts.data_root else [])  # fmt: skip
     folder = opts.out / "runs" / "zero-shot"
     shutil.rmtree(folder, ignore_errors=True)
     run_command(peftlab(overrides, folder), opts.out / "logs" / "zero-shot.log")
@@ -375,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     opts.out = opts.out.resolve()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // opts.jobs)))  # the runs share the cores
     start = time.perf_counter()
     checks = run_checks(opts)
     report = write_report(checks, environment(opts.device), opts, time.perf_counter() - start)
