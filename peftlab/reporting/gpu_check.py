@@ -284,7 +284,7 @@ def check_efficiency(name: str, opts: Options) -> tuple[str, float | None]:
     written = sorted({p for pattern in patterns for p in out.glob(pattern)})
     if not written:
         raise CheckFailed(f"no {name} table (.md) in {out}")
-    return f"{', '.join(str(p) for p in written)} ({' '.join(size)})", None
+    return f"{', '.join(str(p) for p in written)} ({' '.join(size)}; its rows hold the memory)", None
 
 
 def check_zero_shot(opts: Options) -> tuple[str, float | None]:
@@ -348,7 +348,7 @@ def write_report(checks: list[Check], env: dict, opts: Options, seconds: float) 
         "",
         *(f"- {k}: {v}" for k, v in env.items()),
         f"- total: {seconds:.0f} s; " + ", ".join(f"{n} {s}" for s, n in counts.items()),
-        f"- method checks ran {opts.jobs} at once: their times include waiting for the shared device",
+        f"- method checks ran {opts.jobs} at a time (each time includes sharing the device with the others)",
         "- peak memory: the largest of the check's runs (results.json's peak_memory_bytes: CUDA max "
         "allocated, on CPU the process's peak RSS)",
         "",
