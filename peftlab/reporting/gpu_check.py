@@ -288,13 +288,14 @@ def check_efficiency(name: str, opts: Options) -> tuple[str, float | None]:
 
 
 def check_zero_shot(opts: Options) -> tuple[str, float | None]:
-    """A short LM run of the tiny Llama in bf16 weights, then zero-shot through lm-evaluation-harness."""
+    """A short LM run (one epoch, one evaluation) of the tiny Llama in bf16 weights, then zero-shot through
+    lm-evaluation-harness."""
     tasks, limit = ("[arc_easy,boolq]", 2) if opts.quick else (ZERO_SHOT, 100)
     overrides = [
         "task=alpaca", "model=tiny_llama", "model.dtype=bfloat16", f"model.device={opts.device}",
         "method.target_modules=[q_proj,v_proj]", "schedule=quick", f"schedule.max_steps={opts.steps}",
-        "task.max_train_samples=8", "task.max_eval_samples=2", "task.max_new_tokens=3",
-        "task.max_prompt_tokens=64", "task.max_target_tokens=16", f"task.zero_shot={tasks}",
+        f"task.max_train_samples={8 * opts.steps}", "task.max_eval_samples=2", "task.max_new_tokens=3",
+        "task.max_prompt_tokens=192", "task.max_target_tokens=16", f"task.zero_shot={tasks}",
         f"task.zero_shot_limit={limit}", "progress_bar=false", "curves=false",
     ] + ([f"data_root={opts.data_root}"] if opts.data_root else [])  # fmt: skip
     folder = opts.out / "runs" / "zero-shot"
