@@ -25,7 +25,7 @@ def test_markdown_table_aligns_escapes_and_checks_widths():
 def test_measured_ceiling_is_one_benchmark_per_dtype(monkeypatch):
     calls = []
 
-    def fake(dtype: torch.dtype) -> float:
+    def fake(dtype: torch.dtype, **options) -> float:
         calls.append(dtype)
         return 100.0 + len(calls)
 
