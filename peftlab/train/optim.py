@@ -33,7 +33,19 @@ def build_optimizer(groups: list[dict[str, Any]], sched: DictConfig) -> torch.op
                 "name": f"{group.get('part', 'body')}/{'decay' if weight_decay else 'no_decay'}",
             }
         )
-    return torch.optim.AdamW(torch_groups, betas=tuple(sched.adam_betas), eps=sched.adam_eps, foreach=True)
+    kernel = {"fused": True} if fused_supported(groups) else {"foreach": True}
+    return torch.optim.AdamW(torch_groups, betas=tuple(sched.adam_betas), eps=sched.adam_eps, **kernel)
+
+
+def fused_supported(groups: list[dict[str, Any]]) -> bool:
+    """Whether torch's fused AdamW takes every parameter (floating, on a device with the fused kernel):
+    one kernel per step and no host sync for the step counts (the for-each kernel reads each count back
+    to the host for the bias correction). The updates equal the for-each kernel's within fp32 rounding."""
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    devices = _get_fused_kernels_supported_devices()
+    params = [p for group in groups for p in group["params"]]
+    return bool(params) and all(p.is_floating_point() and p.device.type in devices for p in params)
 
 
 def rebuild_optimizer(
