@@ -33,7 +33,7 @@ def usable_checkpoint(run_path: Path, run_id: str | None) -> Path:
     skipped = []
     for path in reversed(paths):
         try:  # mmap: the tensors are not read, only the file's index and the small objects
-            owner = torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("run_id")
+            owner = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("run_id")
         except Exception as err:  # noqa: BLE001 - any unreadable file is skipped, named in the warning
             skipped.append(f"{path.name} is unreadable ({type(err).__name__}: {err})")
         else:
@@ -48,6 +48,6 @@ def usable_checkpoint(run_path: Path, run_id: str | None) -> Path:
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """The payload of a checkpoint (``Trainer.state_dict``), on the CPU."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise ConfigError(f"resume: checkpoint {path} cannot be read ({type(err).__name__}: {err})") from err
