@@ -231,10 +231,11 @@ def prune_channels(backbone: nn.Module, block: Block, keep: torch.Tensor) -> Non
     prune_columns(backbone, block.ffn_out, keep)
 
 
-def keep_structure(backbone: nn.Module, record: dict) -> None:
+def keep_structure(backbone: nn.Module, record: dict, structure: list[Block] | None = None) -> None:
     """Prune ``backbone`` to a recorded structure: ``{"heads": {block: kept units}, "ffn_channels":
-    {block: kept channels}}`` (block indices as strings, JSON's keys), e.g. a merged export's reload."""
-    for i, block in enumerate(blocks(backbone)):
+    {block: kept channels}}`` (block indices as strings, JSON's keys): Light-PEFT's pruning and a merged
+    export's reload. ``structure``: the blocks already found (default: ``blocks(backbone)``)."""
+    for i, block in enumerate(blocks(backbone) if structure is None else structure):
         # host index lists: the slicing moves them to each weight's device
         prune_heads(backbone, block, torch.tensor(record["heads"][str(i)], dtype=torch.long, device="cpu"))
         channels = torch.tensor(record["ffn_channels"][str(i)], dtype=torch.long, device="cpu")

@@ -10,7 +10,7 @@ from torch import nn
 
 from peftlab.blocks.masks import StructureMasks
 from peftlab.blocks.selection import dropped_count, keep_highest, quantile_count
-from peftlab.blocks.structure import Block, prunable, prune_channels, prune_heads
+from peftlab.blocks.structure import Block, keep_structure, prunable
 from peftlab.blocks.timing import median_step_times_around
 from peftlab.methods.light_peft.config import LightPeftConfig
 
@@ -54,18 +54,9 @@ def choose_pruning(
     }
 
 
-def prune_structure(backbone: nn.Module, structure: list[Block], record: dict[str, Any]) -> None:
-    """Keep only the heads and FFN channels ``record`` lists per block."""
-    for i, block in enumerate(structure):
-        # host index lists: the slicing moves them to each weight's device
-        prune_heads(backbone, block, torch.tensor(record["heads"][str(i)], dtype=torch.long, device="cpu"))
-        channels = torch.tensor(record["ffn_channels"][str(i)], dtype=torch.long, device="cpu")
-        prune_channels(backbone, block, channels)
-
-
 def apply_pruning(backbone: nn.Module, structure: list[Block], record: dict[str, Any]) -> None:
     """Remove heads, channels, PEFT modules and ranks as ``record`` says (training or reloading)."""
-    prune_structure(backbone, structure, record)
+    keep_structure(backbone, record, structure)
     for name in record["removed_modules"]:
         backbone.set_submodule(name, prunable(backbone.get_submodule(name), name).removed())
     for name, keep in record["ranks"].items():
