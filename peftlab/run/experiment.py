@@ -25,6 +25,8 @@ from peftlab.run.checkpoint import read_checkpoint, usable_checkpoint
 from peftlab.run.finished import FinishedRun, load_finished_run
 from peftlab.run.folder import CONFIG, CURVES, RunDir
 from peftlab.run.loggers import build_logger
+from peftlab.run.provenance import provenance
+from peftlab.run.study import AUTO, plan_on_main_rank
 from peftlab.train.trainer import Trainer
 
 __all__ = ["build_trainer", "limit_random_weights_eval", "run_experiment", "seed_everything"]
@@ -123,6 +125,7 @@ def _trainer(
         "train_examples": len(train_examples or []),
         "eval_examples": {k: len(v) for k, v in eval_examples.items()},
         "baseline": task.baseline(train_examples or [], eval_examples),
+        "provenance": provenance(device),
     }
     return trainer
 
@@ -136,6 +139,11 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
     device = distributed.init_from_env(resolve_device(run.model.device))
     if distributed.enabled():  # every rank works in rank 0's run folder; only rank 0 writes there
         run.set("output_dir", distributed.broadcast_object(str(run.options.output_dir)))
+    if run.options.resume == AUTO:  # a study's job: skip it when done, resume it, or start it
+        decided = plan_on_main_rank(run)
+        if decided.action == "skip":
+            return decided.results
+        run.set("resume", run.options.output_dir if decided.action == "resume" else False)
     if run.options.resume:
         return resume_run(run)
     run_dir = RunDir(run.options.output_dir, writes=distributed.is_main())
