@@ -5,7 +5,9 @@ and, when the job failed before training, ``failure.json``. ``read_run`` turns o
 ``Run``; ``find_runs`` every folder below a sweep. Metric values come out in percent by the unit
 results.json declares for each metric (``metric_units``: accuracy, F1 and correlations are fractions,
 x100; ROUGE is percent already; losses stay as they are), so no table multiplies by 100 on its own and
-reading a folder needs no task code.
+reading a folder needs no task code. A stored run summary (``results/<study>/<run_id>.json``, written
+by ``reporting.store``) is read into the same ``Run`` by ``read_summary``, so the generated pages and the
+tables of live run folders read alike.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ log = logging.getLogger(__name__)
 
 FAILURE = "failure.json"
 RESULTS = "results.json"
+SUMMARY_FORMAT = "peftlab-run-summary/1"  # the "format" of a stored run summary
 # results.json's metric_units: the factor that puts each unit in percent, the papers' unit
 UNIT_SCALES = {"fraction": 100.0, "percent": 1.0, "loss": 1.0}
 # results.json's final_eval (the last evaluation) or best_eval (chosen by the task's best_by)
@@ -146,6 +149,11 @@ class Run:
                     flat[dotted] = str(value)
         return flat
 
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """Commit, date, machine, threads and command the run recorded (empty when it recorded none)."""
+        return self.results.get("provenance") or {}
+
     def params(self, adapter: bool = False) -> float | None:
         """Trainable parameters averaged over the steps (``adapter``: without the task head)."""
         counts = self.results.get("trainable_params") or {}
@@ -178,6 +186,19 @@ def find_runs(root: Path) -> list[Run]:
     folders = {p.parent for name in ("config.yaml", FAILURE) for p in root.glob(f"**/{name}")}
     folders = {f for f in folders if ".hydra" not in f.parts}  # Hydra's own copy of the config
     return [read_run(folder) for folder in sorted(folders)]
+
+
+def read_summary(path: Path) -> Run:
+    """A stored run summary as a ``Run``: its config and its results.json subset."""
+    data = load_json(Path(path))
+    if data is None or data.get("format") != SUMMARY_FORMAT:
+        raise ConfigError(f"{path}: not a run summary (expected format {SUMMARY_FORMAT!r})")
+    return Run(path=Path(path), config=OmegaConf.create(data["config"]), results=data["results"])
+
+
+def find_summaries(folder: Path) -> list[Run]:
+    """Every stored run summary of a study folder (``results/<study>/*.json``), in name order."""
+    return [read_summary(p) for p in sorted(Path(folder).glob("*.json"))]
 
 
 def aggregate(values: list[float], how: str = "mean") -> tuple[float, float]:

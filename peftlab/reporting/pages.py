@@ -1,0 +1,199 @@
+"""Result pages generated from the store: ``results/<study>/page.yaml`` says what the page shows (its
+tables' rows, columns and filters, the paired comparisons of claims, the paper tables beside ours);
+``render`` turns it and the study's run summaries into markdown. Every table is stamped with the
+commits, machine, dates and commands of its runs and the command that wrote the page, so a page is
+never typed by hand and a test can regenerate it to prove it current.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from peftlab.errors import ConfigError
+from peftlab.reporting.markdown import table as markdown_table
+from peftlab.reporting.paper_tables import get_table
+from peftlab.reporting.results import Run, find_summaries
+from peftlab.reporting.stats import describe, paired
+from peftlab.reporting.tables import matches, paper_comparison
+from peftlab.run.folder import write_text_atomic
+
+PAGE = "page.yaml"
+PAGES = Path("docs/results")
+COMMAND = "python -m peftlab.report"
+PAGE_KEYS = {"page", "title", "about", "run", "store", "tables", "comparisons", "paper_tables"}
+
+
+def _values(runs: list[Run], select: str) -> list[float]:
+    return [v for v in (r.percent(select=select) for r in runs) if v is not None]
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.fmean(present) if present else None
+
+
+def _cell(select: str) -> Callable[[list[Run]], str]:
+    def text(runs: list[Run]) -> str:
+        values = _values(runs, select)
+        return describe(values).text() if values else ""
+
+    return text
+
+
+def _median(runs: list[Run]) -> str:
+    values = _values(runs, "final")
+    return f"{describe(values).median:.2f}" if values else ""
+
+
+def _number(read: Callable[[Run], Any], scale: float, fmt: str) -> Callable[[list[Run]], str]:
+    """The mean over seeds of one results.json number, scaled and formatted ("" when none has it)."""
+
+    def text(runs: list[Run]) -> str:
+        value = _mean([None if read(r) is None else read(r) * scale for r in runs])
+        return "" if value is None else format(value, fmt)
+
+    return text
+
+
+# column name -> (header, cell of a row's runs)
+COLUMNS: dict[str, tuple[str, Callable[[list[Run]], str]]] = {
+    "final": ("final eval, mean ± std [95% CI]", _cell("final")),
+    "best": ("best eval, mean ± std [95% CI]", _cell("best")),
+    "median": ("final, median", _median),
+    "baseline": ("majority class", _number(lambda r: r.baseline_percent(), 1.0, ".2f")),
+    "params": ("trainable params (mean over steps)", _number(lambda r: r.params(), 1.0, ",.0f")),
+    "adapter_params": ("adapter params (no head)", _number(lambda r: r.params(adapter=True), 1.0, ",.0f")),
+    "step_time": ("median step (ms)", _number(lambda r: r.results.get("median_step_time_s"), 1e3, ".1f")),
+    "train_time": ("train time (s)", _number(lambda r: r.results.get("train_time_s"), 1.0, ".1f")),
+    "wall_time": ("wall time (s)", _number(lambda r: r.results.get("wall_time_s"), 1.0, ".1f")),
+    "memory": ("peak memory (MiB)", _number(lambda r: r.results.get("peak_memory_bytes"), 2**-20, ".0f")),
+    "flops": ("GFLOP per step", _number(lambda r: r.results.get("flops_per_step"), 1e-9, ".2f")),
+    "seeds": ("seeds", lambda runs: ", ".join(str(r.get("seed")) for r in runs)),
+}
+
+
+def read_page(study_dir: Path) -> dict[str, Any]:
+    """The study's page definition, with its keys checked."""
+    spec = yaml.safe_load((study_dir / PAGE).read_text()) or {}
+    unknown = set(spec) - PAGE_KEYS
+    if unknown or "page" not in spec or "title" not in spec:
+        raise ConfigError(f"{study_dir / PAGE}: needs page and title; unknown keys {sorted(unknown)}")
+    for spec_table in spec.get("tables", []):
+        bad = [c for c in spec_table.get("columns", []) if c not in COLUMNS]
+        if bad:
+            raise ConfigError(f"{study_dir / PAGE}: columns {bad}; known: {', '.join(COLUMNS)}")
+    return spec
+
+
+def _seed(run: Run) -> int:
+    seed = run.get("seed")
+    return seed if isinstance(seed, int) else -1
+
+
+def group(runs: list[Run], keys: list[str], order: list[Any] | None) -> list[tuple[tuple, list[Run]]]:
+    """Runs by the values of ``keys``; rows in ``order`` (of the first key's values), else sorted."""
+    rows: dict[tuple, list[Run]] = {}
+    for run in sorted(runs, key=lambda r: (_seed(r), r.path.name)):
+        rows.setdefault(tuple(run.get(k) for k in keys), []).append(run)
+    rank = {v: i for i, v in enumerate(order or [])}
+    return sorted(rows.items(), key=lambda kv: (rank.get(kv[0][0], len(rank)), [str(v) for v in kv[0]]))
+
+
+def stamp(runs: list[Run], spec: dict[str, Any]) -> list[str]:
+    """Where the runs come from: commits, machine, dates, total time, and the commands."""
+    prov = [r.provenance for r in runs]
+    commits = sorted(
+        {(p.get("git_commit") or "not recorded")[:10] + ("+dirty" * bool(p.get("git_dirty"))) for p in prov}
+    )
+    machines = sorted(
+        {f"{p.get('cpu_model')}, {p.get('cpu_cores')} cores, {p.get('torch_threads')} threads" for p in prov}
+    )
+    dates = sorted(p.get("date") or "" for p in prov)
+    wall = sum(r.results.get("wall_time_s") or 0.0 for r in runs)
+    lines = [
+        f"{len(runs)} runs; commit {', '.join(commits)}; machine {'; '.join(machines)}; "
+        f"dates {_when(dates[0])} .. {_when(dates[-1])} UTC; wall time of all runs {wall / 60:.1f} min.",
+        "",
+    ]
+    recorded = sorted({p.get("command") for p in prov if p.get("command")})
+    lines += [f"- runs: `{spec['run']}`" if spec.get("run") else "- runs: (no command given)"]
+    lines += [f"- recorded command of the runs: `{c}`" for c in recorded]
+    if spec.get("store"):
+        lines.append(f"- stored: `{spec['store']}`")
+    lines.append(f"- page: `{COMMAND}`")
+    return lines
+
+
+def _when(date: str) -> str:
+    return date[:16].replace("T", " ") if date else "not recorded"
+
+
+def render_table(spec_table: dict[str, Any], runs: list[Run], spec: dict[str, Any]) -> list[str]:
+    keys, columns = spec_table.get("rows", ["method.name"]), spec_table.get("columns", ["final"])
+    chosen = [r for r in runs if matches(r, spec_table.get("filter", {}))]
+    if not chosen:
+        return [f"## {spec_table['title']}", "", "No stored run matches this table yet.", ""]
+    rows = [
+        [*(str(v) for v in values), *(COLUMNS[c][1](found) for c in columns)]
+        for values, found in group(chosen, keys, spec_table.get("order"))
+    ]
+    headers = [*keys, *(COLUMNS[c][0] for c in columns)]
+    metrics = sorted({f"{r.metric_name()} (%)" for r in chosen})
+    lines = [f"## {spec_table['title']}", "", f"Metric: {', '.join(metrics)} on the dev split.", ""]
+    lines += markdown_table(headers, rows, "l" * len(keys) + "r" * len(columns))
+    return [*lines, "", *stamp(chosen, spec), ""]
+
+
+def render_comparisons(comparisons: list[dict[str, Any]], runs: list[Run]) -> list[str]:
+    """One line per claim: the paired difference over common seeds, its 95% t interval, the verdict."""
+    rows = []
+    for claim in comparisons:
+        select = claim.get("select", "final")
+        sides = [
+            {r.get("seed"): r.percent(select=select) for r in runs if matches(r, claim[s])} for s in "ab"
+        ]
+        a, b = ({k: v for k, v in side.items() if v is not None} for side in sides)
+        result = (
+            paired(a, b, claim.get("direction", "greater")).text()
+            if a.keys() & b.keys()
+            else "no common seed"
+        )
+        rows.append([claim["claim"], select, str(len(a.keys() & b.keys())), result])
+    headers = ["claim (a vs b)", "eval", "paired seeds", "a - b [95% CI]: verdict"]
+    return ["## Claims, paired over seeds", "", *markdown_table(headers, rows, "llrl"), ""]
+
+
+def render(study_dir: Path) -> tuple[str, str]:
+    """The page's file name and its markdown."""
+    spec, runs = read_page(study_dir), [r for r in find_summaries(study_dir) if r.completed]
+    lines = [
+        f"# {spec['title']}",
+        "",
+        f"<!-- generated by `{COMMAND}` from {study_dir.name}/ of the results store: do not edit -->",
+        "",
+    ]
+    if spec.get("about"):
+        lines += [spec["about"].strip(), ""]
+    for spec_table in spec.get("tables", []):
+        lines += render_table(spec_table, runs, spec)
+    if spec.get("comparisons"):
+        lines += render_comparisons(spec["comparisons"], runs)
+    for name in spec.get("paper_tables", []):
+        lines += [f"## Beside the paper: {name}", "", paper_comparison(get_table(name), runs), ""]
+    return spec["page"], "\n".join(lines).rstrip() + "\n"
+
+
+def write_pages(store: Path, out: Path) -> list[Path]:
+    """Every study's page of ``store`` (those with a page.yaml) into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for page in sorted(Path(store).glob(f"*/{PAGE}")):
+        name, text = render(page.parent)
+        write_text_atomic(out / name, text)
+        written.append(out / name)
+    return written
