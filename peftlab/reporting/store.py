@@ -75,6 +75,8 @@ def summary(run: Run, study: str) -> dict[str, Any]:
     """The stored summary of a completed run."""
     results = {key: run.results.get(key) for key in KEPT if key in run.results}
     results["evals"] = evaluations(run)
+    config = OmegaConf.to_container(run.config, resolve=True)
+    config["output_dir"] = _shown(run.path)  # type: ignore[index] - not this machine's absolute path
     return {
         "format": SUMMARY_FORMAT,
         "study": study,
@@ -82,7 +84,7 @@ def summary(run: Run, study: str) -> dict[str, Any]:
         "job": run.path.name,
         "source": _shown(run.path),
         "results": results,
-        "config": OmegaConf.to_container(run.config, resolve=True),
+        "config": config,
     }
 
 
