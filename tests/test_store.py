@@ -18,6 +18,7 @@ from peftlab.reporting.pages import render, write_pages
 from peftlab.reporting.results import find_runs, find_summaries, read_summary
 from peftlab.reporting.stats import describe, paired
 from peftlab.reporting.store import add
+from peftlab.run.provenance import git_state, provenance
 
 SWEEP = [
     *("-m", "model=tiny_bert", "schedule=quick", "schedule.max_steps=4", "schedule.eval_every_steps=2"),
@@ -43,10 +44,6 @@ comparisons:
 """
 
 
-# the tests that read a real sweep (4 tiny jobs: ~40 s on this shared 2-core machine)
-slow_sweep = pytest.mark.slow
-
-
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     """Four finished jobs (head and LoRA, seeds 1 and 2) of a tiny multirun."""
@@ -56,7 +53,6 @@ def sweep(tmp_path_factory):
     return folder
 
 
-@slow_sweep
 def test_add_stores_one_summary_per_run_and_is_idempotent(sweep, tmp_path):
     done = add(sweep, "tiny", tmp_path)
     assert len(done.written) == 4 and not done.skipped
@@ -68,7 +64,6 @@ def test_add_stores_one_summary_per_run_and_is_idempotent(sweep, tmp_path):
     assert not list((tmp_path / "tiny").glob(".*.tmp"))
 
 
-@slow_sweep
 def test_a_summary_reads_like_its_run_folder(sweep, tmp_path):
     add(sweep, "tiny", tmp_path)
     folders = {r.get("run_id"): r for r in find_runs(sweep)}
@@ -84,7 +79,6 @@ def test_a_summary_reads_like_its_run_folder(sweep, tmp_path):
         assert "adapter" not in stored.results and len(stored.path.read_bytes()) < 20_000
 
 
-@slow_sweep
 def test_a_rerun_of_a_stored_job_needs_replace(sweep, tmp_path):
     add(sweep, "tiny", tmp_path)
     rerun = tmp_path / "rerun" / "job"
@@ -100,7 +94,6 @@ def test_a_rerun_of_a_stored_job_needs_replace(sweep, tmp_path):
     assert len(list((tmp_path / "tiny").glob("*.json"))) == 4 and run_id
 
 
-@slow_sweep
 def test_unfinished_runs_are_left_out(sweep, tmp_path):
     broken = tmp_path / "broken" / "job"
     shutil.copytree(next(sweep.glob("1_*")), broken)
@@ -110,7 +103,6 @@ def test_unfinished_runs_are_left_out(sweep, tmp_path):
     assert not done.written and done.skipped == [f"{broken} (interrupted)"]
 
 
-@slow_sweep
 def test_a_page_shows_the_stored_numbers_and_where_they_come_from(sweep, tmp_path):
     add(sweep, "tiny", tmp_path)
     (tmp_path / "tiny" / "page.yaml").write_text(PAGE)
@@ -129,7 +121,6 @@ def test_a_page_shows_the_stored_numbers_and_where_they_come_from(sweep, tmp_pat
     assert name == "tiny.md"
 
 
-@slow_sweep
 def test_report_check_finds_a_stale_or_hand_edited_page(sweep, tmp_path):
     store, out = tmp_path / "store", tmp_path / "pages"
     assert report_main(["--store", str(store), "add", str(sweep), "--study", "tiny"]) == 0
@@ -151,3 +142,11 @@ def test_the_committed_pages_are_what_the_committed_store_generates(tmp_path):
         assert committed.read_text() == page.read_text(), (
             f"{committed} is stale: run python -m peftlab.report"
         )
+
+
+def test_provenance_names_the_checkout_and_nothing_outside_git(tmp_path):
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    assert git_state(ROOT)["git_commit"] == head.stdout.strip()
+    assert git_state(tmp_path) == {"git_commit": None, "git_dirty": None}
+    record = provenance()
+    assert record["cpu_cores"] >= 1 and record["command"].startswith("python -m peftlab")

@@ -19,7 +19,10 @@ REPO = Path(__file__).resolve().parents[2]  # the checkout holding this copy of 
 
 
 def git_state(repo: Path = REPO) -> dict[str, Any]:
-    """The commit of the checkout and whether tracked files differ from it; None for each outside git."""
+    """The commit of the checkout and whether tracked files differ from it; None for each outside git
+    (an installed copy of peftlab inside some other repository is not that repository's code)."""
+    if not (repo / ".git").exists():  # a folder in a checkout, a file in a worktree
+        return {"git_commit": None, "git_dirty": None}
     try:
         commit = _git(repo, "rev-parse", "HEAD")
         dirty = bool(_git(repo, "status", "--porcelain", "--untracked-files=no"))
