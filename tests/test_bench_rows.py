@@ -58,6 +58,12 @@ def test_state_rows_reach_the_state_their_method_offers(tmp_path):
     assert record is not None and pruned.trainer.state.step == 2
     kept = f"PEFT modules kept: {len(record['ranks'])} of {len(record['module_scores'])}"
     assert pruned.note.startswith(kept)
+    scoring = make_row(
+        "s method=light_peft method.estimation_steps=6 @scoring", SETTINGS, 6, RunDir(tmp_path / "s")
+    )
+    method = scoring.trainer.method
+    assert scoring.trainer.state.step == 3 and method.record is None and method.scores.modules_on
+    assert scoring.note == "scoring steps 4-6"
 
 
 def test_a_state_the_method_does_not_offer_is_refused_with_its_states(tmp_path):

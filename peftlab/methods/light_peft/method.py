@@ -66,7 +66,7 @@ class LightPeft(Method):
     config_class = LightPeftConfig
     output_files = (PRUNING_FILE, f"{MASKS}.safetensors")
     config: LightPeftConfig
-    bench_states = ("pruned",)
+    bench_states = ("pruned", "scoring")
     merged_only_reason = (
         "it prunes heads and FFN channels of the base model, which an adapter on the original base "
         "cannot express"
@@ -242,9 +242,18 @@ class LightPeft(Method):
         return {"heads": self.record["heads"], "ffn_channels": self.record["ffn_channels"]}
 
     def bench_state(self, name: str, state: TrainState, step: Callable[[], None]) -> str:
-        """``pruned``: trained on the benchmark's batch until pruned (after the estimation steps)."""
-        if name != "pruned":
+        """``pruned``: trained on the benchmark's batch until pruned (after the estimation steps);
+        ``scoring``: until the next step is in the estimation's second half, where the PEFT module and
+        rank scores are accumulated on top of the masks (the costliest estimation step)."""
+        if name == "pruned":
+            while self.record is None:
+                step()
+            return kept_modules_note(self.record)
+        if name != "scoring":
             return super().bench_state(name, state, step)
-        while self.record is None:
+        step()  # the first step fixes estimation_steps
+        while self.masks is not None and not self._in_second_half(state.step + 1):
             step()
-        return kept_modules_note(self.record)
+        if self.masks is None:
+            raise ConfigError("light_peft @scoring: the estimation ended before its second half")
+        return f"scoring steps {state.step + 1}-{self.estimation_steps}"
