@@ -124,9 +124,7 @@ def test_under_torchrun_each_rank_restores_its_own_device_state(monkeypatch, tmp
         assert all(torch.equal(s, torch.full_like(s, i)) for i, s in enumerate(loader.states) if i != r)
 
 
-def test_8_ranks_resumed_by_one_process_restore_rank_0_and_say_it_is_not_exact(
-    monkeypatch, tmp_path, caplog
-):
+def test_8_ranks_resumed_by_one_process_restore_rank_0_and_say_it_is_not_exact(monkeypatch, tmp_path, caplog):
     saved, trained = saved_by_8_ranks(monkeypatch, tmp_path)
     monkeypatch.setattr(distributed, "enabled", lambda: False)
     monkeypatch.setattr(distributed, "rank", lambda: 0)
