@@ -81,6 +81,7 @@ class Trainer:
         self.history = History()
         self.step_lr = 0.0  # the LR of the first param group in the last step (what metrics.jsonl logs)
         self.sharded = False  # FSDP has sharded the model (distributed.strategy=fsdp under torchrun)
+        self.wrapped = False  # DDP has wrapped the model (and synced it across ranks) once
         self.header: dict[str, Any] = {}  # what the run is (method, task, seed, ...), for results.json
         self._set_up_optimizer(None)
         self.trainable_start = self.trainable_count
@@ -114,7 +115,12 @@ class Trainer:
                 self.sharded = True
             return self.model
         device_ids = [self.device] if self.device.type == "cuda" else None
-        return DistributedDataParallel(self.model, device_ids=device_ids)
+        # buffers are equal on every rank (built from the seed, synced once at the first wrap) and no
+        # forward changes them: no broadcast per step (ELoRA's projections); a rebuild re-syncs nothing
+        first, self.wrapped = not self.wrapped, True
+        return DistributedDataParallel(
+            self.model, device_ids=device_ids, forward_sync_buffers=False, init_sync=first
+        )
 
     def apply_param_change(self) -> None:
         """A hook froze, unfroze or replaced parameters: rebuild the optimizer over what is trained now."""
