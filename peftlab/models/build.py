@@ -331,22 +331,19 @@ def build_model(
 ) -> tuple[torch.nn.Module, PreTrainedTokenizerBase | ImageSpec]:
     """Backbone from ``cfg.source`` plus what ``head`` asks for, and the model's input processor: its
     tokenizer (text) or its ``ImageSpec`` (images). Loaded on the CPU; built from the architecture
-    (``model.pretrained=false``) on the CPU from ``seed`` and moved to ``device``.
-    ``device``: where the model will run, whose memory is checked (this rank's under torchrun; None:
-    ``model.device``).
-
+    (``model.pretrained=false``) on the CPU from ``seed``, then moved to ``device`` (where it will run,
+    whose memory is checked: this rank's under torchrun; None: ``model.device``).
     ``classifier``: a fresh pooled head with ``num_labels`` outputs; ``lm``: the pretrained LM head
-    (causal or encoder-decoder); ``image``: a fresh linear head on the pooled image features.
+    (causal or encoder-decoder); ``image``: a fresh linear head on the pooled image features;
     ``workload``: what a training step will process, for the memory estimate checked before building."""
     cfg = model_schema(cfg)
     if head not in MODEL_HEADS:
         raise ValueError(f"head={head!r}; allowed: {MODEL_HEADS}")
     dtype = resolve_dtype(cfg.dtype)
     check_modality(cfg, head)
-    pretrained = cfg.loads_weights
-    processor: PreTrainedTokenizerBase | ImageSpec | None
+    pretrained, processor = cfg.loads_weights, None
     if cfg.architecture == EFFICIENTNET:
-        backbone, processor = _build_efficientnet(cfg, dtype, pretrained), None
+        backbone = _build_efficientnet(cfg, dtype, pretrained)
     else:
         target = Target(device or resolve_device(cfg.device), workload, seed)
         backbone, processor = _build_transformer(cfg, dtype, head, pretrained, target)
