@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -23,6 +24,8 @@ import torch.distributed as dist
 from torch import nn
 
 from peftlab.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def enabled() -> bool:
@@ -48,7 +51,10 @@ def init_from_env(device: torch.device) -> torch.device:
     if not enabled():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        local = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        if device.index is not None and device != local:
+            log.warning("model.device=%s under torchrun: this rank uses %s (LOCAL_RANK)", device, local)
+        device = local
         torch.cuda.set_device(device)
     return device
 

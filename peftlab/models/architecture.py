@@ -4,8 +4,9 @@ Step time, FLOPs and memory do not depend on the weights' values, so a paper's e
 checked at the paper's own shapes without its weights. The architecture values (those of the hub
 ``config.json``) are kept in ``conf/model/<name>.yaml`` (``architecture`` + ``config``); parameters are
 created on the meta device, so nothing of a 7B model is allocated before the memory check, and are then
-materialised once, on the target device, with transformers' own initialisation (normal(0, 0.02) for
-linear and embedding weights, ones/zeros for norms, the rotary and position buffers recomputed).
+materialised once, on the CPU from the run's seed, with transformers' own initialisation (normal(0, 0.02)
+for linear and embedding weights, ones/zeros for norms, the rotary and position buffers recomputed), and
+moved to the target device: the random base is the same on every device.
 ``model.num_layers=N`` keeps the first N blocks (set on the config before anything is built).
 """
 
@@ -73,17 +74,24 @@ def build_empty(auto: Any, config: Any, dtype: torch.dtype, **kwargs: Any) -> nn
         return auto.from_config(config, dtype=dtype, **kwargs)
 
 
-def materialise(model: nn.Module, device: torch.device) -> nn.Module:
-    """Allocate the meta model's tensors on ``device`` and initialise them as transformers does for a
-    fresh model (within ``shared_weights()``, reuse the tensors of an earlier identical build)."""
-    key = _architecture_key(model, device)
+def materialise(model: nn.Module, device: torch.device, seed: int = 0) -> nn.Module:
+    """Allocate the meta model's tensors and initialise them as transformers does for a fresh model,
+    on the CPU from ``seed`` alone (not the global RNG, not the device's generator), then move them to
+    ``device``: a run, its export and its evaluation on any device rebuild the same random base.
+    Within ``shared_weights()``, reuse the tensors of an earlier identical build."""
+    key = _architecture_key(model, device, seed)
     if _SHARED is not None and key in _SHARED:
         _assign(model, _SHARED[key])
         log.info("materialised %s from the shared random weights", type(model).__name__)
         return model
-    model.to_empty(device=device)
-    model.initialize_weights()  # type: ignore[operator]
+    if device.type == "meta":  # parameter counting: nothing to allocate or initialise
+        return model.to_empty(device=device)
+    model.to_empty(device="cpu")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model.initialize_weights()  # type: ignore[operator]
     model.tie_weights()  # type: ignore[operator]
+    model.to(device)
     if _SHARED is not None:
         _SHARED[key] = {**dict(model.named_parameters()), **dict(model.named_buffers())}
     return model
@@ -91,7 +99,7 @@ def materialise(model: nn.Module, device: torch.device) -> nn.Module:
 
 @contextlib.contextmanager
 def shared_weights() -> Iterator[None]:
-    """Within: models materialised from the same architecture (config, dtype, device) share one set of
+    """Within: models materialised from the same architecture (config, dtype, device, seed) share one set of
     random tensors (storage shared, parameters separate), so a benchmark initialises a 7B-shaped model's
     values once for all of its rows. Meant for measurements only: a row that updated base weights in
     place (full fine-tuning) would change them for every row."""
@@ -103,10 +111,10 @@ def shared_weights() -> Iterator[None]:
         _SHARED = previous
 
 
-def _architecture_key(model: nn.Module, device: torch.device) -> str:
+def _architecture_key(model: nn.Module, device: torch.device, seed: int) -> str:
     config = model.config  # type: ignore[attr-defined]
     dtype = next(model.parameters()).dtype
-    return json.dumps([type(model).__name__, config.to_json_string(), str(dtype), str(device)])
+    return json.dumps([type(model).__name__, config.to_json_string(), str(dtype), str(device), seed])
 
 
 def _assign(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:

@@ -18,6 +18,7 @@ head (GLUE), the language-model head (generation tasks), or an image classificat
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 from pathlib import Path
@@ -67,6 +68,16 @@ DROPOUT_KEYS = (
     "dropout",
     "activation_dropout",
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """Where a model is built for: the device it will run on, the step it must fit, the seed of a
+    random base."""
+
+    device: torch.device
+    workload: Workload | None
+    seed: int
 
 
 def resolve_device(name: str) -> torch.device:
@@ -253,7 +264,7 @@ def fit_borrowed_tokenizer(config: Any, tokenizer: PreTrainedTokenizerBase, mode
 
 
 def _build_transformer(
-    cfg: ModelSchema, dtype: torch.dtype, head: str, pretrained: bool, workload: Workload | None
+    cfg: ModelSchema, dtype: torch.dtype, head: str, pretrained: bool, target: Target
 ) -> tuple[torch.nn.Module, PreTrainedTokenizerBase | None]:
     """A transformers backbone: configured, built on the meta device, checked against the memory there
     is, then loaded (pretrained), materialised (architecture only) or built (tiny random models)."""
@@ -267,10 +278,9 @@ def _build_transformer(
         setattr(config, key, value)
     auto = _auto_class(head, config, cfg)
     kwargs = {"add_pooling_layer": False} if head == "image" else {}
-    device = resolve_device(cfg.device)
     empty = architecture.build_empty(auto, config, dtype, **kwargs)
-    found = footprint.estimate(empty, empty.config, workload, lm_head=head == "lm")
-    footprint.check_fits(found, device, cfg.name, dtype)
+    found = footprint.estimate(empty, empty.config, target.workload, lm_head=head == "lm")
+    footprint.check_fits(found, target.device, cfg.name, dtype)
     if pretrained:
         try:
             return auto.from_pretrained(location, config=config, dtype=dtype, **extra, **kwargs), tokenizer
@@ -281,7 +291,7 @@ def _build_transformer(
     if cfg.source == "random":  # the tiny test models: built as before, so a seed gives the same weights
         return auto.from_config(config, **kwargs).to(dtype), tokenizer
     log.warning("model %s: built from its architecture with RANDOM WEIGHTS (pretrained=false)", cfg.name)
-    return architecture.materialise(empty, device), tokenizer
+    return architecture.materialise(empty, target.device, target.seed), tokenizer
 
 
 def _build_efficientnet(cfg: ModelSchema, dtype: torch.dtype, pretrained: bool) -> torch.nn.Module:
@@ -312,26 +322,31 @@ def image_spec(cfg: ModelSchema) -> ImageSpec:
 
 
 def build_model(
-    cfg: ModelSchema | DictConfig, num_labels: int, head: str = "classifier", workload: Workload | None = None
+    cfg: ModelSchema | DictConfig,
+    num_labels: int,
+    head: str = "classifier",
+    workload: Workload | None = None,
+    device: torch.device | None = None,
+    seed: int = 0,
 ) -> tuple[torch.nn.Module, PreTrainedTokenizerBase | ImageSpec]:
     """Backbone from ``cfg.source`` plus what ``head`` asks for, and the model's input processor: its
     tokenizer (text) or its ``ImageSpec`` (images). Loaded on the CPU; built from the architecture
-    (``model.pretrained=false``) directly on ``model.device``.
-
+    (``model.pretrained=false``) on the CPU from ``seed``, then moved to ``device`` (where it will run,
+    whose memory is checked: this rank's under torchrun; None: ``model.device``).
     ``classifier``: a fresh pooled head with ``num_labels`` outputs; ``lm``: the pretrained LM head
-    (causal or encoder-decoder); ``image``: a fresh linear head on the pooled image features.
+    (causal or encoder-decoder); ``image``: a fresh linear head on the pooled image features;
     ``workload``: what a training step will process, for the memory estimate checked before building."""
     cfg = model_schema(cfg)
     if head not in MODEL_HEADS:
         raise ValueError(f"head={head!r}; allowed: {MODEL_HEADS}")
     dtype = resolve_dtype(cfg.dtype)
     check_modality(cfg, head)
-    pretrained = cfg.loads_weights
-    processor: PreTrainedTokenizerBase | ImageSpec | None
+    pretrained, processor = cfg.loads_weights, None
     if cfg.architecture == EFFICIENTNET:
-        backbone, processor = _build_efficientnet(cfg, dtype, pretrained), None
+        backbone = _build_efficientnet(cfg, dtype, pretrained)
     else:
-        backbone, processor = _build_transformer(cfg, dtype, head, pretrained, workload)
+        target = Target(device or resolve_device(cfg.device), workload, seed)
+        backbone, processor = _build_transformer(cfg, dtype, head, pretrained, target)
     model: torch.nn.Module
     if head == "classifier":
         model = SequenceClassifier(

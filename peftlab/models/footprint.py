@@ -153,10 +153,12 @@ def _tokens_per_row(config: Any, workload: Workload) -> int:
 
 
 def available_memory(device: torch.device) -> int:
-    """Bytes free for the run: free CUDA memory on a GPU; MemAvailable (/proc/meminfo) on the CPU."""
+    """Bytes free for the run: free CUDA memory on a GPU, with the blocks PyTorch's allocator has cached
+    but not handed out (an earlier run's, in a sequential sweep); MemAvailable (/proc/meminfo) on the CPU."""
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
-        return int(free)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free + cached)
     try:
         with open("/proc/meminfo") as handle:
             for line in handle:

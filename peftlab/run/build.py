@@ -51,7 +51,9 @@ def make_model(
     ``device`` (before attaching: adapters are created where their base layers are); and its input
     processor (tokenizer or ImageSpec)."""
     seed_everything(run.options.seed)
-    model, processor = build_model(run.model, task.num_labels, task.model_head, workload)
+    model, processor = build_model(
+        run.model, task.num_labels, task.model_head, workload, device or torch.device("cpu"), run.options.seed
+    )
     task.use_model(model)
     if device is not None:
         model.to(device)

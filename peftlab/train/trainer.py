@@ -32,7 +32,7 @@ from peftlab.train.hooks import refuse_step_hooks
 from peftlab.train.optim import build_optimizer, lr_factor, rebuild_optimizer, set_lr
 from peftlab.train.precision import Precision, base_dtype, keep_trained_fp32
 from peftlab.train.recompute import enable_activation_checkpointing
-from peftlab.train.rng import rng_state, set_rng_state
+from peftlab.train.rng import gathered_rng_state, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,7 @@ class Trainer:
         self.history = History()
         self.step_lr = 0.0  # the LR of the first param group in the last step (what metrics.jsonl logs)
         self.sharded = False  # FSDP has sharded the model (distributed.strategy=fsdp under torchrun)
+        self.wrapped = False  # DDP has wrapped the model (and synced it across ranks) once
         self.header: dict[str, Any] = {}  # what the run is (method, task, seed, ...), for results.json
         self._set_up_optimizer(None)
         self.trainable_start = self.trainable_count
@@ -114,7 +115,12 @@ class Trainer:
                 self.sharded = True
             return self.model
         device_ids = [self.device] if self.device.type == "cuda" else None
-        return DistributedDataParallel(self.model, device_ids=device_ids)
+        # buffers are equal on every rank (built from the seed, synced once at the first wrap) and no
+        # forward changes them: no broadcast per step (ELoRA's projections); a rebuild re-syncs nothing
+        first, self.wrapped = not self.wrapped, True
+        return DistributedDataParallel(
+            self.model, device_ids=device_ids, forward_sync_buffers=False, init_sync=first
+        )
 
     def apply_param_change(self) -> None:
         """A hook froze, unfroze or replaced parameters: rebuild the optimizer over what is trained now."""
@@ -212,19 +218,21 @@ class Trainer:
         return loss
 
     # -- checkpoints ------------------------------------------------------------------------------
-    def state_dict(self, progress: Progress) -> dict[str, Any]:
+    def state_dict(self, progress: Progress, rng: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """Everything the next step depends on: the trained tensors (the method's adapter state: all of
         the model for full fine-tuning), the method's own state (AFLoRA's scores and frozen set,
         Light-PEFT's phase, masks and pruning), the optimizer, the RNG states, the data order and loss
-        window (``progress``) and the history. The learning rate is a function of the step."""
+        window (``progress``) and the history. The learning rate is a function of the step.
+        ``rng``: every rank's RNG states (``gathered_rng_state``); by default this process's only.
+        Tensors are copied to the CPU: a copy on the GPU would double full fine-tuning's memory."""
         adapter = self.method.adapter_state_dict(self.model)
         return {
             "run_id": self.cfg.options.run_id,
             "step": self.state.step,
-            "adapter": {k: v.detach().clone() for k, v in adapter.items()},
+            "adapter": {k: v.detach().to("cpu", copy=True) for k, v in adapter.items()},
             "method": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "rng": rng_state(),
+            "rng": rng if rng is not None else [rng_state()],
             "loop": progress.to_checkpoint(),
             "history": dataclasses.asdict(self.history),
             "trainable_start": self.trainable_start,
@@ -321,8 +329,10 @@ class Trainer:
         if step % self.eval_every == 0 or last:
             self.evaluate()
         every = self.cfg.checkpoint.every_steps
-        if every and step % every == 0 and not last and distributed.is_main():
-            self.run_dir.write_checkpoint(step, self.state_dict(progress), self.cfg.checkpoint.keep)
+        if every and step % every == 0 and not last:
+            rng = gathered_rng_state()  # on every rank: each saves its own device's CUDA state
+            if distributed.is_main():
+                self.run_dir.write_checkpoint(step, self.state_dict(progress, rng), self.cfg.checkpoint.keep)
 
     def evaluate(self) -> dict[str, float]:
         """Score every evaluation split, record it in the history and metrics.jsonl
