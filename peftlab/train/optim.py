@@ -38,7 +38,7 @@ def loraplus_groups(groups: list[dict[str, Any]], ratio: float) -> list[dict[str
 
 def build_optimizer(groups: list[dict[str, Any]], sched: DictConfig) -> torch.optim.AdamW:
     torch_groups = []
-    if sched.get("loraplus_lr_ratio"):
+    if getattr(sched, "loraplus_lr_ratio", None):
         groups = loraplus_groups(groups, sched.loraplus_lr_ratio)
     for group in groups:
         default_lr = sched.head_lr if group.get("part") == "head" and sched.head_lr else sched.lr
