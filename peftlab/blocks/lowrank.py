@@ -3,12 +3,11 @@
     y = base(x) + scale * b ⊙ B (d ⊙ A dropout(x))
 
 LoRA uses no vectors (d = b = 1) and scale = alpha / r; ELoRA/AFLoRA use the vectors and scale 1.
-A and B are trainable parameters, or frozen projections (ELoRA's seeded pair). Initialisations:
-``lora`` (A kaiming-uniform with a=sqrt(5), B zero: peft's), ``kaiming`` (A and B kaiming-uniform with
-a=0: AFLoRA's, where b = 0 makes step 0 the base model) and ``pissa`` (A, B from the top-r singular
-vectors of W; the base keeps the residual W - scale·BA). A variant (``LowRankVariant``, in
-``lowrank_variant.py``, registered in ``LORA_VARIANTS``) changes how the update enters the output, the
-merge and the slicing.
+Initialisations: ``lora`` (A kaiming-uniform with a=sqrt(5), B zero: peft's, drawn as peft draws it),
+``fixed`` (nothing drawn: ELoRA's frozen pair replaces A, B), ``kaiming`` (A and B kaiming-uniform, a=0:
+AFLoRA's), ``pissa`` / ``olora`` (A, B from the top-r singular vectors / the QR of W; the base keeps the
+residual W - scale·BA). A variant (``LowRankVariant``, registered in ``LORA_VARIANTS``) changes how the
+update enters the output, the merge and the slicing.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ from peftlab.errors import ConfigError
 from peftlab.registry import LORA_VARIANTS
 
 Wrapped = TypeVar("Wrapped", bound=nn.Module)
-INITS = ("lora", "kaiming", "pissa")
+INITS = ("lora", "kaiming", "pissa", "olora", "fixed")
 
 
 class LowRankLinear(LowRankLayer):
@@ -58,8 +57,9 @@ class LowRankLinear(LowRankLayer):
         factory = {"device": weight.device, "dtype": weight.dtype}
         self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, **factory))
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, **factory))
-        self.vec_d = nn.Parameter(torch.ones(rank, **factory)) if vectors else None
+        # b before d: the parameter order of peft's VeRA layer (gradient clipping sums norms in order)
         self.vec_b = nn.Parameter(torch.ones(self.out_features, **factory)) if vectors else None
+        self.vec_d = nn.Parameter(torch.ones(rank, **factory)) if vectors else None
         # p=0 must not add a copy of the activations: use Identity, as peft does.
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fixed: FixedProjections | None = None
@@ -72,26 +72,35 @@ class LowRankLinear(LowRankLayer):
 
     def _initialise(self, init: str) -> None:
         if init == "lora":
-            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+            with torch.no_grad():
+                self.lora_A.copy_(peft_lora_a(self.rank, self.in_features, self.out_features))
+        elif init == "fixed":
+            pass  # ``use_fixed_projections`` follows: A and B are never drawn
         elif init == "kaiming":
             nn.init.kaiming_uniform_(self.lora_A)
             nn.init.kaiming_uniform_(self.lora_B)
-        else:
-            self._pissa()
+        else:  # pissa, olora: peft's nn.Linear pair draws its default init first (the same RNG state after)
+            peft_lora_a(self.rank, self.in_features, self.out_features, again=False)
+            self._from_weight(init)
 
     @torch.no_grad()
-    def _pissa(self) -> None:
-        """PiSSA (as peft's ``init_lora_weights="pissa"``): W = U S V^T; B = U_r sqrt(S_r / s),
-        A = sqrt(S_r / s) V_r^T, base weight = W - s·BA. The factors are kept to rebuild the residual."""
+    def _from_weight(self, init: str) -> None:
+        """PiSSA (peft's ``init_lora_weights="pissa"``): W = U S V^T; B = U_r sqrt(S_r / s),
+        A = sqrt(S_r / s) V_r^T. OLoRA (peft's ``olora``): W = QR; B = Q_r, A = R_r. Then the base weight
+        is W - s·BA (step 0 is the base model); the factors are kept to rebuild the residual."""
         if self.conv:
-            raise ConfigError("init=pissa adapts nn.Linear layers only; allowed for 1x1 convolutions: lora")
+            raise ConfigError(f"init={init} adapts nn.Linear layers only; allowed for 1x1 convolutions: lora")
         weight = self.base_layer.weight
-        u, s, vh = torch.linalg.svd(weight.float(), full_matrices=False)
-        root = torch.sqrt(s[: self.rank] / self.scale)
-        self.lora_A.copy_(root[:, None] * vh[: self.rank])
-        self.lora_B.copy_(u[:, : self.rank] * root[None, :])
-        self.init_A = self.lora_A.detach().clone()
-        self.init_B = self.lora_B.detach().clone()
+        if init == "olora":
+            q, r = torch.linalg.qr(weight.float())
+            self.lora_A.copy_(r[: self.rank])
+            self.lora_B.copy_(q[:, : self.rank])
+        else:
+            u, s, vh = torch.linalg.svd(weight.float(), full_matrices=False)
+            root = torch.sqrt(s[: self.rank] / self.scale)
+            self.lora_A.copy_(root[:, None] * vh[: self.rank])
+            self.lora_B.copy_(u[:, : self.rank] * root[None, :])
+        self.init_A, self.init_B = self.lora_A.detach().clone(), self.lora_B.detach().clone()
         weight.copy_(
             (weight.float() - self.scale * (self.lora_B.float() @ self.lora_A.float())).to(weight.dtype)
         )
@@ -111,14 +120,14 @@ class LowRankLinear(LowRankLayer):
             return y
         x = self.dropout(x)
         h = self._update(x)
-        out = (
-            self.variant.output(self, x, y, h)
-            if self.variant is not None
-            else torch.add(y, h, alpha=self.scale)
-        )
+        out = self.variant.output(self, x, y, h) if self.variant is not None else y + self.scaled(h)
         # the base output's dtype (as peft): fp32 vectors or magnitudes would promote a bf16 output to
         # fp32, which a bf16 LayerNorm after it does not take on the CPU
         return out.to(y.dtype)
+
+    def scaled(self, h: torch.Tensor) -> torch.Tensor:
+        """scale · h, as peft multiplies (a separate product, not fused into the add: the same bits)."""
+        return h if self.scale == 1.0 else h * self.scale
 
     def _update(self, x: torch.Tensor) -> torch.Tensor:
         """b ⊙ B(d ⊙ A x), unscaled."""
@@ -319,6 +328,17 @@ class LowRankLinear(LowRankLayer):
             f"rank={self.rank}, scale={self.scale:g}, vectors={vectors}, init={self.init}, "
             f"variant={variant}, merged={self.merged}"
         )
+
+
+def peft_lora_a(rank: int, in_features: int, out_features: int, again: bool = True) -> torch.Tensor:
+    """LoRA's initial A as peft draws it, on the CPU in fp32 from the global generator: its layer builds
+    ``nn.Linear(in, r)`` and ``nn.Linear(r, out)`` (each draws its default kaiming-uniform init), then
+    draws A again with a=sqrt(5). The same draws in the same order: the same A from the same seed, and
+    the same generator state for every dropout mask after it."""
+    a = torch.empty(rank, in_features)
+    nn.init.kaiming_uniform_(a, a=math.sqrt(5))  # nn.Linear(in, r)'s own init
+    nn.init.kaiming_uniform_(torch.empty(out_features, rank), a=math.sqrt(5))  # nn.Linear(r, out)'s
+    return nn.init.kaiming_uniform_(a, a=math.sqrt(5)) if again else a
 
 
 def check_rank(name: str, layer: nn.Linear | nn.Conv2d, rank: int, option: str = "lora rank") -> None:

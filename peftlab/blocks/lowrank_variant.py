@@ -22,7 +22,7 @@ class LowRankVariant(nn.Module):
     def output(self, layer: LowRankLinear, x: torch.Tensor, y: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """The layer's output from the (dropped-out) input ``x``, base output ``y`` and update ``h`` =
         b ⊙ B(d ⊙ A x), not yet scaled."""
-        return torch.add(y, h, alpha=layer.scale)
+        return y + layer.scaled(h)
 
     def merged_weight(self, layer: LowRankLinear, weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         """The base weight with the update folded in (fp32 in, fp32 out)."""

@@ -42,7 +42,32 @@ def default_param_groups(model: nn.Module, decayed: Collection[nn.Parameter] = (
     for _, param in trainable_named_parameters(model):
         key = ("head" if id(param) in head_ids else "body", param.ndim >= 2 or id(param) in decayed_ids)
         groups.setdefault(key, []).append(param)
-    return [{"params": ps, "part": part, "decay": decay} for (part, decay), ps in groups.items()]
+    roles = loraplus_roles(model)
+    return [
+        {"params": ps, "part": part, "decay": decay, "loraplus": roles}
+        for (part, decay), ps in groups.items()
+    ]
+
+
+def loraplus_roles(model: nn.Module) -> dict[int, tuple[bool, bool]]:
+    """id(param) -> (fast, decayed) as peft's ``create_loraplus_optimizer`` decides: the B factor of every
+    low-rank pair (``LowRankLayer.low_rank_pair``) and every 1-D tensor train at ratio x lr; a 1-D tensor
+    named ``bias`` or inside a LayerNorm is not decayed, every other tensor is. Our low-rank layers wrap
+    no embedding, so peft's embedding group has nothing here."""
+    from peftlab.blocks.protocol import LowRankLayer, adapter_layers
+
+    up = set()
+    for _, layer in adapter_layers(model):
+        if isinstance(layer, LowRankLayer):
+            try:
+                up.add(id(layer.low_rank_pair()[1]))
+            except ValueError:  # frozen fixed projections: no trained pair
+                continue
+    in_norm = {id(p) for m in model.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()}
+    return {
+        id(p): (id(p) in up or p.ndim == 1, p.ndim >= 2 or not ("bias" in name or id(p) in in_norm))
+        for name, p in trainable_named_parameters(model)
+    }
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -62,6 +62,8 @@ class ScheduleSchema:
     # the cosine's floor (SPSFT's vision runs: 1e-9; with scheduler_step=epoch the cosine spans the epochs,
     # as torch's CosineAnnealingLR(T_max=epochs))
     min_lr: float = 0.0
+    # LoRA+ (peft's create_loraplus_optimizer): low-rank B factors and 1-D tensors train at ratio x lr
+    loraplus_lr_ratio: Optional[float] = None  # noqa: UP045 - null: off
     # Per-task or per-method values (a paper's table) live in conf/experiment presets, not here: a group
     # file depends on no other group's values.
 
@@ -75,6 +77,7 @@ class ScheduleSchema:
             checks.number(f"schedule.adam_betas[{i}]", beta, at_least=0, below=1)
         checks.number("schedule.warmup_ratio", self.warmup_ratio, at_least=0, at_most=1)
         checks.number("schedule.max_grad_norm", self.max_grad_norm, above=0, optional=True)
+        checks.number("schedule.loraplus_lr_ratio", self.loraplus_lr_ratio, above=0, optional=True)
         checks.integer("schedule.epochs", self.epochs, minimum=0)  # 0: evaluate the untrained model
         for key in ("batch_size", "eval_batch_size", "log_every_steps"):
             checks.integer(f"schedule.{key}", getattr(self, key), minimum=1)

@@ -18,8 +18,28 @@ from omegaconf import DictConfig
 from peftlab.errors import ConfigError
 
 
+def loraplus_groups(groups: list[dict[str, Any]], ratio: float) -> list[dict[str, Any]]:
+    """LoRA+ (``schedule.loraplus_lr_ratio``): each group split by the roles ``default_param_groups``
+    recorded (``blocks.params.loraplus_roles``): fast tensors at ratio x lr, decay as peft decides."""
+    split = []
+    for group in groups:
+        roles = group.get("loraplus")
+        if roles is None:
+            split.append(group)
+            continue
+        parts: dict[tuple[bool, bool], list[Any]] = {}
+        for param in group["params"]:
+            parts.setdefault(roles[id(param)], []).append(param)
+        for (fast, decay), params in parts.items():
+            scale = group.get("lr_scale", 1.0) * (ratio if fast else 1.0)
+            split.append({**group, "params": params, "decay": decay, "lr_scale": scale})
+    return split
+
+
 def build_optimizer(groups: list[dict[str, Any]], sched: DictConfig) -> torch.optim.AdamW:
     torch_groups = []
+    if getattr(sched, "loraplus_lr_ratio", None):
+        groups = loraplus_groups(groups, sched.loraplus_lr_ratio)
     for group in groups:
         default_lr = sched.head_lr if group.get("part") == "head" and sched.head_lr else sched.lr
         lr = group.get("lr", default_lr * group.get("lr_scale", 1.0))
@@ -89,7 +109,10 @@ def _schedule(kind: str, total_steps: int, warmup_steps: int, floor: float) -> C
         name, extra = "cosine_with_min_lr", {"min_lr_rate": floor}
     probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     scheduler = get_scheduler(
-        name, probe, num_warmup_steps=warmup_steps, num_training_steps=total_steps,
+        name,
+        probe,
+        num_warmup_steps=warmup_steps,
+        num_training_steps=total_steps,
         scheduler_specific_kwargs=extra,
     )
     return scheduler.lr_lambdas[0]

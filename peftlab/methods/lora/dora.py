@@ -32,13 +32,14 @@ class Dora(LowRankVariant):
         self.merge_norm: torch.Tensor | None = None  # the norm the merge divided by (unmerge needs it)
 
     def output(self, layer: LowRankLinear, x: torch.Tensor, y: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        factor = self.magnitude / row_norm(layer.base_layer.weight, layer.delta_weight()).detach()
+        """peft's DoRA forward, op for op (the same bits): y + ((m/n - 1) W x + (m/n) h s)."""
+        factor = self.magnitude / forward_norm(layer).detach()
         base = layer.base_layer
         if isinstance(layer.dropout, nn.Identity) or not layer.training:
             wx = y if base.bias is None else y - base.bias  # W x without a second matmul
         else:
             wx = F.linear(x, base.weight)  # W applied to the dropped-out input, as peft does
-        return y + (factor - 1) * wx + factor * (layer.scale * h)
+        return y + ((factor - 1) * wx + factor * h * layer.scale)
 
     def merged_weight(self, layer: LowRankLinear, weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         self.merge_norm = (weight + delta).norm(dim=1)
@@ -69,3 +70,12 @@ class Dora(LowRankVariant):
 def row_norm(weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     """||W + ΔW|| of every output row, in the weight's dtype (``delta`` already holds the scale)."""
     return torch.linalg.norm(weight + delta.to(weight.dtype), dim=1)
+
+
+def forward_norm(layer: LowRankLinear) -> torch.Tensor:
+    """||W + s·BA|| of every row as peft's forward computes it: BA as (A^T B^T)^T (peft applies lora_B
+    to lora_A of an identity matrix, which is A^T exactly), so the same matmul and the same bits."""
+    a, b = (t.detach() for t in layer.low_rank_pair())
+    weight = layer.base_layer.weight
+    lora_weight = F.linear(a.t().contiguous(), b).t().to(weight.dtype)
+    return torch.linalg.norm(weight + layer.scale * lora_weight, dim=1).to(weight.dtype)

@@ -21,7 +21,11 @@ from peftlab.methods.base import Method, MethodConfig, peft_linear_layers, regis
 from peftlab.methods.lora.peft_form import lora_peft_form
 from peftlab.registry import LORA_VARIANTS
 
-LORA_INITS = ("lora", "pissa")
+LORA_INITS = ("lora", "pissa", "olora")
+REFUSED_INITS = {
+    "loftq": "without quantisation W - Q(W) = 0, so LoftQ's A = B = 0 (allowed: lora, pissa, olora)",
+    "eva": "EVA's data-driven SVD of the layer inputs is not implemented (allowed: lora, pissa, olora)",
+}
 
 
 @dataclass
@@ -32,7 +36,8 @@ class LoraConfig(MethodConfig):
     rslora: bool = False  # scale alpha / sqrt(r) instead of alpha / r
     # peft-style: a list of names/suffixes, or one regex string that must fullmatch the module name
     target_modules: list[str] | str = field(default_factory=lambda: ["query", "value"])
-    init: str = "lora"  # lora: A kaiming, B zero | pissa: principal singular vectors (residual base)
+    # lora: A kaiming, B zero | pissa: principal singular vectors | olora: QR of W (both: residual base)
+    init: str = "lora"
     variant: str | None = None  # null: plain LoRA | a variant in peftlab/methods/lora, e.g. dora
 
     def __post_init__(self) -> None:
@@ -40,6 +45,8 @@ class LoraConfig(MethodConfig):
             raise ConfigError(f"method.dropout={self.dropout} is not allowed; allowed: 0 <= dropout < 1")
         if self.rank < 1:
             raise ConfigError(f"method.rank={self.rank} is not allowed; allowed: an integer >= 1")
+        if self.init in REFUSED_INITS:
+            raise ConfigError(f"method.init={self.init} is refused: {REFUSED_INITS[self.init]}")
         if self.init not in LORA_INITS:
             raise ConfigError(f"method.init={self.init!r} is not allowed; allowed: {', '.join(LORA_INITS)}")
         if self.variant is not None:
