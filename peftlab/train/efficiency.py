@@ -8,7 +8,15 @@ import time
 from collections.abc import Callable
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
+from torch.utils.flop_counter import (
+    FlopCounterMode,
+    bmm_flop,
+    conv_flop_count,
+    sdpa_backward_flop_count,
+    sdpa_flop_count,
+)
+
+aten = torch.ops.aten
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -44,11 +52,41 @@ def _conv_backward_flops(
     return forward * (int(output_mask[0]) + int(output_mask[1]))
 
 
+def _sdpa_flops(query_shape, key_shape, value_shape, *_args, **_kwargs) -> int:
+    """Fused attention: the two products (scores, weighted values) that eager attention runs as bmm."""
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _sdpa_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *_args, **_kwargs) -> int:
+    """Fused attention's gradient: the four products eager attention's backward runs. torch's formula
+    adds the scores the kernel recomputes; left out, so the count is the same whichever kernel runs."""
+    b, heads, s_q, d_q = query_shape
+    s_k = key_shape[2]
+    recompute = bmm_flop((b * heads, s_q, d_q), (b * heads, d_q, s_k))
+    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape) - recompute
+
+
+SDPA_FORWARD = (
+    aten._scaled_dot_product_flash_attention_for_cpu,  # torch counts none on CPU
+    aten._scaled_dot_product_flash_attention,
+    aten._scaled_dot_product_efficient_attention,
+    aten._scaled_dot_product_cudnn_attention,
+)
+SDPA_BACKWARD = (
+    aten._scaled_dot_product_flash_attention_for_cpu_backward,
+    aten._scaled_dot_product_flash_attention_backward,
+    aten._scaled_dot_product_efficient_attention_backward,
+    aten._scaled_dot_product_cudnn_attention_backward,
+)
+
+
 def flop_counter() -> FlopCounterMode:
-    """torch's FLOP counter (matmul-like ops only), with the convolution backward counted per group."""
-    return FlopCounterMode(
-        display=False, custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flops}
-    )
+    """torch's FLOP counter (matmul-like ops only), with the convolution backward counted per group and
+    fused attention counted as eager attention is, on every device (CPU's kernel included)."""
+    mapping: dict = {aten.convolution_backward: _conv_backward_flops}
+    mapping.update(dict.fromkeys(SDPA_FORWARD, _sdpa_flops))
+    mapping.update(dict.fromkeys(SDPA_BACKWARD, _sdpa_backward_flops))
+    return FlopCounterMode(display=False, custom_mapping=mapping)
 
 
 def count_flops(fn: Callable[[], object]) -> int:
@@ -103,5 +141,3 @@ def measured_ceiling_gflops(dtype: torch.dtype) -> float:
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
