@@ -141,3 +141,52 @@ def measured_ceiling_gflops(dtype: torch.dtype) -> float:
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+class StepTimer:
+    """Step times without a host sync per step. On CUDA a pair of events (recorded on the device's
+    stream) brackets each step and their times are read at ``flush`` (one sync, at logging points and
+    the summary); on CPU the host clock, which the step's own work already waits for.
+
+    A step is timed from its batch in host memory to the optimizer step done: copy to the device,
+    forward, backward, method hooks, optimizer. The time spent waiting for the loader (reading and
+    collating the batch) is summed apart (``data_wait_s``), evaluation and checkpoints in neither."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.device = device
+        self.pending: list[tuple] = []  # (start, end) per step not yet read
+        self.data_wait_s = 0.0
+        self.steps = 0  # steps this process timed
+        self._ready: float | None = None  # when the loop last asked the loader for a batch
+
+    def ready(self) -> None:
+        """The loop is about to wait for its next batch."""
+        self._ready = time.perf_counter()
+
+    def _mark(self):
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record(torch.cuda.current_stream(self.device))
+        return event
+
+    def start(self) -> None:
+        if self._ready is not None:
+            self.data_wait_s += time.perf_counter() - self._ready
+            self._ready = None
+        self.steps += 1
+        self.pending.append((self._mark(), None))
+
+    def stop(self) -> None:
+        self.pending[-1] = (self.pending[-1][0], self._mark())
+
+    def flush(self) -> list[float]:
+        """Seconds of every step timed since the last flush (waits once for the last one on CUDA)."""
+        done, self.pending = self.pending, []
+        if not done:
+            return []
+        if not self.cuda:
+            return [end - start for start, end in done]
+        done[-1][1].synchronize()
+        return [start.elapsed_time(end) / 1000 for start, end in done]

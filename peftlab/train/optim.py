@@ -89,7 +89,10 @@ def _schedule(kind: str, total_steps: int, warmup_steps: int, floor: float) -> C
         name, extra = "cosine_with_min_lr", {"min_lr_rate": floor}
     probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     scheduler = get_scheduler(
-        name, probe, num_warmup_steps=warmup_steps, num_training_steps=total_steps,
+        name,
+        probe,
+        num_warmup_steps=warmup_steps,
+        num_training_steps=total_steps,
         scheduler_specific_kwargs=extra,
     )
     return scheduler.lr_lambdas[0]

@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import logging
 import math
-import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -79,6 +78,7 @@ class Trainer:
         self.warmup_steps = math.ceil(self.sched.warmup_ratio * scheduled)
         self.eval_every = self.sched.eval_every_steps or steps_per_epoch
         self.history = History()
+        self.timer = efficiency.StepTimer(device)  # step times, read at logging points (no sync per step)
         self.step_lr = 0.0  # the LR of the first param group in the last step (what metrics.jsonl logs)
         self.sharded = False  # FSDP has sharded the model (distributed.strategy=fsdp under torchrun)
         self.header: dict[str, Any] = {}  # what the run is (method, task, seed, ...), for results.json
@@ -218,6 +218,7 @@ class Trainer:
         Light-PEFT's phase, masks and pruning), the optimizer, the RNG states, the data order and loss
         window (``progress``) and the history. The learning rate is a function of the step."""
         adapter = self.method.adapter_state_dict(self.model)
+        self.flush_step_times()
         return {
             "run_id": self.cfg.options.run_id,
             "step": self.state.step,
@@ -257,6 +258,7 @@ class Trainer:
             disable=not self.cfg.options.progress_bar,
             dynamic_ncols=True,
         )
+        self.timer.ready()
         while state.step < state.total_steps:
             progress.start_epoch(generator, resuming=skip > 0)
             for batch in self.train_loader:
@@ -267,9 +269,11 @@ class Trainer:
                 progress.add(self._timed_step(batch))
                 bar.update(1)
                 self._after_step(progress, bar)
+                self.timer.ready()
                 if state.step >= state.total_steps:
                     break
         bar.close()
+        self.flush_step_times()
         self.method.on_train_end(state)
         if state.rebuild_requested:
             self.apply_param_change()
@@ -295,20 +299,30 @@ class Trainer:
     def _timed_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """One optimizer step on ``batch`` (this rank's share), timed and counted in the history."""
         history = self.history
-        start = time.perf_counter()
+        self.timer.start()
         total_targets = accumulate.count_targets(self.model, batch["labels"])  # of the global batch
         batch = distributed.shard(batch)
-        if "attention_mask" in batch:  # counted on the host copy: no device sync
-            history.tokens += int(batch["attention_mask"].sum()) * distributed.world_size()
+        tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0  # host copy: no sync
+        history.tokens += tokens * distributed.world_size()
         history.trainable_param_steps += self.trainable_count  # what this step trains
         history.adapter_param_steps += self.trainable_count - self.trainable_head_count
         loss = self.train_step(batch, total_targets)
-        efficiency.synchronize(self.device)
-        elapsed = time.perf_counter() - start
-        history.train_time_s += elapsed
-        history.step_times.append(elapsed)
-        history.samples += len(batch["labels"]) * distributed.world_size()
+        self.timer.stop()
+        samples = len(batch["labels"]) * distributed.world_size()
+        history.samples += samples
+        if self.timer.steps == 1:  # this process's first: CUDA init, FLOP count, compilation
+            history.warmup_steps.append(self.state.step)
+            history.warmup_samples += samples
+            history.warmup_tokens += tokens * distributed.world_size()
         return loss
+
+    def flush_step_times(self) -> None:
+        """Move the step times timed since the last call into the history (one device sync on CUDA)."""
+        times = self.timer.flush()
+        self.history.step_times += times
+        self.history.train_time_s += sum(times)
+        self.history.data_wait_s += self.timer.data_wait_s
+        self.timer.data_wait_s = 0.0
 
     def _after_step(self, progress: Progress, bar: tqdm) -> None:
         """Log the loss window, evaluate and checkpoint when their step comes."""
@@ -340,6 +354,7 @@ class Trainer:
                 f"train loss is {mean_loss} over steps {self.state.step - window + 1}..{self.state.step}; "
                 f"stopping ({self.precision.diverged_hint()})"
             )
+        self.flush_step_times()
         times = self.history.step_times[-window:]
         self.run_dir.log_metrics(
             {

@@ -1,0 +1,70 @@
+"""Step timing on CUDA waits for the device only at logging points (events per step, read then), and the
+throughput in results.json leaves out each process's first step (CUDA init, the FLOP count,
+compilation). CUDA's event API is replaced by a fake that counts the host waits."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from peftlab.run.experiment import build_trainer
+from peftlab.run.folder import RunDir
+from peftlab.train import efficiency
+
+STEP_MS = 5.0  # what every fake event pair says a step took
+
+
+class FakeEvent:
+    waits = 0  # host syncs on events
+
+    def __init__(self, enable_timing: bool = False) -> None:
+        assert enable_timing
+        self.recorded = False
+
+    def record(self, stream=None) -> None:
+        self.recorded = True
+
+    def synchronize(self) -> None:
+        FakeEvent.waits += 1
+
+    def elapsed_time(self, end: FakeEvent) -> float:
+        assert self.recorded and end.recorded
+        return STEP_MS
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    syncs = []
+    FakeEvent.waits = 0
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: syncs.append(a))
+    monkeypatch.setattr(efficiency, "synchronize", lambda device: syncs.append(device))
+    return syncs
+
+
+def test_cuda_steps_are_timed_by_events_read_once_per_log_line(tmp_path, fake_cuda):
+    cfg = tiny_config(tmp_path, "method=lora", "schedule.max_steps=6", "schedule.log_every_steps=3")
+    trainer = build_trainer(cfg, RunDir(tmp_path))
+    trainer.timer = efficiency.StepTimer(torch.device("cuda", 0))  # the model itself stays on the CPU
+    history = trainer.fit()
+    assert fake_cuda == []  # no device-wide synchronize, per step or otherwise
+    assert FakeEvent.waits <= 3  # the two log lines (steps 3 and 6) and the end of training, not 6
+    assert history.step_times == [STEP_MS / 1000] * 6
+    assert history.train_time_s == pytest.approx(6 * STEP_MS / 1000)
+
+
+def test_throughput_leaves_out_the_first_step(tmp_path):
+    cfg = tiny_config(tmp_path, "method=lora", "schedule.max_steps=4", "schedule.batch_size=8")
+    trainer = build_trainer(cfg, RunDir(tmp_path))
+    history = trainer.fit()
+    results = json.loads(json.dumps(trainer.summary(wall_time_s=1.0)))
+    assert results["throughput_excludes_steps"] == [1]
+    steady = sum(history.step_times[1:])
+    assert results["samples_per_s"] == pytest.approx((history.samples - 8) / steady)
+    assert results["tokens_per_s"] == pytest.approx((history.tokens - history.warmup_tokens) / steady)
+    assert 0 < history.warmup_tokens < history.tokens
+    assert "data_wait_s" in results and "collating" in results["step_time_covers"]
