@@ -68,3 +68,57 @@ def test_throughput_leaves_out_the_first_step(tmp_path):
     assert results["tokens_per_s"] == pytest.approx((history.tokens - history.warmup_tokens) / steady)
     assert 0 < history.warmup_tokens < history.tokens
     assert "data_wait_s" in results and "collating" in results["step_time_covers"]
+
+
+# -- generation's clock and the evaluation's memory -------------------------------------------------------
+class LoggedTensor(torch.Tensor):
+    """Generated ids whose reading to the host (the wait for the device) is logged."""
+
+    log: list[str] = []
+
+    def tolist(self):
+        LoggedTensor.log.append("read")
+        return super().tolist()
+
+
+def test_the_generation_clock_stops_after_the_tokens_are_on_the_host(monkeypatch):
+    import types
+
+    from test_generation import gsm8k_task, lm_and_tokenizer
+
+    from peftlab.tasks import generation
+
+    model, tokenizer = lm_and_tokenizer("tiny_llama")
+    task = gsm8k_task("task.max_new_tokens=3")
+    task.use_model(model)
+    examples = [generation.TextPair("what is two plus two", "four #### 4", "4")]
+    loader = task.build_loader(examples, tokenizer, 1, 0)
+    log = LoggedTensor.log = []
+    generate = model.generate
+    monkeypatch.setattr(model, "generate", lambda *a: generate(*a).as_subclass(LoggedTensor))
+    clock = types.SimpleNamespace(perf_counter=lambda: log.append("clock") or 0.0)
+    monkeypatch.setattr(generation, "time", clock)
+    task.evaluate(model, loader, torch.device("cpu"))
+    assert log[:3] == ["clock", "read", "clock"]
+
+
+def test_the_training_peak_leaves_out_the_evaluations(tmp_path, monkeypatch):
+    from test_gpu_readiness_bench_memory import LiveBytes
+
+    counter = LiveBytes()
+    monkeypatch.setattr(efficiency, "tracks_device_memory", lambda device: True)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a, **k: counter.peak)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", counter.reset_peak)
+    cfg = tiny_config(tmp_path, "method=lora", "schedule.max_steps=2", "schedule.eval_every_steps=1")
+    trainer = build_trainer(cfg, RunDir(tmp_path))
+    evaluate, big = trainer.task.evaluate, 64 * 2**20
+
+    def evaluate_with_a_big_cache(*args):
+        cache = torch.empty(big, dtype=torch.uint8)  # what generation's KV cache would hold  # noqa: F841
+        return evaluate(*args)
+
+    monkeypatch.setattr(trainer.task, "evaluate", evaluate_with_a_big_cache)
+    with counter:
+        trainer.fit()
+        results = trainer.summary(wall_time_s=1.0)
+    assert 0 < results["peak_memory_bytes"] < big <= results["eval_peak_memory_bytes"]

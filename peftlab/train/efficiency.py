@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch.utils.flop_counter import (
@@ -19,16 +20,43 @@ from torch.utils.flop_counter import (
 aten = torch.ops.aten
 
 
+def tracks_device_memory(device: torch.device) -> bool:
+    """CUDA's allocator keeps a peak that can be reset; a CPU process has only its peak RSS."""
+    return device.type == "cuda"
+
+
 def reset_peak_memory(device: torch.device) -> None:
-    if device.type == "cuda":
+    if tracks_device_memory(device):
         torch.cuda.reset_peak_memory_stats(device)
 
 
 def peak_memory(device: torch.device) -> tuple[int, str]:
     """(bytes, what was measured): CUDA max allocated on GPU, the process's peak RSS on CPU."""
-    if device.type == "cuda":
+    if tracks_device_memory(device):
         return torch.cuda.max_memory_allocated(device), "cuda_max_memory_allocated"
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process_peak_rss"
+
+
+@contextlib.contextmanager
+def evaluation_peak(device: torch.device, peaks: dict[str, int]) -> Iterator[None]:
+    """Within: an evaluation, whose peak (a bigger batch, generation's cache) goes to ``peaks["eval"]``
+    and not into the training peak (``peaks["train"]``: the peak up to here). CPU: nothing to separate."""
+    if not tracks_device_memory(device):
+        yield
+        return
+    peaks["train"] = max(peaks.get("train", 0), torch.cuda.max_memory_allocated(device))
+    torch.cuda.reset_peak_memory_stats(device)
+    try:
+        yield
+    finally:
+        peaks["eval"] = max(peaks.get("eval", 0), torch.cuda.max_memory_allocated(device))
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def train_peak_memory(device: torch.device, peaks: dict[str, int]) -> tuple[int, str]:
+    """The training peak of the run: before, between and after its evaluations."""
+    peak, kind = peak_memory(device)
+    return (max(peak, peaks.get("train", 0)), kind) if tracks_device_memory(device) else (peak, kind)
 
 
 def _conv_backward_flops(

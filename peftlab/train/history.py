@@ -27,6 +27,7 @@ class History:
     last_eval: dict[str, float] | None = None
     last_eval_step: int | None = None
     flops_per_step: int | None = None
+    peak_memory_bytes: dict[str, int] = field(default_factory=dict)  # CUDA: "train", "eval" peaks
 
 
 @dataclass

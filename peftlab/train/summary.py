@@ -30,7 +30,7 @@ def run_summary(trainer: Trainer, wall_time_s: float) -> dict[str, Any]:
     history, state = trainer.history, trainer.state
     # the first step carries warm-up (and the FLOP counter): left out of the median
     median_step = median(history.step_times[1:])
-    peak, peak_kind = efficiency.peak_memory(trainer.device)
+    peak, peak_kind = efficiency.train_peak_memory(trainer.device, history.peak_memory_bytes)
     achieved = history.flops_per_step / median_step / 1e9 if history.flops_per_step and median_step else None
     return {
         "final_eval": history.last_eval,
@@ -56,6 +56,7 @@ def run_summary(trainer: Trainer, wall_time_s: float) -> dict[str, Any]:
         "skipped_steps": trainer.precision.skipped_steps,
         "peak_memory_bytes": peak,
         "peak_memory_kind": peak_kind,
+        "eval_peak_memory_bytes": history.peak_memory_bytes.get("eval"),  # CUDA: apart from training's
         "flops_per_step": history.flops_per_step,
         "achieved_gflops": achieved,
         "method_report": method_report(trainer),
