@@ -122,3 +122,35 @@ def test_the_training_peak_leaves_out_the_evaluations(tmp_path, monkeypatch):
         trainer.fit()
         results = trainer.summary(wall_time_s=1.0)
     assert 0 < results["peak_memory_bytes"] < big <= results["eval_peak_memory_bytes"]
+
+
+# -- speed defaults: TF32, loader workers and pinned memory on CUDA, the attention kernel recorded -------
+def test_matmul_precision_is_set_on_cuda_only_and_recorded(tmp_path, monkeypatch):
+    from peftlab.train import precision
+
+    calls = []
+    monkeypatch.setattr(torch, "set_float32_matmul_precision", calls.append)
+    assert precision.set_matmul_precision("high", torch.device("cuda", 0)) == "highest"  # (mocked)
+    assert precision.set_matmul_precision("high", torch.device("cpu")) == "highest"
+    assert calls == ["high"]
+    trainer = build_trainer(tiny_config(tmp_path, "method=lora", "schedule.max_steps=1"), RunDir(tmp_path))
+    assert trainer.summary(wall_time_s=1.0)["matmul_precision"] == torch.get_float32_matmul_precision()
+
+
+def test_loaders_pin_memory_and_use_workers_on_cuda_only(tmp_path):
+    from peftlab.tasks.batching import device_loading
+
+    trainer = build_trainer(
+        tiny_config(tmp_path, "method=lora", "schedule.loader_workers=3"), RunDir(tmp_path)
+    )
+    loader = trainer.train_loader
+    assert (loader.num_workers, loader.pin_memory) == (0, False)  # CPU: in the main process
+    device_loading(loader, torch.device("cuda", 0), 3)
+    assert (loader.num_workers, loader.pin_memory) == (3, True)
+
+
+@pytest.mark.parametrize(("model", "kernel"), [("tiny_bert", "sdpa"), ("tiny_deberta", "eager")])
+def test_results_record_the_attention_kernel(tmp_path, model, kernel):
+    cfg = tiny_config(tmp_path, "method=lora", f"model={model}", "schedule.max_steps=1")
+    trainer = build_trainer(cfg, RunDir(tmp_path))
+    assert trainer.summary(wall_time_s=1.0)["attn_implementation"] == kernel

@@ -53,6 +53,8 @@ def run_summary(trainer: Trainer, wall_time_s: float) -> dict[str, Any]:
         "median_step_time_s": median_step,
         **throughput(history),
         "precision": trainer.precision.name,
+        "matmul_precision": trainer.precision.matmul,
+        "attn_implementation": attention_implementation(trainer.model),
         "skipped_steps": trainer.precision.skipped_steps,
         "peak_memory_bytes": peak,
         "peak_memory_kind": peak_kind,
@@ -85,6 +87,13 @@ def throughput(history: History) -> dict[str, Any]:
         "data_wait_s": history.data_wait_s,
         "step_time_covers": STEP_TIME_COVERS,
     }
+
+
+def attention_implementation(model: torch.nn.Module) -> str | None:
+    """The attention kernel transformers chose for the backbone (DeBERTa-v2/v3: eager, its only one;
+    SDPA elsewhere by default); None for models without attention."""
+    config = getattr(getattr(model, "backbone", None), "config", None)
+    return getattr(config, "_attn_implementation", None)
 
 
 def matmul_ceiling(trainer: Trainer, achieved: float | None) -> dict[str, float | None]:

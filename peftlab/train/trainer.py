@@ -24,6 +24,7 @@ from peftlab.blocks.params import trainable_named_parameters
 from peftlab.config import RunConfig
 from peftlab.errors import ConfigError, TrainingDiverged
 from peftlab.methods.base import Method, TrainState
+from peftlab.tasks import batching
 from peftlab.tasks.base import Task
 from peftlab.train import accumulate, efficiency, evaluation, summary
 from peftlab.train.history import History, Progress
@@ -66,7 +67,10 @@ class Trainer:
         self.model, self.method, self.task = model, method, task
         self.train_loader, self.eval_loaders = train_loader, eval_loaders
         self.device, self.run_dir = device, run_dir
-        self.precision = Precision(self.sched.precision, base_dtype(model), device)
+        sched = self.sched
+        self.precision = Precision(sched.precision, base_dtype(model), device, sched.matmul_precision)
+        for loader in [train_loader, *eval_loaders.values()]:
+            batching.device_loading(loader, device, self.sched.loader_workers)
         if self.sched.activation_checkpointing:
             enable_activation_checkpointing(model)
         steps_per_epoch = len(train_loader)
