@@ -11,6 +11,8 @@ import torch
 from conftest import tiny_config
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from peftlab.reporting.gpu_check import method_names
+from peftlab.reporting.syncs import count_method
 from peftlab.run.experiment import build_trainer
 from peftlab.run.folder import RunDir
 
@@ -54,3 +56,16 @@ def test_a_lora_step_adds_no_host_sync_to_the_models_own(tmp_path, overrides):
 def test_the_optimizer_is_fused_where_torch_has_the_kernel(tmp_path):
     trainer = build_trainer(tiny_config(tmp_path, "method=lora"), RunDir(tmp_path))
     assert trainer.optimizer.defaults["fused"] is True
+
+
+# every preset of conf/method: the loop and the method add no host sync to the model's own per step,
+# except Light-PEFT's pruning step (step 3 of these runs: it reads its importance scores once)
+EVENT_SYNCS = {"light_peft": 20, "light_peft_adapter": 10}
+
+
+@pytest.mark.parametrize("method", method_names())
+def test_every_method_adds_at_most_its_bound_of_host_syncs_per_step(tmp_path, method):
+    counted = count_method(method, tmp_path)
+    assert counted.added <= EVENT_SYNCS.get(method, 0), counted
+    steady = [s - m for s, m in zip(counted.step, counted.model, strict=True)]
+    assert sorted(steady)[:2] == [0, 0], counted  # at most one event step among steps 2-4

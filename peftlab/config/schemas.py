@@ -55,6 +55,10 @@ class ScheduleSchema:
     micro_batch_size: Optional[int] = None  # noqa: UP045
     activation_checkpointing: bool = False  # recompute each block's activations in the backward (less memory)
     compile: bool = False  # torch.compile the training forward (methods with per-step hooks are refused)
+    # fp32 matmuls on CUDA (torch.set_float32_matmul_precision): high = TF32 on Ampere and later (10-bit
+    # mantissa inputs, fp32 accumulation), highest = full fp32 (torch's default); not applied on CPU
+    matmul_precision: str = "highest"
+    loader_workers: int = 4  # CUDA only: processes reading and collating batches (pinned); CPU: none
     # step: the warmup/decay schedule advances every optimizer step | epoch: once per epoch, as SPSFT's code
     # steps its scheduler (the LR then stays near its peak: ~2e-5 throughout its GLUE runs)
     scheduler_step: str = "step"
@@ -89,6 +93,8 @@ class ScheduleSchema:
         checks.integer("schedule.micro_batch_size", self.micro_batch_size, minimum=1, optional=True)
         checks.boolean("schedule.activation_checkpointing", self.activation_checkpointing)
         checks.boolean("schedule.compile", self.compile)
+        checks.choice("schedule.matmul_precision", self.matmul_precision, ("highest", "high"))
+        checks.integer("schedule.loader_workers", self.loader_workers, minimum=0)
         checks.choice("schedule.scheduler_step", self.scheduler_step, ("step", "epoch"))
         checks.choice("schedule.lr_scheduler", self.lr_scheduler, ("linear", "cosine", "constant"))
         checks.number("schedule.min_lr", self.min_lr, at_least=0, below=self.lr)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
 
 MEGA_BATCHES = 50
 
@@ -53,3 +53,12 @@ def train_sampling(
     if group_by_length:
         return {"sampler": LengthGroupedSampler(lengths, batch_size, generator)}
     return {"shuffle": True, "generator": generator}
+
+
+def device_loading(loader: object, device: torch.device, workers: int) -> None:
+    """On CUDA: batches collated in ``workers`` processes into pinned host memory (the copy to the
+    device then overlaps the step: ``non_blocking``). On CPU: in the main process (workers would take
+    the step's cores). The data order is the sampler's, in the main process, either way."""
+    if isinstance(loader, DataLoader) and device.type == "cuda":
+        loader.num_workers = workers
+        loader.pin_memory = True

@@ -225,8 +225,9 @@ class GenerationTask(Task):
             token_count += n_tokens
             start = time.perf_counter()
             new = model.generate(batch["prompt_ids"], batch["prompt_mask"], self.config.max_new_tokens, eos)
+            rows = new.tolist()  # read to the host inside the clock: it waits for the device's decoding
             gen_time += time.perf_counter() - start
-            for row, index in zip(new.tolist(), batch["index"].tolist(), strict=True):
+            for row, index in zip(rows, batch["index"].tolist(), strict=True):
                 row = row[: row.index(eos) + 1] if eos in row else row
                 generated += len(row)
                 predictions[index] = tokenizer.decode(row, skip_special_tokens=True).strip()

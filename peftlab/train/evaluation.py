@@ -7,6 +7,7 @@ import math
 from typing import TYPE_CHECKING
 
 from peftlab.errors import TrainingDiverged
+from peftlab.train import efficiency
 
 if TYPE_CHECKING:
     from peftlab.train.trainer import Trainer
@@ -17,7 +18,8 @@ log = logging.getLogger("peftlab.train.trainer")
 def evaluate(trainer: Trainer) -> dict[str, float]:
     """The metrics of every evaluation split (``Task.metric_key`` names them). A non-finite eval loss
     stops the run; the best evaluation is not taken from a method's first run (an unpruned model)."""
-    metrics = score_splits(trainer)
+    with efficiency.evaluation_peak(trainer.device, trainer.history.peak_memory_bytes):
+        metrics = score_splits(trainer)
     step = trainer.state.step
     history = trainer.history
     history.last_eval, history.last_eval_step = metrics, step

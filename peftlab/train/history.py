@@ -18,11 +18,16 @@ class History:
     samples: int = 0
     tokens: int = 0  # non-padding tokens trained on (text tasks)
     train_time_s: float = 0.0  # sum of step times, evaluation excluded
+    data_wait_s: float = 0.0  # waiting for the loader (reading, collating), outside the step times
+    warmup_steps: list[int] = field(default_factory=list)  # each process's first step (init, FLOP count)
+    warmup_samples: int = 0  # of those steps: left out of the throughput
+    warmup_tokens: int = 0
     best_eval: dict[str, float] | None = None
     best_step: int | None = None
     last_eval: dict[str, float] | None = None
     last_eval_step: int | None = None
     flops_per_step: int | None = None
+    peak_memory_bytes: dict[str, int] = field(default_factory=dict)  # CUDA: "train", "eval" peaks
 
 
 @dataclass

@@ -53,12 +53,23 @@ def autocast_dtype(precision: str, model_dtype: torch.dtype) -> torch.dtype | No
     return None if wanted == torch.float32 else wanted
 
 
+def set_matmul_precision(matmul: str, device: torch.device) -> str:
+    """fp32 matmuls on CUDA at ``matmul`` (``schedule.matmul_precision``: high lets them run in TF32);
+    returns the precision in effect (CPU: untouched, torch's own)."""
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision(matmul)
+    return torch.get_float32_matmul_precision()
+
+
 class Precision:
     """Autocast, backward and optimizer step of one run's precision (see the module docstring)."""
 
-    def __init__(self, precision: str, model_dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(
+        self, precision: str, model_dtype: torch.dtype, device: torch.device, matmul: str = "highest"
+    ) -> None:
         self.dtype = autocast_dtype(precision, model_dtype)
         self.device = device
+        self.matmul = set_matmul_precision(matmul, device)
         fp16 = self.dtype == torch.float16
         self.scaler = torch.amp.GradScaler(device.type) if fp16 else None
         self.skipped_steps = 0

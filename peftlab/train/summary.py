@@ -9,6 +9,7 @@ import torch
 from peftlab.blocks.params import count_parameters
 from peftlab.blocks.timing import median
 from peftlab.train import efficiency
+from peftlab.train.history import History
 
 if TYPE_CHECKING:
     from peftlab.train.trainer import Trainer
@@ -25,11 +26,11 @@ def method_report(trainer: Trainer) -> dict[str, Any]:
 def run_summary(trainer: Trainer, wall_time_s: float) -> dict[str, Any]:
     """The run so far; ``metric_units`` says what each evaluation key is (a fraction, a percent, a loss),
     so a reader of results.json needs no task code."""
+    trainer.flush_step_times()
     history, state = trainer.history, trainer.state
     # the first step carries warm-up (and the FLOP counter): left out of the median
     median_step = median(history.step_times[1:])
-    train_time = history.train_time_s
-    peak, peak_kind = efficiency.peak_memory(trainer.device)
+    peak, peak_kind = efficiency.train_peak_memory(trainer.device, history.peak_memory_bytes)
     achieved = history.flops_per_step / median_step / 1e9 if history.flops_per_step and median_step else None
     return {
         "final_eval": history.last_eval,
@@ -50,17 +51,49 @@ def run_summary(trainer: Trainer, wall_time_s: float) -> dict[str, Any]:
         "train_time_s": history.train_time_s,
         "wall_time_s": wall_time_s,
         "median_step_time_s": median_step,
-        "samples_per_s": history.samples / train_time if train_time else None,
-        "tokens_per_s": history.tokens / train_time if history.tokens and train_time else None,
+        **throughput(history),
         "precision": trainer.precision.name,
+        "matmul_precision": trainer.precision.matmul,
+        "attn_implementation": attention_implementation(trainer.model),
         "skipped_steps": trainer.precision.skipped_steps,
         "peak_memory_bytes": peak,
         "peak_memory_kind": peak_kind,
+        "eval_peak_memory_bytes": history.peak_memory_bytes.get("eval"),  # CUDA: apart from training's
         "flops_per_step": history.flops_per_step,
         "achieved_gflops": achieved,
         "method_report": method_report(trainer),
         **matmul_ceiling(trainer, achieved),
     }
+
+
+STEP_TIME_COVERS = (
+    "batch in host memory to optimizer step done: copy to the device, forward, backward, method hooks, "
+    "optimizer (CUDA: device events, read at logging points); not the loader's reading and collating "
+    "(data_wait_s), evaluation or checkpoints"
+)
+
+
+def throughput(history: History) -> dict[str, Any]:
+    """Samples and tokens per second of the steady steps: each process's first step (CUDA init, the
+    FLOP count, compilation; ``throughput_excludes_steps``) left out; what a step time covers said."""
+    warm = sum(history.step_times[k - 1] for k in history.warmup_steps if k <= len(history.step_times))
+    seconds = history.train_time_s - warm
+    samples = history.samples - history.warmup_samples
+    tokens = history.tokens - history.warmup_tokens
+    return {
+        "samples_per_s": samples / seconds if seconds > 0 and samples else None,
+        "tokens_per_s": tokens / seconds if seconds > 0 and tokens else None,
+        "throughput_excludes_steps": list(history.warmup_steps),
+        "data_wait_s": history.data_wait_s,
+        "step_time_covers": STEP_TIME_COVERS,
+    }
+
+
+def attention_implementation(model: torch.nn.Module) -> str | None:
+    """The attention kernel transformers chose for the backbone (DeBERTa-v2/v3: eager, its only one;
+    SDPA elsewhere by default); None for models without attention."""
+    config = getattr(getattr(model, "backbone", None), "config", None)
+    return getattr(config, "_attn_implementation", None)
 
 
 def matmul_ceiling(trainer: Trainer, achieved: float | None) -> dict[str, float | None]:

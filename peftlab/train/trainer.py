@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import logging
 import math
-import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,6 +24,7 @@ from peftlab.blocks.params import trainable_named_parameters
 from peftlab.config import RunConfig
 from peftlab.errors import ConfigError, TrainingDiverged
 from peftlab.methods.base import Method, TrainState
+from peftlab.tasks import batching
 from peftlab.tasks.base import Task
 from peftlab.train import accumulate, efficiency, evaluation, summary
 from peftlab.train.history import History, Progress
@@ -67,7 +67,10 @@ class Trainer:
         self.model, self.method, self.task = model, method, task
         self.train_loader, self.eval_loaders = train_loader, eval_loaders
         self.device, self.run_dir = device, run_dir
-        self.precision = Precision(self.sched.precision, base_dtype(model), device)
+        sched = self.sched
+        self.precision = Precision(sched.precision, base_dtype(model), device, sched.matmul_precision)
+        for loader in [train_loader, *eval_loaders.values()]:
+            batching.device_loading(loader, device, self.sched.loader_workers)
         if self.sched.activation_checkpointing:
             enable_activation_checkpointing(model)
         steps_per_epoch = len(train_loader)
@@ -79,6 +82,7 @@ class Trainer:
         self.warmup_steps = math.ceil(self.sched.warmup_ratio * scheduled)
         self.eval_every = self.sched.eval_every_steps or steps_per_epoch
         self.history = History()
+        self.timer = efficiency.StepTimer(device)  # step times, read at logging points (no sync per step)
         self.step_lr = 0.0  # the LR of the first param group in the last step (what metrics.jsonl logs)
         self.sharded = False  # FSDP has sharded the model (distributed.strategy=fsdp under torchrun)
         self.wrapped = False  # DDP has wrapped the model (and synced it across ranks) once
@@ -226,6 +230,7 @@ class Trainer:
         ``rng``: every rank's RNG states (``gathered_rng_state``); by default this process's only.
         Tensors are copied to the CPU: a copy on the GPU would double full fine-tuning's memory."""
         adapter = self.method.adapter_state_dict(self.model)
+        self.flush_step_times()
         return {
             "run_id": self.cfg.options.run_id,
             "step": self.state.step,
@@ -265,6 +270,7 @@ class Trainer:
             disable=not self.cfg.options.progress_bar,
             dynamic_ncols=True,
         )
+        self.timer.ready()
         while state.step < state.total_steps:
             progress.start_epoch(generator, resuming=skip > 0)
             for batch in self.train_loader:
@@ -275,9 +281,11 @@ class Trainer:
                 progress.add(self._timed_step(batch))
                 bar.update(1)
                 self._after_step(progress, bar)
+                self.timer.ready()
                 if state.step >= state.total_steps:
                     break
         bar.close()
+        self.flush_step_times()
         self.method.on_train_end(state)
         if state.rebuild_requested:
             self.apply_param_change()
@@ -303,20 +311,30 @@ class Trainer:
     def _timed_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """One optimizer step on ``batch`` (this rank's share), timed and counted in the history."""
         history = self.history
-        start = time.perf_counter()
+        self.timer.start()
         total_targets = accumulate.count_targets(self.model, batch["labels"])  # of the global batch
         batch = distributed.shard(batch)
-        if "attention_mask" in batch:  # counted on the host copy: no device sync
-            history.tokens += int(batch["attention_mask"].sum()) * distributed.world_size()
+        tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0  # host copy: no sync
+        history.tokens += tokens * distributed.world_size()
         history.trainable_param_steps += self.trainable_count  # what this step trains
         history.adapter_param_steps += self.trainable_count - self.trainable_head_count
         loss = self.train_step(batch, total_targets)
-        efficiency.synchronize(self.device)
-        elapsed = time.perf_counter() - start
-        history.train_time_s += elapsed
-        history.step_times.append(elapsed)
-        history.samples += len(batch["labels"]) * distributed.world_size()
+        self.timer.stop()
+        samples = len(batch["labels"]) * distributed.world_size()
+        history.samples += samples
+        if self.timer.steps == 1:  # this process's first: CUDA init, FLOP count, compilation
+            history.warmup_steps.append(self.state.step)
+            history.warmup_samples += samples
+            history.warmup_tokens += tokens * distributed.world_size()
         return loss
+
+    def flush_step_times(self) -> None:
+        """Move the step times timed since the last call into the history (one device sync on CUDA)."""
+        times = self.timer.flush()
+        self.history.step_times += times
+        self.history.train_time_s += sum(times)
+        self.history.data_wait_s += self.timer.data_wait_s
+        self.timer.data_wait_s = 0.0
 
     def _after_step(self, progress: Progress, bar: tqdm) -> None:
         """Log the loss window, evaluate and checkpoint when their step comes."""
@@ -350,6 +368,7 @@ class Trainer:
                 f"train loss is {mean_loss} over steps {self.state.step - window + 1}..{self.state.step}; "
                 f"stopping ({self.precision.diverged_hint()})"
             )
+        self.flush_step_times()
         times = self.history.step_times[-window:]
         self.run_dir.log_metrics(
             {
