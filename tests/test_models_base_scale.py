@@ -221,7 +221,14 @@ def test_missing_part_packages_name_make_setup(monkeypatch):
     "overrides",
     [
         ["model=mpnet_base", "task=stsb", "schedule.max_seq_length=64"],
-        ["model=gemma3_270m", "task=alpaca", "task.max_eval_samples=2", "task.max_new_tokens=4"],
+        [
+            "model=gemma3_270m",
+            "task=alpaca",
+            "task.max_prompt_tokens=64",
+            "task.max_target_tokens=64",
+            "task.max_eval_samples=2",
+            "task.max_new_tokens=4",
+        ],
     ],
     ids=["mpnet_base", "gemma3_270m"],
 )
@@ -230,12 +237,12 @@ def test_real_weights_train_a_lora_step(tmp_path, overrides):
 
     cfg = tiny_config(
         tmp_path,
-        *overrides,
         "method=lora",
         "schedule.max_steps=1",
         "schedule.batch_size=4",
         "task.max_train_samples=8",
         "task.max_eval_samples=8",
+        *overrides,
     )
     result = run_experiment(cfg)
     assert torch.isfinite(torch.tensor(result["final_eval"]["loss"]))
