@@ -1,8 +1,9 @@
 """CLI: ``python -m peftlab method=lora task=rte`` (Hydra; ``--help`` lists the config groups).
 
 Exit status: 0 completed, 1 another error (a write failed: one line naming the file), 2 a bad input
-(one line: the key or file, the value, what is allowed), 3 the loss diverged, 130 Ctrl-C (with a resume
-hint; in a multirun the sweep summary is still written). In a multirun a failed job is recorded in its
+(one line: the key or file, the value, what is allowed), 3 the loss diverged, 130 Ctrl-C and 128 + N
+after stop signal N (143 SIGTERM, 138 SIGUSR1, 140 SIGUSR2; a resume hint; in a multirun the sweep
+summary is still written). In a multirun a failed job is recorded in its
 folder and the sweep goes on.
 """
 
@@ -77,15 +78,20 @@ def job_failed(cfg: DictConfig, err: Exception) -> None:
 
 
 def interrupted(err: KeyboardInterrupt) -> NoReturn:
-    """Ctrl-C: one line (with the resume command when checkpoints exist), not a traceback; in a multirun
-    the summary of the jobs so far; exit status 130 (128 + SIGINT), as a shell reports it."""
+    """Ctrl-C or a stop signal: one line (with the resume command when checkpoints exist), not a
+    traceback; the handler that was installed before training gets the signal (submitit's requeue,
+    which exits itself); in a multirun the summary of the jobs so far; exit status 130 for Ctrl-C
+    (128 + SIGINT), 128 + N for signal N (143: SIGTERM), as a shell reports it."""
     log.error("%s", str(err) or "interrupted by Ctrl-C")
+    handover = getattr(err, "handover", None)
+    if callable(handover):
+        handover()
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         sweep_dir = Path(HydraConfig.get().sweep.dir)
         rows = write_summary(sweep_dir)
         summary = sweep_dir / SWEEP_SUMMARY
         log.error("sweep interrupted; summary of its %d jobs so far: %s", len(rows), summary)
-    sys.exit(130)
+    sys.exit(getattr(err, "exit_code", 130))
 
 
 class CheckFirst(Callback):
