@@ -132,3 +132,53 @@ def test_sigterm_in_a_sweep_still_writes_the_summary(tmp_path):
     assert "sweep interrupted; summary of its 1 jobs so far" in output
     rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
     assert [r["status"] for r in rows] == ["interrupted"]
+
+
+def test_resubmission_resumes_only_a_folder_with_a_checkpoint(tmp_path):
+    from hydra_plugins.peftlab_requeue import resumed_overrides
+
+    (tmp_path / "checkpoints").mkdir()
+    assert resumed_overrides(["seed=1", "resume=false"], str(tmp_path)) == ["seed=1"]  # nothing to resume
+    (tmp_path / "checkpoints" / "step_0000005.pt").write_bytes(b"")
+    assert resumed_overrides(["seed=1"], str(tmp_path)) == ["seed=1", "resume=true"]
+    assert resumed_overrides(["seed=1", "resume=true"], str(tmp_path)) == ["seed=1", "resume=true"]
+
+
+@pytest.mark.slow  # a submitit job (its own process), preempted, requeued and resumed
+def test_preempted_submitit_job_requeues_and_resumes(tmp_path):
+    """SIGUSR2 (submitit's preemption signal) to the job's process: it stops after a step with a
+    checkpoint, submitit requeues it and the requeued job resumes its folder to the end."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "peftlab",
+            "-m",
+            "hydra/launcher=local_processes",
+            *COMMON,
+            "schedule.max_steps=400",
+            "schedule.eval_every_steps=400",
+            "seed=1",
+            f"hydra.sweep.dir={tmp_path}",
+        ],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    job = tmp_path / "0_lora_rte_seed1"
+    deadline = time.time() + 120
+    while not list(job.glob("checkpoints/step_*.pt")) and time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()[0][-2000:]
+        time.sleep(0.05)
+    owner = json.loads((job / ".peftlab.lock").read_text())["pid"]  # the job's own process
+    os.kill(owner, signal.SIGUSR2)
+    output = proc.communicate(timeout=180)[0]
+    assert proc.returncode == 0, output[-2000:]
+    log = (job / "peftlab.log").read_text()
+    assert "stopped by SIGUSR2 after step" in log and "resumed at step" in log
+    results = json.loads((job / "results.json").read_text())
+    assert results["status"] == "completed" and results["steps"] == 400
+    rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
+    assert [r["status"] for r in rows] == ["completed"]
