@@ -38,8 +38,26 @@ EXIT_CODES = (
 )
 
 
+def main() -> float | None:
+    """The command line (``sys.argv``), with ``resume=<dir>`` run in that folder (``resume_in_place``)."""
+    sys.argv = [sys.argv[0], *resume_in_place(sys.argv[1:])]
+    return run_command()
+
+
+def resume_in_place(args: list[str]) -> list[str]:
+    """``resume=<dir>`` (the command printed after a stop) works in the run's folder, so its log goes
+    to the run's ``peftlab.log``: ``hydra.run.dir=<dir>`` unless the command names another."""
+    paths = [a.split("=", 1)[1] for a in args if a.startswith("resume=")]
+    given = any(a.startswith(("hydra.run.dir=", "hydra.sweep.dir=")) for a in args)
+    if "-m" in args or "--multirun" in args or given or not paths:
+        return args
+    if paths[-1].lower() in ("true", "false"):
+        return args
+    return [*args, f"hydra.run.dir={paths[-1]}"]
+
+
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
-def main(cfg: DictConfig) -> float | None:
+def run_command(cfg: DictConfig) -> float | None:
     from peftlab.run.experiment import run_experiment
 
     if int(os.environ.get("RANK", "0")) > 0:  # under torchrun only rank 0 logs progress

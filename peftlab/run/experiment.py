@@ -25,6 +25,7 @@ from peftlab.run.checkpoint import read_checkpoint, usable_checkpoint
 from peftlab.run.finished import FinishedRun, load_finished_run
 from peftlab.run.folder import CONFIG, CURVES, RunDir
 from peftlab.run.loggers import build_logger
+from peftlab.run.overrides import refuse_ignored
 from peftlab.train.stop import StopRequested
 from peftlab.train.trainer import Trainer
 
@@ -175,6 +176,7 @@ def resume_run(run: RunConfig) -> dict[str, Any]:
     if not (folder / CONFIG).exists():
         raise ConfigError(f"resume: {folder} holds no {CONFIG}; expected the folder of a started run")
     saved = run_dir.read_config()
+    refuse_ignored("resume", run.raw, saved, folder)
     with open_dict(saved):
         saved.output_dir, saved.resume = str(folder), True
         saved.progress_bar, saved.data_root = run.options.progress_bar, run.options.data_root
@@ -318,6 +320,8 @@ def evaluate_saved(run: RunConfig, run_dir: RunDir) -> dict[str, Any]:
     cfg = run.raw
 
     def this_command_with_saved_groups(saved: DictConfig) -> DictConfig:
+        allowed = tuple(f"task.{k}" for k in EVAL_LIMITS)
+        refuse_ignored("eval_only", cfg, saved, source, SAVED_GROUPS, allowed)
         with open_dict(cfg):
             limits = {k: cfg.task.get(k) for k in EVAL_LIMITS}
             for key in SAVED_GROUPS:
