@@ -296,7 +296,7 @@ def _record_stop(trainer: Trainer, start: float, status: str, error: str, stage:
 def _interrupted(run_dir: RunDir, err: KeyboardInterrupt) -> RunInterrupted:
     """What the CLI reports of a stopped run: the resume command, the exit status (130 Ctrl-C, 128 + N
     for signal N) and, for a signal, the handler that was installed before training."""
-    what = str(err) or "interrupted by Ctrl-C"
+    what = str(err) if isinstance(err, StopRequested) else "interrupted"
     if run_dir.checkpoints():
         hint = f"{what}; resume with: python -m peftlab resume={run_dir.path}"
     else:
