@@ -71,6 +71,7 @@ def test_resume_dir_logs_into_the_run_folder(tmp_path, stopped_run):
     assert json.loads((run / "results.json").read_text())["status"] == "completed"
 
 
+@pytest.mark.slow  # a run stopped by SIGTERM, a resume of it and a second resume
 def test_second_concurrent_resume_is_refused_by_the_lock(tmp_path):
     run = tmp_path / "run"
     args = [*COMMON, "schedule.max_steps=100000", "schedule.eval_every_steps=100000"]
