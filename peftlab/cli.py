@@ -1,8 +1,9 @@
 """CLI: ``python -m peftlab method=lora task=rte`` (Hydra; ``--help`` lists the config groups).
 
 Exit status: 0 completed, 1 another error (a write failed: one line naming the file), 2 a bad input
-(one line: the key or file, the value, what is allowed), 3 the loss diverged, 130 Ctrl-C (with a resume
-hint; in a multirun the sweep summary is still written). In a multirun a failed job is recorded in its
+(one line: the key or file, the value, what is allowed), 3 the loss diverged, 130 Ctrl-C and 128 + N
+after stop signal N (143 SIGTERM, 138 SIGUSR1, 140 SIGUSR2; a resume hint; in a multirun the sweep
+summary is still written). In a multirun a failed job is recorded in its
 folder and the sweep goes on.
 """
 
@@ -37,8 +38,26 @@ EXIT_CODES = (
 )
 
 
+def main() -> float | None:
+    """The command line (``sys.argv``), with ``resume=<dir>`` run in that folder (``resume_in_place``)."""
+    sys.argv = [sys.argv[0], *resume_in_place(sys.argv[1:])]
+    return run_command()
+
+
+def resume_in_place(args: list[str]) -> list[str]:
+    """``resume=<dir>`` (the command printed after a stop) works in the run's folder, so its log goes
+    to the run's ``peftlab.log``: ``hydra.run.dir=<dir>`` unless the command names another."""
+    paths = [a.split("=", 1)[1] for a in args if a.startswith("resume=")]
+    given = any(a.startswith(("hydra.run.dir=", "hydra.sweep.dir=")) for a in args)
+    if "-m" in args or "--multirun" in args or given or not paths:
+        return args
+    if paths[-1].lower() in ("true", "false"):
+        return args
+    return [*args, f"hydra.run.dir={paths[-1]}"]
+
+
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
-def main(cfg: DictConfig) -> float | None:
+def run_command(cfg: DictConfig) -> float | None:
     from peftlab.run.experiment import run_experiment
 
     if int(os.environ.get("RANK", "0")) > 0:  # under torchrun only rank 0 logs progress
@@ -77,15 +96,20 @@ def job_failed(cfg: DictConfig, err: Exception) -> None:
 
 
 def interrupted(err: KeyboardInterrupt) -> NoReturn:
-    """Ctrl-C: one line (with the resume command when checkpoints exist), not a traceback; in a multirun
-    the summary of the jobs so far; exit status 130 (128 + SIGINT), as a shell reports it."""
+    """Ctrl-C or a stop signal: one line (with the resume command when checkpoints exist), not a
+    traceback; the handler that was installed before training gets the signal (submitit's requeue,
+    which exits itself); in a multirun the summary of the jobs so far; exit status 130 for Ctrl-C
+    (128 + SIGINT), 128 + N for signal N (143: SIGTERM), as a shell reports it."""
     log.error("%s", str(err) or "interrupted by Ctrl-C")
+    handover = getattr(err, "handover", None)
+    if callable(handover):
+        handover()
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         sweep_dir = Path(HydraConfig.get().sweep.dir)
         rows = write_summary(sweep_dir)
         summary = sweep_dir / SWEEP_SUMMARY
         log.error("sweep interrupted; summary of its %d jobs so far: %s", len(rows), summary)
-    sys.exit(130)
+    sys.exit(getattr(err, "exit_code", 130))
 
 
 class CheckFirst(Callback):

@@ -18,6 +18,13 @@ class StorageError(OSError):
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped a run after ``status: interrupted`` was written; the message says how to resume.
+    """Ctrl-C or a stop signal stopped a run after ``status: interrupted`` was written; the message
+    says how to resume. ``exit_code``: 130 for Ctrl-C, 128 + N for signal N; ``handover``: the signal
+    handler that was installed before training (e.g. submitit's requeue), to call once the stop is
+    recorded.
 
     A KeyboardInterrupt, so ``except Exception`` handlers let it through as they would Ctrl-C itself."""
+
+    def __init__(self, message: str, exit_code: int = 130, handover: object = None) -> None:
+        super().__init__(message)
+        self.exit_code, self.handover = exit_code, handover

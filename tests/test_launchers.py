@@ -13,8 +13,8 @@ from peftlab.config import conf_dir, register_schemas
 
 LAUNCHERS = {
     "local_parallel": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",
-    "local_processes": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher",
-    "slurm_gpu": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
+    "local_processes": "hydra_plugins.peftlab_requeue.LocalLauncher",
+    "slurm_gpu": "hydra_plugins.peftlab_requeue.SlurmLauncher",
 }
 
 

@@ -25,8 +25,10 @@ from peftlab.run.checkpoint import read_checkpoint, usable_checkpoint
 from peftlab.run.finished import FinishedRun, load_finished_run
 from peftlab.run.folder import CONFIG, CURVES, RunDir
 from peftlab.run.loggers import build_logger
+from peftlab.run.overrides import refuse_ignored
 from peftlab.run.provenance import provenance
 from peftlab.run.study import AUTO, plan_on_main_rank
+from peftlab.train.stop import StopRequested
 from peftlab.train.trainer import Trainer
 
 __all__ = ["build_trainer", "limit_random_weights_eval", "run_experiment", "seed_everything"]
@@ -182,6 +184,7 @@ def resume_run(run: RunConfig) -> dict[str, Any]:
     if not (folder / CONFIG).exists():
         raise ConfigError(f"resume: {folder} holds no {CONFIG}; expected the folder of a started run")
     saved = run_dir.read_config()
+    refuse_ignored("resume", run.raw, saved, folder)
     with open_dict(saved):
         saved.output_dir, saved.resume = str(folder), True
         saved.progress_bar, saved.data_root = run.options.progress_bar, run.options.data_root
@@ -210,19 +213,19 @@ def _train_logged(
 
 
 def _train(run: RunConfig, trainer: Trainer, resume_from: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Fit, evaluate, save the adapter, then write results.json last: a folder whose results.json is not
-    ``completed`` has no adapter that eval_only would use. A run that stops writes ``failed`` (an error)
-    or ``interrupted`` (Ctrl-C: RunInterrupted says how to resume) with what it measured so far."""
+    """Fit, save the adapter, evaluate, then write results.json last: a trained adapter is on disk
+    before the final evaluation starts. A run that stops writes ``failed`` (an error) or
+    ``interrupted`` (Ctrl-C or a stop signal: RunInterrupted says how to resume) with the ``stage`` it
+    stopped in and what it measured so far; eval_only redoes a failed final evaluation."""
     run_dir, task = trainer.run_dir, trainer.task
-    start = time.perf_counter()
+    start, stage = time.perf_counter(), "training"
     try:
-        trainer.fit(resume_from)
+        trainer.fit(resume_from, final_eval=False)
+        stage = "saving"
+        adapter = _save_trained(run, trainer)
+        stage = "evaluation"
         if trainer.history.last_eval_step != trainer.state.step:
             trainer.evaluate()
-        # sharded (FSDP) tensors are gathered by every rank together; rank 0 saves them whole
-        adapter = {}
-        if run.options.save_adapter:
-            adapter = distributed.full_tensors(trainer.method.adapter_state_dict(trainer.model))
         if not distributed.is_main():  # rank 0 reports and saves
             return {
                 **trainer.header,
@@ -232,15 +235,14 @@ def _train(run: RunConfig, trainer: Trainer, resume_from: dict[str, Any] | None 
                 "main_metric": task.main_metric,
             }
         results = {**trainer.header, "status": "completed", **trainer.summary(time.perf_counter() - start)}
-        if run.options.save_adapter:
-            meta = {"model": run.model.name, "task": run.task_name, "num_labels": task.num_labels}
-            results["adapter"] = str(save_adapter(run_dir.path, trainer.method, adapter, meta))
-    except KeyboardInterrupt:
-        _record_stop(trainer, start, "interrupted", "interrupted by Ctrl-C")
-        raise RunInterrupted(_resume_hint(run_dir)) from None
+        if adapter is not None:
+            results["adapter"] = str(adapter)
+    except KeyboardInterrupt as err:
+        _record_stop(trainer, start, "interrupted", str(err) or "interrupted by Ctrl-C", stage)
+        raise _interrupted(run_dir, err) from None
     except Exception as err:
         known = isinstance(err, ConfigError | TrainingDiverged | StorageError)
-        _record_stop(trainer, start, "failed", str(err) if known else f"{type(err).__name__}: {err}")
+        _record_stop(trainer, start, "failed", str(err) if known else f"{type(err).__name__}: {err}", stage)
         raise
     if run.options.curves:
         _write_curves(run_dir, trainer.method.name, task.main_metric)
@@ -258,6 +260,19 @@ def _train(run: RunConfig, trainer: Trainer, resume_from: dict[str, Any] | None 
     return results
 
 
+def _save_trained(run: RunConfig, trainer: Trainer) -> Path | None:
+    """adapter.safetensors + adapter.json of the trained model (``save_adapter``), before any final
+    evaluation; sharded (FSDP) tensors are gathered by every rank together, rank 0 saves them whole."""
+    if not run.options.save_adapter:
+        return None
+    adapter = distributed.full_tensors(trainer.method.adapter_state_dict(trainer.model))
+    if not distributed.is_main():
+        return None
+    task = trainer.task
+    meta = {"model": run.model.name, "task": run.task_name, "num_labels": task.num_labels}
+    return save_adapter(trainer.run_dir.path, trainer.method, adapter, meta)
+
+
 def _write_curves(run_dir: RunDir, method: str, metric: str) -> None:
     """curves.png: loss, metric and trainable parameters against the step. Best effort: a figure that
     cannot be drawn is logged, and the run's results still count."""
@@ -269,7 +284,7 @@ def _write_curves(run_dir: RunDir, method: str, metric: str) -> None:
         log.warning("no curves.png (%s: %s)", type(err).__name__, err)
 
 
-def _record_stop(trainer: Trainer, start: float, status: str, error: str) -> None:
+def _record_stop(trainer: Trainer, start: float, status: str, error: str, stage: str) -> None:
     """results.json of a run that stopped, with what it measured so far. Best effort: when this fails
     too (the disk is full), it is logged and the error that stopped the run is what the user sees."""
     if not distributed.is_main():
@@ -280,15 +295,25 @@ def _record_stop(trainer: Trainer, start: float, status: str, error: str) -> Non
         log.warning("no summary for results.json (%s: %s)", type(err).__name__, err)
         summary = {}
     try:
-        trainer.run_dir.write_results({**trainer.header, "status": status, "error": error, **summary})
+        stopped = {"status": status, "stage": stage, "error": error}
+        trainer.run_dir.write_results({**trainer.header, **stopped, **summary})
     except Exception as err:  # noqa: BLE001
         log.error("could not write status %r to %s: %s", status, trainer.run_dir.path, err)
 
 
-def _resume_hint(run_dir: RunDir) -> str:
+def _interrupted(run_dir: RunDir, err: KeyboardInterrupt) -> RunInterrupted:
+    """What the CLI reports of a stopped run: the resume command, the exit status (130 Ctrl-C, 128 + N
+    for signal N) and, for a signal, the handler that was installed before training."""
+    what = str(err) if isinstance(err, StopRequested) else "interrupted"
     if run_dir.checkpoints():
-        return f"interrupted; resume with: python -m peftlab resume={run_dir.path}"
-    return "interrupted; no checkpoint was written (checkpoint.every_steps), so a new run starts over"
+        hint = f"{what}; resume with: python -m peftlab resume={run_dir.path}"
+    else:
+        hint = f"{what}; no checkpoint was written (checkpoint.every_steps), so a new run starts over"
+    if not isinstance(err, StopRequested):
+        return RunInterrupted(hint)
+    previous = err.previous
+    handover = (lambda: previous(err.signum, None)) if previous else None
+    return RunInterrupted(hint, exit_code=err.exit_code, handover=handover)
 
 
 def evaluate_saved(run: RunConfig, run_dir: RunDir) -> dict[str, Any]:
@@ -303,6 +328,8 @@ def evaluate_saved(run: RunConfig, run_dir: RunDir) -> dict[str, Any]:
     cfg = run.raw
 
     def this_command_with_saved_groups(saved: DictConfig) -> DictConfig:
+        allowed = tuple(f"task.{k}" for k in EVAL_LIMITS)
+        refuse_ignored("eval_only", cfg, saved, source, SAVED_GROUPS, allowed)
         with open_dict(cfg):
             limits = {k: cfg.task.get(k) for k in EVAL_LIMITS}
             for key in SAVED_GROUPS:

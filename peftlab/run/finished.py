@@ -3,6 +3,7 @@ run built them (same seed), its saved adapter loaded. eval_only and export both 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,12 +42,22 @@ def completed_config(folder: Path, label: str) -> DictConfig:
     if not (folder / CONFIG).exists():
         raise ConfigError(f"{label}: no {CONFIG} there; expected a peftlab run folder")
     status = run_dir.finished_status()
+    if status == "failed" and _failed_stage(folder) == "evaluation":
+        status = "completed"  # trained and saved: the final evaluation failed (eval_only redoes it)
     if status != "completed":
         raise ConfigError(
             f"{label}: that run did not complete ({RESULTS} status: {status or 'none'}); only a completed "
             "run's adapter is used"
         )
     return run_dir.read_config()
+
+
+def _failed_stage(folder: Path) -> str | None:
+    """The stage a failed run stopped in (results.json ``stage``)."""
+    try:
+        return json.loads((folder / RESULTS).read_text()).get("stage")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def load_finished_run(

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import signal
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,6 +34,7 @@ from peftlab.train.optim import build_optimizer, lr_factor, rebuild_optimizer, s
 from peftlab.train.precision import Precision, base_dtype, keep_trained_fp32
 from peftlab.train.recompute import enable_activation_checkpointing
 from peftlab.train.rng import gathered_rng_state, rng_state, set_rng_state
+from peftlab.train.stop import StopSignals
 
 log = logging.getLogger(__name__)
 
@@ -256,12 +258,12 @@ class Trainer:
         return payload["loop"]
 
     # -- the loop ---------------------------------------------------------------------------------
-    def fit(self, resume_from: dict[str, Any] | None = None) -> History:
-        """Train to ``total_steps``; from a checkpoint's payload (``state_dict``) when one is given."""
+    def fit(self, resume_from: dict[str, Any] | None = None, final_eval: bool = True) -> History:
+        """Train to ``total_steps``; from a checkpoint's payload (``state_dict``) when one is given.
+        A stop signal (``train.stop``) ends it after a whole step with a checkpoint: StopRequested.
+        ``final_eval=False``: the caller evaluates the trained model (after saving it)."""
         state = self.state
         progress = self._begin(resume_from)
-        generator = getattr(getattr(self.train_loader, "sampler", None), "generator", None)
-        skip = progress.consumed  # batches of the current epoch already trained on (when resuming)
         self.model.train()
         bar = tqdm(
             total=state.total_steps,
@@ -271,6 +273,21 @@ class Trainer:
             dynamic_ncols=True,
         )
         self.timer.ready()
+        with StopSignals() as stop:
+            self._loop(progress, bar, stop)
+        bar.close()
+        self.flush_step_times()
+        self.method.on_train_end(state)
+        if state.rebuild_requested:
+            self.apply_param_change()
+        if final_eval and self.history.last_eval_step != state.step:
+            self.evaluate()
+        return self.history
+
+    def _loop(self, progress: Progress, bar: tqdm, stop: StopSignals) -> None:
+        state = self.state
+        generator = getattr(getattr(self.train_loader, "sampler", None), "generator", None)
+        skip = progress.consumed  # batches of the current epoch already trained on (when resuming)
         while state.step < state.total_steps:
             progress.start_epoch(generator, resuming=skip > 0)
             for batch in self.train_loader:
@@ -280,16 +297,37 @@ class Trainer:
                     continue
                 progress.add(self._timed_step(batch))
                 bar.update(1)
-                self._after_step(progress, bar)
+                stop.step = state.step
+                checkpoint = self._after_step(progress, bar)
                 self.timer.ready()
                 if state.step >= state.total_steps:
-                    break
-        bar.close()
-        self.flush_step_times()
-        self.method.on_train_end(state)
-        if state.rebuild_requested:
-            self.apply_param_change()
-        return self.history
+                    break  # the last step: the run goes on to save and evaluate
+                if self._stop_requested(stop):
+                    bar.close()
+                    raise stop.stop(state.step, self._stop_checkpoint(progress, checkpoint))
+
+    def _stop_requested(self, stop: StopSignals) -> bool:
+        """Whether a stop signal arrived. Under torchrun every rank must stop at the same step: they
+        agree at logging points, where they synchronize anyway."""
+        if not distributed.enabled():
+            return stop.signum is not None
+        if self.state.step % self.sched.log_every_steps:
+            return False
+        flag = torch.tensor(float(stop.signum is not None), device=self.device)
+        if not float(distributed.all_reduce_sum(flag)):
+            return False
+        stop.signum = stop.signum or signal.SIGTERM  # another rank received it
+        return True
+
+    def _stop_checkpoint(self, progress: Progress, written: Path | None) -> str:
+        """The checkpoint of the step a signal stopped after (written unless this step wrote one)."""
+        if written is None:
+            rng = gathered_rng_state()  # on every rank: each saves its own device's CUDA state
+            if distributed.is_main():
+                written = self.run_dir.write_checkpoint(
+                    self.state.step, self.state_dict(progress, rng), self.cfg.checkpoint.keep
+                )
+        return str(written) if written else f"step {self.state.step}"
 
     def _begin(self, resume_from: dict[str, Any] | None) -> Progress:
         """Where training starts: step 0, or the checkpoint's step with its data order and loss window."""
@@ -336,21 +374,27 @@ class Trainer:
         self.history.data_wait_s += self.timer.data_wait_s
         self.timer.data_wait_s = 0.0
 
-    def _after_step(self, progress: Progress, bar: tqdm) -> None:
-        """Log the loss window, evaluate and checkpoint when their step comes."""
+    def _after_step(self, progress: Progress, bar: tqdm) -> Path | None:
+        """Log the loss window, evaluate and checkpoint when their step comes; returns the checkpoint
+        written. The last step's evaluation is the run's final one, after the adapter is saved."""
         step, last = self.state.step, self.state.step == self.state.total_steps
         if step % self.sched.log_every_steps == 0 or last:
             bar.set_postfix(
                 loss=f"{self._log_train(progress.loss_sum / progress.window, progress.window):.4f}"
             )
             progress.reset_window()
-        if step % self.eval_every == 0 or last:
+        if step % self.eval_every == 0 and not last:
             self.evaluate()
         every = self.cfg.checkpoint.every_steps
         if every and step % every == 0 and not last:
             rng = gathered_rng_state()  # on every rank: each saves its own device's CUDA state
+            written = None
             if distributed.is_main():
-                self.run_dir.write_checkpoint(step, self.state_dict(progress, rng), self.cfg.checkpoint.keep)
+                written = self.run_dir.write_checkpoint(
+                    step, self.state_dict(progress, rng), self.cfg.checkpoint.keep
+                )
+            return written or Path(f"step {step}")  # every rank: this step has its checkpoint
+        return None
 
     def evaluate(self) -> dict[str, float]:
         """Score every evaluation split, record it in the history and metrics.jsonl
