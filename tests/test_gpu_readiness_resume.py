@@ -169,6 +169,7 @@ def test_a_checkpoint_copies_the_trained_tensors_to_the_cpu():
         cfg=SimpleNamespace(options=SimpleNamespace(run_id="run")),
         state=SimpleNamespace(step=3),
         optimizer=SimpleNamespace(state_dict=dict),
+        flush_step_times=lambda: None,
         history=History(),
         trainable_start=6,
     )
