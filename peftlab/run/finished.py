@@ -41,6 +41,8 @@ def completed_config(folder: Path, label: str) -> DictConfig:
     if not (folder / CONFIG).exists():
         raise ConfigError(f"{label}: no {CONFIG} there; expected a peftlab run folder")
     status = run_dir.finished_status()
+    if status == "unreadable":
+        raise ConfigError(f"{label}: {run_dir.results_error}; whether that run completed is unknown")
     if status != "completed":
         raise ConfigError(
             f"{label}: that run did not complete ({RESULTS} status: {status or 'none'}); only a completed "
