@@ -59,3 +59,22 @@ def test_one_step_with_a_full_warmup_trains_and_its_export_keeps_the_umask(tmp_p
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
     assert modes["adapter_model.safetensors"] == 0o640 == modes["head.safetensors"], modes
     assert file_mode() == 0o666 & ~old
+
+
+def test_a_huge_malformed_row_is_cut_in_the_error(tmp_path):
+    from peftlab.registry import TASKS
+    from peftlab.tasks.generation import read_jsonl
+
+    folder = tmp_path / "glue" / "RTE"
+    folder.mkdir(parents=True)
+    huge = "x" * 1_000_000
+    (folder / "train.tsv").write_text(f"index\tsentence1\tsentence2\tlabel\n0\ta\tb\t{huge}\n")
+    task = TASKS.get("rte")(tiny_config(tmp_path).task, str(tmp_path))
+    with pytest.raises(ConfigError, match=r"label 'x{199}\.\.\. \(1000002 chars\) is not one of") as err:
+        task.load_split("train")
+    assert len(str(err.value)) < 600  # the path, 200 chars of the value, the rest
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"prompt": ["y" * 1_000_000]}) + "\n")
+    message = r"rows.jsonl:1: prompt is \[\"y{198}\.\.\. \(1000004 chars\)"
+    with pytest.raises(ConfigError, match=message) as err:
+        read_jsonl(tmp_path / "rows.jsonl", ("prompt",))
+    assert len(str(err.value)) < 600  # the path, 200 chars of the value, the rest
