@@ -100,12 +100,15 @@ def test_overwrite_deletes_everything_the_old_run_wrote(tmp_path):
     run_experiment(tiny_config(tmp_path, "method=aflora", "schedule.max_steps=8", "checkpoint.every_steps=2"))
     assert {"freeze_trace.json", "freeze_heatmap.png"} <= {p.name for p in tmp_path.iterdir()}
     assert steps_of(tmp_path) == [4, 6]
-    for name in ("failure.json", "predictions_validation.jsonl", ".results.json.0badc0de.tmp", "notes.txt"):
+    for name in ("failure.json", "predictions_validation.jsonl"):  # as a sweep, a generation task write them
+        RunDir(tmp_path).write_file(name, b"{}")
+    for name in (".results.json.0badc0de.tmp", "notes.txt"):  # a save a kill cut short; the user's notes
         (tmp_path / name).write_text("{}")
     run_experiment(
         tiny_config(tmp_path, "overwrite=true", "seed=7", "schedule.max_steps=4", "checkpoint.every_steps=2")
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".peftlab-manifest.json",  # what the run wrote: what a later clear deletes
         ".peftlab.lock",
         "adapter.json",
         "adapter.safetensors",

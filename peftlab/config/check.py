@@ -84,7 +84,13 @@ def _method(cfg: DictConfig) -> Any:
     values = OmegaConf.to_container(cfg.method, resolve=True)
     assert isinstance(values, dict)
     name = values.pop("name")
-    return checked(METHODS.get(name).config_class, values, f"method {name}")
+    method = checked(METHODS.get(name).config_class, values, f"method {name}")
+    inner = getattr(method, "peft", None)  # a wrapped module (Light-PEFT's): checked now, not when built
+    if isinstance(inner, dict) and inner.get("name") in METHODS.names():
+        inner = dict(inner)
+        inner_name = inner.pop("name")
+        checked(METHODS.get(inner_name).config_class, inner, f"method {name} peft {inner_name}")
+    return method
 
 
 def _options(cfg: DictConfig) -> RunOptions:

@@ -25,6 +25,8 @@ HEAD_POOLERS = ("trainable", "frozen")
 # of a fresh pooler (a backbone without one): tanh as BERT's pooler, gelu as DeBERTa's ContextPooler
 POOLER_ACTIVATIONS = ("tanh", "gelu")
 STRATEGIES = ("ddp", "fsdp")
+# the largest seed every RNG peftlab seeds takes as it is (random, numpy, torch; numpy's is the narrowest)
+SEED_MAX = 2**32 - 1
 
 
 @dataclass
@@ -224,7 +226,10 @@ class RunOptions:
     run_id: Optional[str] = None  # noqa: UP045 - set when a run starts: its checkpoints carry it
 
     def __post_init__(self) -> None:
+        allowed = f"an integer 0 <= seed <= {SEED_MAX} (2**32 - 1, numpy's range)"
         checks.integer("seed", self.seed)
+        if not 0 <= self.seed <= SEED_MAX:
+            raise checks.refuse("seed", self.seed, allowed)
         for key in ("overwrite", "save_adapter", "eval_only", "progress_bar", "curves"):
             checks.boolean(key, getattr(self, key))
         checks.text("data_root", self.data_root, optional=True)

@@ -39,6 +39,7 @@ from peftlab.export.layout import base_location, transformers_root
 from peftlab.export.merged import PRUNING_KEY, load_merged, write_merged
 from peftlab.export.peft import peft_form, write_peft
 from peftlab.methods.base import Method
+from peftlab.run.lock import file_mode
 
 __all__ = [
     "FORMATS",
@@ -101,6 +102,9 @@ def export(run_dir: str | Path, to: str, out: str | Path | None = None, force: b
     try:
         notes = write_peft(run, form, tmp) if form is not None else write_merged(run, tmp)
         (tmp / "export.json").write_text(json.dumps(describe(run, to, notes), indent=2) + "\n")
+        for written in tmp.rglob("*"):  # safetensors creates its files 0600: give them the umask's mode
+            if written.is_file() and not written.is_symlink():
+                os.chmod(written, file_mode())
         if target.exists():
             check_target(run_dir, target, force)  # still a previous export, nothing else
             shutil.rmtree(target)

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from peftlab.reporting.markdown import table
 from peftlab.reporting.results import FAILURE, RESULTS, Run, find_runs, load_json
-from peftlab.run.folder import write_bytes_atomic, write_json_atomic, write_text_atomic
+from peftlab.run.folder import record, write_bytes_atomic, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ def record_failure(job_dir: Path, cfg: DictConfig, err: BaseException) -> bool:
     if (load_json(job_dir / RESULTS) or {}).get("status") == "completed":
         return False
     job_dir.mkdir(parents=True, exist_ok=True)
+    record(job_dir, FAILURE)
     write_json_atomic(
         job_dir / FAILURE,
         {

@@ -15,7 +15,7 @@ from peftlab.errors import ConfigError, StorageError
 from peftlab.methods.base import Method
 from peftlab.run.folder import ADAPTER_META as META
 from peftlab.run.folder import ADAPTER_WEIGHTS as WEIGHTS
-from peftlab.run.folder import atomic_write, write_text_atomic
+from peftlab.run.folder import atomic_write, record, write_text_atomic
 
 
 def save_adapter(
@@ -26,6 +26,7 @@ def save_adapter(
     if isinstance(model_or_tensors, nn.Module):
         model_or_tensors = method.adapter_state_dict(model_or_tensors)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model_or_tensors.items()}
+    record(out_dir, WEIGHTS, META)  # the run's own files: a later clear of the folder deletes them
     with atomic_write(out_dir / WEIGHTS) as tmp:
         try:
             save_file(tensors, str(tmp))

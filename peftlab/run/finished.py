@@ -42,6 +42,8 @@ def completed_config(folder: Path, label: str) -> DictConfig:
     if not (folder / CONFIG).exists():
         raise ConfigError(f"{label}: no {CONFIG} there; expected a peftlab run folder")
     status = run_dir.finished_status()
+    if status == "unreadable":
+        raise ConfigError(f"{label}: {run_dir.results_error}; whether that run completed is unknown")
     if status == "failed" and _failed_stage(folder) == "evaluation":
         status = "completed"  # trained and saved: the final evaluation failed (eval_only redoes it)
     if status != "completed":

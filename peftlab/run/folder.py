@@ -3,9 +3,11 @@
 - **One owner.** A run holds an exclusive ``flock`` on ``.peftlab.lock`` (which names its pid, host and
   start time) for as long as it works in the folder; a second run is refused with the owner's details.
   The OS drops the lock when the process dies, so a killed owner never blocks the folder.
-- **Nothing stale.** Before a new run writes, everything an earlier run wrote is deleted: the files
-  named in ``RUN_FILES``, ``RUN_PATTERNS`` and ``RUN_FOLDERS`` and every method's ``output_files``.
-  Other files in the folder are left alone.
+- **Nothing stale, nothing foreign deleted.** Every name a run creates in the folder is first recorded
+  in its manifest (run/manifest.py); before a new run writes, what earlier runs recorded is deleted, and
+  nothing else. A name a run would write over (``RUN_FILES``, ``checkpoints/``, ``.hydra/``, predictions,
+  a method's ``output_files``) that no run recorded is refused, naming it. A folder of an earlier peftlab
+  without a manifest (``manifest.is_legacy_run``) is adopted: its run names (``run_outputs``) count.
 - **Whole files.** ``atomic_write``: a temp file beside the target, fsync'd, given the mode the umask
   gives new files, renamed over the target, then the folder fsync'd. A kill leaves the old file or the
   new one, plus at most a temp file (``.<name>.<hex>.tmp``), which the next run or resume deletes.
@@ -13,15 +15,12 @@
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import logging
 import math
 import os
-import re
-import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -31,38 +30,31 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from peftlab.errors import ConfigError, StorageError
-from peftlab.figures import CURVES as CURVES_PNG
-from peftlab.run.lock import LOCK, FolderLock, file_mode
+from peftlab.run import manifest
+from peftlab.run.lock import FolderLock, file_mode
 from peftlab.run.loggers import MetricsLogger, NullLogger
+from peftlab.run.names import ADAPTER_META as ADAPTER_META
+from peftlab.run.names import ADAPTER_WEIGHTS as ADAPTER_WEIGHTS
+from peftlab.run.names import (
+    CHECKPOINT_PATTERN,
+    CHECKPOINTS,
+    CONFIG,
+    EVAL_RESULTS,
+    HYDRA_FOLDER,
+    KEPT,
+    MERGEABLE,
+    METRICS,
+    OVERRIDES,
+    PREDICTIONS,
+    RESULTS,
+    RUN_PATTERNS,
+    run_outputs,
+)
+from peftlab.run.names import CURVES as CURVES
+from peftlab.run.names import SWEEP_SUMMARY as SWEEP_SUMMARY
 
 log = logging.getLogger(__name__)
 
-# Every file a run writes into its folder, by name (methods name theirs in Method.output_files).
-CONFIG = "config.yaml"  # the composed config, resolved: resume, eval_only and export read it back
-OVERRIDES = "overrides.yaml"  # the command line's overrides (a Hydra run)
-RESULTS = "results.json"  # status, evaluations (with metric_units), sizes, speed, memory
-EVAL_RESULTS = "eval_results.json"  # eval_only's results
-METRICS = "metrics.jsonl"  # one row per logging step and per evaluation
-ADAPTER_WEIGHTS = "adapter.safetensors"  # the trained tensors (run/artifacts.py)
-ADAPTER_META = "adapter.json"  # how to rebuild the model they belong to
-FAILURE = "failure.json"  # a failed job of a sweep (reporting/sweep.py)
-CURVES = CURVES_PNG  # loss, metric and trainable parameters against the step
-PREDICTIONS = "predictions_{split}.jsonl"  # generation tasks: what the model wrote
-SWEEP_SUMMARY = "summary.md"  # of a sweep folder, beside summary.csv (reporting/sweep.py)
-CHECKPOINTS = "checkpoints"
-CHECKPOINT_PATTERN = re.compile(r"step_(\d+)\.pt$")  # checkpoints/step_<N>.pt
-# Hydra's own record of the job (config.yaml unresolved, hydra.yaml, overrides.yaml). peftlab writes it
-# once the folder is this run's (Hydra's output_subdir would write it before the folder is checked, over
-# the files of a live or finished run that then refuses the new one).
-HYDRA_FOLDER = ".hydra"
-# What a clear of the folder deletes.
-RUN_FILES = (
-    *(CONFIG, OVERRIDES, METRICS, RESULTS, EVAL_RESULTS),
-    *(ADAPTER_WEIGHTS, ADAPTER_META, FAILURE, CURVES),
-)
-RUN_PATTERNS = (PREDICTIONS.format(split="*"), ".*.tmp")
-RUN_FOLDERS = (CHECKPOINTS, "wandb", "export", HYDRA_FOLDER)  # export: python -m peftlab.export
-KEPT = (LOCK,)  # the owner's lock (run/lock.py): a clear never deletes it
 
 
 # -- whole files --------------------------------------------------------------------------------------
@@ -157,23 +149,47 @@ class RunDir:
         self.logger: MetricsLogger = logger or NullLogger()
         self.writes = writes  # False on data-parallel ranks other than 0: they read, never write
         self._lock = FolderLock(self.path)
+        self._recorded: set[str] = set()  # names this RunDir has put in the manifest
+        self.results_error = ""  # why results.json cannot be read (finished_status "unreadable")
 
     def lock(self) -> None:
-        """Own the folder until ``unlock`` (or this process's end); FolderBusy if a live run owns it."""
-        if self.writes:
+        """Own the folder until ``unlock`` (or this process's end); FolderBusy if a live run owns it,
+        ConfigError naming the folder when it cannot be created (a file in its path, no permission)."""
+        if not self.writes:
+            return
+        try:
             self._lock.acquire()
+        except OSError as err:
+            raise ConfigError(
+                f"output dir {self.path} cannot be created or written ({err.strerror or err}: "
+                f"{err.filename or self.path}); choose another hydra.run.dir"
+            ) from None
+
+    def _record(self, *names: str) -> None:
+        """Put ``names`` in the folder's manifest before they are written (run/manifest.py)."""
+        new = set(names) - self._recorded
+        if self.writes and new:
+            record(self.path, *new)
+            self._recorded |= new
 
     def unlock(self) -> None:
         self._lock.release()
 
     def finished_status(self) -> str | None:
+        """results.json's status; None when there is none; "unreadable" when it cannot be read, which
+        never means "not finished" (``results_error`` says why)."""
         results = self.path / RESULTS
         if not results.exists():
             return None
         try:
-            return json.loads(results.read_text()).get("status", "unknown")
-        except json.JSONDecodeError:
+            data = json.loads(results.read_text())
+        except (OSError, ValueError) as err:
+            self.results_error = f"{results} cannot be read ({err})"
             return "unreadable"
+        if not isinstance(data, dict):
+            self.results_error = f"{results} is not a JSON object"
+            return "unreadable"
+        return data.get("status", "unknown")
 
     def checkpoints(self) -> list[Path]:
         return checkpoint_paths(self.path)
@@ -184,6 +200,7 @@ class RunDir:
         if not self.writes:
             return None
         folder = self.path / CHECKPOINTS
+        self._record(CHECKPOINTS)
         folder.mkdir(exist_ok=True)
         path = folder / f"step_{step:07d}.pt"
         with atomic_write(path) as tmp, tmp.open("wb") as handle:
@@ -206,18 +223,30 @@ class RunDir:
         """Lock the folder of a stopped run to resume it (refused when that run completed), and delete
         the temp files of saves a kill interrupted."""
         self.lock()
-        if self.finished_status() == "completed":
+        status = self.finished_status()
+        if status == "unreadable":
+            raise ConfigError(f"resume: {self.results_error}; it may be a finished run's: move it to resume")
+        if status == "completed":
             raise ConfigError(
                 f"resume: {self.path} already holds a finished run ({RESULTS}); nothing to resume"
             )
         if self.writes:
+            self._record(*self.entries())  # a folder of an earlier peftlab gets its manifest
             self.remove_temp_files()
 
     def claim(self, overwrite: bool) -> None:
-        """Make the (locked) folder this new run's. A finished run, or an unfinished one that can be
-        resumed (it has checkpoints), is refused unless ``overwrite=true``; then everything an earlier
-        run wrote is deleted."""
+        """Make the (locked) folder this new run's. A finished run, one whose results.json cannot be read,
+        or an unfinished one that can be resumed (it has checkpoints), is refused unless
+        ``overwrite=true``; then what earlier runs recorded is deleted. Names a run would write over that
+        no run recorded are refused, overwrite or not."""
+        if self.path.is_dir():
+            self.entries()  # refuses names a run would write over that no run recorded
         status = self.finished_status()
+        if status == "unreadable" and not overwrite:
+            raise ConfigError(
+                f"output dir {self.path}: {self.results_error}; it may hold a finished run, so it is not "
+                "cleared: repair or move it, choose another hydra.run.dir, or pass overwrite=true"
+            )
         if status == "completed" and not overwrite:
             raise ConfigError(
                 f"output dir {self.path} already holds a finished run ({RESULTS}); choose another "
@@ -233,16 +262,26 @@ class RunDir:
             self.path.mkdir(parents=True, exist_ok=True)
             self.clear_previous()
 
+    def entries(self) -> set[str]:
+        """What earlier runs recorded here (``manifest.recorded_entries``); ConfigError naming the names
+        a run would write over that no run recorded: they are never deleted or replaced."""
+        legacy = run_outputs() if manifest.is_legacy_run(self.path, RESULTS, CONFIG) else None
+        return manifest.recorded_entries(self.path, legacy, run_outputs(RUN_PATTERNS[:1], MERGEABLE))
+
     def clear_previous(self) -> list[str]:
-        """Delete what an earlier run wrote here (and its lines of the log); returns the names."""
-        removed = []
-        written_by_a_run = _run_outputs()
-        for entry in sorted(self.path.iterdir()):
-            if written_by_a_run(entry.name):
-                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-                removed.append(entry.name)
+        """Delete what earlier runs recorded here, and their lines of this process's log (when the log is
+        theirs); returns the names. Nothing else in the folder is touched."""
+        entries, logs = self.entries(), manifest.own_logs(self.path)
+        names = {p.name for p in self.path.iterdir()}
+        only_ours = not names - entries - logs - set(KEPT)
+        removed = manifest.delete_entries(self.path, entries - logs)
+        (self.path / manifest.MANIFEST).unlink(missing_ok=True)
+        self._recorded = set()
+        if logs & entries:
+            manifest.truncate_logs(self.path)
+        if logs and (only_ours or logs & entries):  # the log is this run's: a later clear may empty it
+            self._record(*logs)
         if removed:
-            self._truncate_own_log()
             log.warning("output dir %s: deleted what an earlier run wrote: %s", self.path, ", ".join(removed))
         return removed
 
@@ -253,32 +292,26 @@ class RunDir:
                 tmp.unlink(missing_ok=True)
                 log.info("removed %s, left by an interrupted save", tmp)
 
-    def _truncate_own_log(self) -> None:
-        """Empty this process's log file in the folder (Hydra's ``peftlab.log``, opened for appending),
-        which still holds the earlier run's lines."""
-        for handler in logging.getLogger().handlers:
-            name = getattr(handler, "baseFilename", None)
-            if name and Path(name).parent.resolve() == self.path.resolve():
-                handler.flush()
-                os.truncate(name, 0)
-
     def save_config(self, cfg: DictConfig) -> None:
         """The resolved config, and when run through Hydra the command-line overrides and Hydra's
         ``.hydra/`` folder (as its ``output_subdir`` writes it)."""
         if not self.writes:
             return
         overrides = None
+        self._record(CONFIG)
         if HydraConfig.initialized():
             hydra = HydraConfig.get()
             overrides = OmegaConf.to_yaml(OmegaConf.create(list(hydra.overrides.task)))
             self.save_hydra_folder(cfg, hydra, overrides)
         write_text_atomic(self.path / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
         if overrides is not None:
+            self._record(OVERRIDES)
             write_text_atomic(self.path / OVERRIDES, overrides)
 
     def save_hydra_folder(self, cfg: DictConfig, hydra: DictConfig, overrides: str) -> None:
         """``.hydra/config.yaml`` (the composed config, unresolved), ``hydra.yaml``, ``overrides.yaml``."""
         folder = self.path / HYDRA_FOLDER
+        self._record(HYDRA_FOLDER)
         folder.mkdir(exist_ok=True)
         write_text_atomic(folder / CONFIG, OmegaConf.to_yaml(cfg))
         write_text_atomic(folder / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra})))
@@ -287,6 +320,7 @@ class RunDir:
     def log_metrics(self, row: dict[str, Any]) -> None:
         if not self.writes:
             return
+        self._record(METRICS)
         with (self.path / METRICS).open("a") as handle:
             handle.write(json.dumps(_jsonable(row)) + "\n")
         self.logger.log(row)
@@ -313,12 +347,14 @@ class RunDir:
     def write_file(self, name: str, content: bytes) -> None:
         """A file a method reported (``Method.output_files``), written atomically."""
         if self.writes:
+            self._record(name)
             write_bytes_atomic(self.path / name, content)
 
     def write_jsonl(self, name: str, rows: list[dict[str, Any]]) -> None:
         """Replace ``name`` with ``rows``, one JSON object a line (written atomically)."""
         if not self.writes:
             return
+        self._record(name)
         write_text_atomic(self.path / name, "".join(json.dumps(_jsonable(row)) + "\n" for row in rows))
 
     def write_predictions(self, split: str, rows: list[dict[str, Any]]) -> None:
@@ -341,13 +377,14 @@ class RunDir:
     def write_results(self, results: dict[str, Any], name: str = RESULTS) -> None:
         if not self.writes:
             return
+        self._record(name)
         write_json_atomic(self.path / name, results)
         self.logger.summary(results)
 
 
-def _run_outputs() -> Callable[[str], bool]:
-    """Whether a name in a run folder is one a run writes (any method's files included)."""
-    from peftlab.registry import METHODS  # imports every method: only when a folder is cleared
-
-    names = {*RUN_FILES, *RUN_FOLDERS, *(f for m in METHODS.names() for f in METHODS.get(m).output_files)}
-    return lambda name: name in names or any(fnmatch.fnmatch(name, p) for p in RUN_PATTERNS)
+def record(folder: Path, *names: str) -> None:
+    """Add ``names`` to the manifest of ``folder`` (a run's files: what a later clear may delete); called
+    before the files are written, so that none exists unrecorded."""
+    entries = manifest.read_manifest(folder) or set()
+    if not set(names) <= entries:
+        write_text_atomic(folder / manifest.MANIFEST, manifest.manifest_text(entries | set(names)))

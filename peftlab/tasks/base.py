@@ -23,6 +23,13 @@ from peftlab.tasks.metrics import METRICS
 
 log = logging.getLogger(__name__)
 
+SHOWN_CHARS = 200  # of a bad value in an error: a 1 MB row is named, not pasted
+
+
+def cut(text: str, limit: int = SHOWN_CHARS) -> str:
+    """``text`` as an error shows it: the first ``limit`` characters and how long it was."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
+
 
 @dataclass
 class TaskConfig:

@@ -26,7 +26,7 @@ from transformers import PreTrainedTokenizerBase
 from peftlab import checks
 from peftlab.errors import ConfigError
 from peftlab.models.lm import IGNORE_INDEX
-from peftlab.tasks.base import HeldOutConfig, Task, TaskConfig
+from peftlab.tasks.base import HeldOutConfig, Task, TaskConfig, cut
 from peftlab.tasks.batching import train_sampling
 from peftlab.tasks.data_root import decode_problem
 from peftlab.tasks.zero_shot import suite_from_task_config
@@ -102,7 +102,7 @@ def read_jsonl(path: Path, keys: tuple[str, ...], strings: bool = True) -> list[
                 raise ConfigError(f"{where}: row lacks keys {missing}; expected keys {list(keys)}")
             for key in keys if strings else ():
                 if not isinstance(row[key], str):
-                    raise ConfigError(f"{where}: {key} is {json.dumps(row[key])}; expected a string")
+                    raise ConfigError(f"{where}: {key} is {cut(json.dumps(row[key]))}; expected a string")
             rows.append(row)
     if not rows:
         raise ConfigError(f"{path} holds no rows")

@@ -17,7 +17,7 @@ from pathlib import Path
 from peftlab import checks
 from peftlab.errors import ConfigError
 from peftlab.registry import TASKS
-from peftlab.tasks.base import ClassificationTask, Example, TaskConfig
+from peftlab.tasks.base import ClassificationTask, Example, TaskConfig, cut
 from peftlab.tasks.data_root import decode_problem, find_data_file, load_hub_dataset
 
 log = logging.getLogger(__name__)
@@ -184,7 +184,7 @@ def _columns(
     header = next(csv.reader([first[1]], delimiter="\t", quoting=csv.QUOTE_NONE), [])
     missing = [c for c in (*spec.text_columns, spec.label_column) if c not in header]
     if missing:
-        raise ConfigError(f"{path}: header lacks columns {missing}; header is {header}")
+        raise ConfigError(f"{path}: header lacks columns {missing}; header is {cut(str(header))}")
     return len(header), {name: header.index(name) for name in (*spec.text_columns, spec.label_column)}
 
 
@@ -197,11 +197,11 @@ def _parse_row(row: list[str], width: int, index: dict, spec: GlueSpec) -> Examp
         try:
             label: float | int = float(raw)
         except ValueError:
-            raise ValueError(f"score {raw!r} is not a number") from None
+            raise ValueError(f"score {cut(repr(raw))} is not a number") from None
     elif raw in spec.label_names:
         label = spec.label_names.index(raw)
     else:
-        raise ValueError(f"label {raw!r} is not one of {list(spec.label_names)}")
+        raise ValueError(f"label {cut(repr(raw))} is not one of {list(spec.label_names)}")
     return Example(texts[0], texts[1] if len(texts) > 1 else None, label)
 
 

@@ -43,6 +43,11 @@ class LoraConfig(MethodConfig):
     def __post_init__(self) -> None:
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"method.dropout={self.dropout} is not allowed; allowed: 0 <= dropout < 1")
+        if not (isinstance(self.alpha, int | float) and 0 < self.alpha < math.inf):
+            raise ConfigError(
+                f"method.alpha={self.alpha} is not allowed; allowed: a finite number > 0 (0 leaves the "
+                "adapter out of the output, a negative alpha subtracts its update)"
+            )
         if self.rank < 1:
             raise ConfigError(f"method.rank={self.rank} is not allowed; allowed: an integer >= 1")
         if self.init in REFUSED_INITS:
