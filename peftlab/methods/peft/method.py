@@ -43,7 +43,7 @@ class Peft(Method):
 
     config_class = PeftConfig
     config: PeftConfig
-    output_files = (f"{ADAPTER_DIR}/adapter_model.safetensors", f"{ADAPTER_DIR}/adapter_config.json")
+    output_files = (ADAPTER_DIR,)  # save_pretrained's folder
 
     def attach(self, model: nn.Module) -> None:
         from peft import get_peft_model
