@@ -49,6 +49,8 @@ class Collected:
     times: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     steps: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     baselines: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    memory: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))  # peak MB
+    flops: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))  # GFLOP per step
     problems: list[str] = field(default_factory=list)
     repeats: list[str] = field(default_factory=list)  # one configuration and seed in several folders
 
@@ -131,12 +133,23 @@ def add(
     out.times[row].append(run.results.get("train_time_s") or 0.0)
     if run.results.get("median_step_time_s"):
         out.steps[row].append(1000 * run.results["median_step_time_s"])
+    if run.results.get("peak_memory_bytes"):
+        out.memory[row].append(run.results["peak_memory_bytes"] / 2**20)
+    if run.results.get("flops_per_step"):
+        out.flops[row].append(run.results["flops_per_step"] / 1e9)
     baseline = run.baseline_percent(metric)
     if baseline is not None:
         out.baselines[col].append(baseline)
 
 
-def render(data: Collected, select: str = "final", adapter: bool = False, agg: str = "mean") -> str:
+def _mean(values: list[float], digits: int) -> str:
+    return f"{statistics.fmean(values):.{digits}f}" if values else ""
+
+
+def render(
+    data: Collected, select: str = "final", adapter: bool = False, agg: str = "mean", efficiency: bool = False
+) -> str:
+    """The markdown table; ``efficiency``: with each row's mean peak memory and FLOPs per step."""
     row_names = sorted({r for r, _ in data.cells})
     col_names = sorted({c for _, c in data.cells})
     cells = []
@@ -154,16 +167,23 @@ def render(data: Collected, select: str = "final", adapter: bool = False, agg: s
         count = statistics.fmean(data.params[row]) / 1e6
         train_s = statistics.fmean(data.times[row])
         step = f"{statistics.fmean(data.steps[row]):.0f}" if data.steps[row] else ""
-        cells.append([row, f"{count:.3f}M", *parts, avg, f"{train_s:.0f}", step])
+        more = [_mean(data.memory[row], 0), _mean(data.flops[row], 2)] if efficiency else []
+        cells.append([row, f"{count:.3f}M", *parts, avg, f"{train_s:.0f}", step, *more])
     if data.baselines:
         parts = [f"{statistics.fmean(data.baselines[c]):.2f}" if data.baselines[c] else "" for c in col_names]
-        cells.append([BASELINE_ROW, "", *parts, "", "", ""])
-    headers = ["", "#params", *col_names, "Avg", "train s", "step ms"]
-    lines = [*table(headers, cells, "lr" + "r" * (len(col_names) + 3)), ""]
+        cells.append([BASELINE_ROW, "", *parts, "", "", "", *(["", ""] if efficiency else [])])
+    extra = ["peak MB", "GFLOP/step"] if efficiency else []
+    headers = ["", "#params", *col_names, "Avg", "train s", "step ms", *extra]
+    lines = [*table(headers, cells, "lr" + "r" * (len(col_names) + 3 + len(extra))), ""]
     lines.append(
         f"Cells: {select} dev metric in percent, {agg} ± std (number of seeds). #params: trainable"
         f"{' without the head' if adapter else ''}, averaged over steps. train s: mean training time per "
         f"job; step ms: median step time."
+        + (
+            " peak MB: peak memory (results.json's peak_memory_kind); GFLOP/step: the first step's."
+            if efficiency
+            else ""
+        )
     )
     lines.extend(f"- not counted: {p}" for p in data.problems)
     lines.extend(f"- counted once (the same configuration and seed): {r}" for r in data.repeats)
@@ -181,6 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--select", choices=SELECTS, default="final", help="which evaluation of a run")
     parser.add_argument("--agg", choices=AGGREGATES, default="mean", help="over a row's seeds")
     parser.add_argument("--params", choices=("all", "adapter"), default="all", help="count the head or not")
+    parser.add_argument("--efficiency", action="store_true", help="add peak memory and FLOPs per step")
     parser.add_argument("--paper", choices=sorted(TABLES), help="print ours beside this published table")
     args = parser.parse_args(argv)
     adapter = args.params == "adapter"
@@ -191,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     data = collect(runs, args.rows, args.cols, args.metric, args.select, adapter)
     if not data.cells:
         raise SystemExit(f"no completed runs under {args.root}")
-    print(render(data, args.select, adapter, args.agg))
+    print(render(data, args.select, adapter, args.agg, args.efficiency))
 
 
 if __name__ == "__main__":

@@ -345,9 +345,10 @@ class RunDir:
         write_text_atomic(path, "".join(kept))
 
     def write_file(self, name: str, content: bytes) -> None:
-        """A file a method reported (``Method.output_files``), written atomically."""
+        """A file a method reported (``Method.output_files``: it or its folder), written atomically."""
         if self.writes:
-            self._record(name)
+            self._record(Path(name).parts[0])  # the manifest lists top-level names
+            (self.path / name).parent.mkdir(exist_ok=True)
             write_bytes_atomic(self.path / name, content)
 
     def write_jsonl(self, name: str, rows: list[dict[str, Any]]) -> None:

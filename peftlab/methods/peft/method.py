@@ -1,13 +1,13 @@
 """huggingface peft's own tuners on the backbone: ``get_peft_model(model.backbone, <type>Config(**config))``,
-a peer to compare peftlab's methods with (``scripts/bench.py``'s default row). The head stays peftlab's and
-is trained; peft freezes the backbone's base weights and trains what its tuner adds. Exports: peft's own
-adapter folder (``--to peft``), or peft's ``merge_and_unload`` (``--to merged``)."""
+any tuner type peft ships (``conf/method/peft_<name>.yaml`` are presets). The head stays peftlab's and is
+trained; peft freezes the backbone's base weights and trains what its tuner adds. Prompt-style tuners add
+virtual tokens (``prompt.py``: what the head pools); AdaLoRA's rank allocation runs after every optimizer
+step (``adalora.py``). Exports: peft's own adapter folder (``--to peft``), or peft's ``merge_and_unload``
+(``--to merged``) where the tuner can merge."""
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -15,63 +15,86 @@ from torch import nn
 
 from peftlab.blocks.params import freeze, train_head
 from peftlab.errors import ConfigError
-from peftlab.methods.base import Method, MethodConfig, register_method
+from peftlab.methods.base import Method, MethodReport, TrainState, register_method
+from peftlab.methods.peft import prompt
+from peftlab.methods.peft.adalora import Allocation, orthogonal_penalty
+from peftlab.methods.peft.config import PeftConfig, accepted_fields, peft_config_class
 
-MANAGED = ("peft_type",)  # set by peft_type, not by config
-
-
-def peft_config_class(peft_type: str) -> type:
-    """peft's config class of ``peft_type`` (LORA, VERA, IA3, ...): tuners that wrap modules; prompt
-    learning (prefix, prompt tuning) needs a peft task model, not a backbone."""
-    from peft.config import PromptLearningConfig
-    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
-
-    classes = {
-        str(getattr(key, "value", key)): cls
-        for key, cls in PEFT_TYPE_TO_CONFIG_MAPPING.items()
-        if not issubclass(cls, PromptLearningConfig)
-    }
-    if peft_type not in classes:
-        allowed = ", ".join(sorted(classes))
-        raise ConfigError(f"peft peft_type={peft_type!r} is not allowed; allowed: {allowed}")
-    return classes[peft_type]
+ADAPTER_DIR = "peft_adapter"  # peft's save_pretrained files, inside the run folder
+PROMPT = "peft_prompt"  # the model's submodule holding peft's prompt encoder (prompt-style tuners)
+MERGE_REFUSED = "its virtual tokens are inputs, not weights: there is nothing to fold into a layer"
 
 
-@dataclass
-class PeftConfig(MethodConfig):
-    peft_type: str = "LORA"
-    config: dict[str, Any] = field(default_factory=dict)  # keyword arguments of peft's <peft_type>Config
-
-    def __post_init__(self) -> None:
-        cls = peft_config_class(self.peft_type)
-        allowed = sorted(f.name for f in dataclasses.fields(cls) if f.init and f.name not in MANAGED)
-        unknown = sorted(set(self.config) - set(allowed))
-        if unknown:
-            raise ConfigError(
-                f"peft config key(s) {unknown} are not options of peft's {cls.__name__}; "
-                f"allowed: {', '.join(allowed)}"
-            )
-
-    def build(self) -> Any:
-        """peft's config object."""
-        return peft_config_class(self.peft_type)(**self.config)
+def peft_error(peft_type: str, model: nn.Module, err: Exception) -> ConfigError:
+    """peft's refusal of a config on this backbone, in one line, with the keys the config class takes."""
+    cls = peft_config_class(peft_type)
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return ConfigError(
+        f"peft peft_type={peft_type} cannot wrap {type(model).__name__}: {first}; "
+        f"allowed keys of {cls.__name__}: {', '.join(accepted_fields(cls))}"
+    )
 
 
 @register_method("peft")
 class Peft(Method):
     """huggingface peft's tuner on ``model.backbone``; the head trains. peft injects its layers into the
-    backbone in place, so the model runs the backbone itself; the PeftModel is kept for saving and merging."""
+    backbone in place, so the model runs the backbone itself; the PeftModel is kept for its prompt,
+    saving and merging."""
 
     config_class = PeftConfig
     config: PeftConfig
+    output_files = (ADAPTER_DIR,)  # save_pretrained's folder
 
     def attach(self, model: nn.Module) -> None:
         from peft import get_peft_model
 
         freeze(model)
-        self.wrapped = get_peft_model(model.backbone, self.config.build())
+        try:
+            self.wrapped = get_peft_model(model.backbone, self.config.build())
+        except (ValueError, TypeError, KeyError, NotImplementedError, AttributeError) as err:
+            raise peft_error(self.config.peft_type, model.backbone, err) from err
+        self.allocation = Allocation(self.wrapped) if self.config.peft_type == "ADALORA" else None
+        if self.config.prompt_learning:
+            setattr(model, PROMPT, self.wrapped.prompt_encoder)  # trained and saved with the model
+            prompt.install(model.backbone, self.wrapped)
         train_head(model)
 
+    # -- AdaLoRA's budget -------------------------------------------------------------------------
+    def extra_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        return orthogonal_penalty(self.wrapped) if self.allocation else None
+
+    def after_backward(self, state: TrainState) -> None:
+        if self.allocation:
+            if state.step == 0 and self.config.config.get("total_step") is None:
+                self.wrapped.base_model.rankallocator.set_total_step(state.total_steps)
+            self.allocation.keep_gradients()
+
+    def after_step(self, state: TrainState) -> None:
+        if self.allocation:
+            self.allocation.allocate(state.step)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"adalora": self.allocation.state_dict()} if self.allocation else {}
+
+    def load_state_dict(self, state: dict[str, Any], model: nn.Module) -> None:
+        if self.allocation and "adalora" in state:
+            self.allocation.load_state_dict(state["adalora"])
+
+    def report(self, state: TrainState, step_times: list[float]) -> MethodReport:
+        """peft's own adapter folder (``save_pretrained``), and AdaLoRA's final ranks."""
+        results = {"ranks": self.allocation.ranks()} if self.allocation else {}
+        return MethodReport(results=results, files=self.saved_files())
+
+    def saved_files(self) -> dict[str, bytes]:
+        """``save_pretrained``'s two files, as bytes the run folder writes atomically."""
+        import tempfile
+        from pathlib import Path
+
+        with tempfile.TemporaryDirectory() as tmp:
+            self.wrapped.save_pretrained(tmp)
+            return {f"{ADAPTER_DIR}/{p.name}": p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
+
+    # -- export -----------------------------------------------------------------------------------
     def peft_export(self, root: nn.Module) -> tuple[Any, dict[str, torch.Tensor]]:
         """peft's own config and tensors, when the model others load is the backbone peft wrapped."""
         from peft import get_peft_model_state_dict
@@ -85,4 +108,11 @@ class Peft(Method):
 
     def merge_into_base(self, model: nn.Module) -> None:
         """peft's own merge, in place: the backbone holds plain layers again."""
-        self.wrapped.merge_and_unload()
+        if self.config.prompt_learning:
+            raise ConfigError(
+                f"method peft peft_type={self.config.peft_type} cannot be merged: {MERGE_REFUSED}"
+            )
+        try:
+            self.wrapped.merge_and_unload()
+        except (ValueError, NotImplementedError, AttributeError) as err:
+            raise ConfigError(f"peft cannot merge peft_type={self.config.peft_type}: {err}") from err
