@@ -17,6 +17,10 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+import torch
+
+from peftlab import distributed
+
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
@@ -71,6 +75,19 @@ class StopSignals:
             "%s: stopping after this step (a checkpoint is written); send it again to stop at once",
             signal.Signals(signum).name,
         )
+
+    def requested(self, step: int, every: int, device: torch.device) -> bool:
+        """Whether a stop signal arrived. Under torchrun every rank must stop at the same step: they
+        agree at logging points (every ``every`` steps), where they synchronize anyway."""
+        if not distributed.enabled():
+            return self.signum is not None
+        if step % every:
+            return False
+        flag = torch.tensor(float(self.signum is not None), device=device)
+        if not float(distributed.all_reduce_sum(flag)):
+            return False
+        self.signum = self.signum or signal.SIGTERM  # another rank received it
+        return True
 
     def stop(self, step: int, checkpoint: str | None) -> StopRequested:
         """The exception that ends the loop after ``step`` for the signal received."""

@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import logging
 import math
-import signal
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -302,32 +301,20 @@ class Trainer:
                 self.timer.ready()
                 if state.step >= state.total_steps:
                     break  # the last step: the run goes on to save and evaluate
-                if self._stop_requested(stop):
+                if stop.requested(state.step, self.sched.log_every_steps, self.device):
                     bar.close()
-                    raise stop.stop(state.step, self._stop_checkpoint(progress, checkpoint))
+                    raise stop.stop(state.step, str(checkpoint or self._write_checkpoint(progress)))
 
-    def _stop_requested(self, stop: StopSignals) -> bool:
-        """Whether a stop signal arrived. Under torchrun every rank must stop at the same step: they
-        agree at logging points, where they synchronize anyway."""
-        if not distributed.enabled():
-            return stop.signum is not None
-        if self.state.step % self.sched.log_every_steps:
-            return False
-        flag = torch.tensor(float(stop.signum is not None), device=self.device)
-        if not float(distributed.all_reduce_sum(flag)):
-            return False
-        stop.signum = stop.signum or signal.SIGTERM  # another rank received it
-        return True
-
-    def _stop_checkpoint(self, progress: Progress, written: Path | None) -> str:
-        """The checkpoint of the step a signal stopped after (written unless this step wrote one)."""
-        if written is None:
-            rng = gathered_rng_state()  # on every rank: each saves its own device's CUDA state
-            if distributed.is_main():
-                written = self.run_dir.write_checkpoint(
-                    self.state.step, self.state_dict(progress, rng), self.cfg.checkpoint.keep
-                )
-        return str(written) if written else f"step {self.state.step}"
+    def _write_checkpoint(self, progress: Progress) -> Path:
+        """This step's checkpoint, written by rank 0; every rank calls it (the RNG states are gathered)
+        and gets its path."""
+        rng = gathered_rng_state()  # on every rank: each saves its own device's CUDA state
+        written = None
+        if distributed.is_main():
+            written = self.run_dir.write_checkpoint(
+                self.state.step, self.state_dict(progress, rng), self.cfg.checkpoint.keep
+            )
+        return written or Path(f"step {self.state.step}")
 
     def _begin(self, resume_from: dict[str, Any] | None) -> Progress:
         """Where training starts: step 0, or the checkpoint's step with its data order and loss window."""
@@ -387,13 +374,7 @@ class Trainer:
             self.evaluate()
         every = self.cfg.checkpoint.every_steps
         if every and step % every == 0 and not last:
-            rng = gathered_rng_state()  # on every rank: each saves its own device's CUDA state
-            written = None
-            if distributed.is_main():
-                written = self.run_dir.write_checkpoint(
-                    step, self.state_dict(progress, rng), self.cfg.checkpoint.keep
-                )
-            return written or Path(f"step {step}")  # every rank: this step has its checkpoint
+            return self._write_checkpoint(progress)
         return None
 
     def evaluate(self) -> dict[str, float]:
