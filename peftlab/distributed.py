@@ -127,6 +127,26 @@ def fully_shard_model(model: nn.Module) -> nn.Module:
 
 
 @contextlib.contextmanager
+def unsharded(model: nn.Module) -> Iterator[None]:
+    """Within: every FSDP group of ``model`` gathered once and kept whole, so a decoding loop's forwards
+    all-gather nothing (each would gather every block again per token); resharded on exit, and each
+    group back to FSDP's default (the root keeps its weights after forward, the others reshard). Holds
+    the whole model on each rank meanwhile. Nothing for a model that is not sharded."""
+    from torch.distributed.fsdp import FSDPModule
+
+    groups = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for group in groups:
+        group.set_reshard_after_forward(False, recurse=False)
+        group.unshard()
+    try:
+        yield
+    finally:
+        for group in groups:
+            group.reshard()
+            group.set_reshard_after_forward(group is not model, recurse=False)
+
+
+@contextlib.contextmanager
 def gradient_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
     """Within: a backward that all-reduces (DDP) or reduce-scatters (FSDP) gradients only if ``enabled``
     (off for the non-final micro-batches of an accumulated step)."""

@@ -80,6 +80,13 @@ class Target:
     workload: Workload | None
     seed: int
 
+    @property
+    def place(self) -> torch.device:
+        """Where the weights are put: the CPU for a model FSDP will shard (``fully_shard`` moves its
+        shards), else the device."""
+        sharded = self.workload is not None and self.workload.shards > 1
+        return torch.device("cpu") if sharded else self.device
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -294,7 +301,7 @@ def _build_transformer(
     if cfg.source == "random":  # the tiny test models: built as before, so a seed gives the same weights
         return auto.from_config(config, **kwargs).to(dtype), tokenizer
     log.warning("model %s: built from its architecture with RANDOM WEIGHTS (pretrained=false)", cfg.name)
-    return architecture.materialise(empty, target.device, target.seed), tokenizer
+    return architecture.materialise(empty, target.place, target.seed), tokenizer
 
 
 def _build_efficientnet(cfg: ModelSchema, dtype: torch.dtype, pretrained: bool) -> torch.nn.Module:

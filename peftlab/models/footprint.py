@@ -9,7 +9,9 @@ micro-batch (``schedule.micro_batch_size``; with activation checkpointing only e
 block's activations during its recomputation), after Korthikanti et al. 2022 (per token and block at 16 bits:
 17 x hidden + 4 x FFN width bytes, their 34 x hidden for a 4 x hidden FFN, plus 5 x heads x sequence when
 attention scores are stored, i.e. not with SDPA/flash), times ``ACTIVATION_MARGIN``, plus the logits of a
-language-model head. It is meant to catch a 7B model on a 24 GiB machine, not to predict a peak to the
+language-model head. Under FSDP (``distributed.strategy=fsdp``) each rank holds 1/world of the weights,
+gradients and Adam moments (activations are per rank); the block gathered whole for its forward is not
+counted. It is meant to catch a 7B model on a 24 GiB machine, not to predict a peak to the
 megabyte.
 """
 
@@ -24,6 +26,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from peftlab import distributed
 from peftlab.errors import ConfigError
 from peftlab.models.architecture import num_layers
 from peftlab.registry import METHODS
@@ -50,11 +53,13 @@ class Workload:
     trains_backbone_weights: bool = False  # the method's (``Method.trains_backbone_weights``)
     backward_through_backbone: bool = True  # the method's; False: no activations kept
     checkpointing: bool = False  # schedule.activation_checkpointing
+    shards: int = 1  # ranks the weights, gradients and Adam moments are split between (FSDP)
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> Workload:
         """Generation tasks budget prompt and target apart (``task.max_*_tokens``); others use
-        ``schedule.max_seq_length``. What the method trains comes from its class (``cfg.method.name``)."""
+        ``schedule.max_seq_length``. What the method trains comes from its class (``cfg.method.name``).
+        Under FSDP the model's state is split between the ranks of the process group."""
         task = cfg.task
         if task.get("max_prompt_tokens") is not None:
             seq_len = int(task.max_prompt_tokens) + int(task.get("max_target_tokens") or 0)
@@ -64,12 +69,14 @@ class Workload:
         batch = int(sched.get("micro_batch_size") or sched.batch_size)
         checkpointing = bool(sched.get("activation_checkpointing", False))
         method = METHODS.get(str(cfg.method.name))
+        fsdp = cfg.get("distributed", {}).get("strategy") == "fsdp"
         return cls(
             min(batch, int(sched.batch_size)),
             seq_len,
             method.trains_backbone_weights,
             method.backward_through_backbone,
             checkpointing,
+            distributed.world_size() if fsdp else 1,
         )
 
 
@@ -113,7 +120,9 @@ def estimate(model: nn.Module, config: Any, workload: Workload | None, lm_head: 
         weights += trained * FP32  # the adapters, fp32
     backward = workload.backward_through_backbone
     activations = activation_bytes(config, workload, element, lm_head) if backward else 0
-    return MemoryEstimate(params, weights, trained * FP32, trained * ADAM_BYTES, activations)
+    n = workload.shards
+    state = (-(-weights // n), -(-trained * FP32 // n), -(-trained * ADAM_BYTES // n))  # ceil: padded shards
+    return MemoryEstimate(params, *state, activations)
 
 
 def activation_bytes(config: Any, workload: Workload, element: int, lm_head: bool) -> int:
@@ -180,5 +189,6 @@ def check_fits(found: MemoryEstimate, device: torch.device, model_name: str, dty
     raise ConfigError(
         f"model {model_name!r} ({dtype}) needs {found.describe()} but {device} has "
         f"{available / GIB:.2f} GiB available. Keep fewer blocks (model.num_layers=N), use a smaller "
-        "schedule.batch_size or schedule.max_seq_length, a 16-bit model.dtype, or a device with more memory."
+        "schedule.batch_size or schedule.max_seq_length, a 16-bit model.dtype, distributed.strategy=fsdp "
+        "over more processes, or a device with more memory."
     )

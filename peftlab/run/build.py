@@ -55,7 +55,7 @@ def make_model(
         run.model, task.num_labels, task.model_head, workload, device or torch.device("cpu"), run.options.seed
     )
     task.use_model(model)
-    if device is not None:
+    if device is not None and (workload is None or workload.shards == 1):  # FSDP moves only its shards
         model.to(device)
     return model, processor
 
@@ -77,6 +77,8 @@ def attach_method(
         calibration = CalibrationData(
             _reshuffled(train_loader, run.options.seed + CALIBRATION_SEED_OFFSET), device, task.num_labels
         )
+        if type(method).prepare is not Method.prepare:  # it runs the model: whole on the device (FSDP too)
+            model.to(device)
     method.setup(model, calibration)
     if adapter_from:
         load_adapter(model, method, adapter_from, label)

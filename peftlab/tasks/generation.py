@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from peftlab import checks
+from peftlab import checks, distributed
 from peftlab.errors import ConfigError
 from peftlab.models.lm import IGNORE_INDEX
 from peftlab.tasks.base import HeldOutConfig, Task, TaskConfig, cut
@@ -216,7 +216,7 @@ class GenerationTask(Task):
         model.eval()
         predictions: list[str] = [""] * len(references)
         loss_sum, token_count, generated, gen_time = 0.0, 0, 0, 0.0
-        eos = eos_token_id(tokenizer)
+        eos, budget = eos_token_id(tokenizer), self.config.max_new_tokens
         for batch in tqdm(loader, desc="generating", leave=False, disable=not self.progress_bar):
             batch = {k: v.to(device) for k, v in batch.items()}
             n_tokens = int((batch["labels"] != IGNORE_INDEX).sum())
@@ -224,7 +224,8 @@ class GenerationTask(Task):
             loss_sum += float(out.loss) * n_tokens
             token_count += n_tokens
             start = time.perf_counter()
-            new = model.generate(batch["prompt_ids"], batch["prompt_mask"], self.config.max_new_tokens, eos)
+            with distributed.unsharded(model):  # FSDP: one all-gather per block, not one per token
+                new = model.generate(batch["prompt_ids"], batch["prompt_mask"], budget, eos)
             rows = new.tolist()  # read to the host inside the clock: it waits for the device's decoding
             gen_time += time.perf_counter() - start
             for row, index in zip(rows, batch["index"].tolist(), strict=True):

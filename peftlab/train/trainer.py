@@ -116,7 +116,8 @@ class Trainer:
             if not self.sharded:
                 fsdp, reason = "distributed.strategy=fsdp", "FSDP holds only shards"
                 refuse_step_hooks(self.method, fsdp, reason, "distributed.strategy=ddp")
-                distributed.fully_shard_model(self.model)
+                distributed.fully_shard_model(self.model)  # built on the CPU: sharded, then moved
+                self.model.to(self.device)
                 self.sharded = True
             return self.model
         device_ids = [self.device] if self.device.type == "cuda" else None
