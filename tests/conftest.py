@@ -81,6 +81,12 @@ def no_run_outlives_its_test(monkeypatch):
                 proc.wait()
 
 
+@pytest.fixture(autouse=True)
+def own_token_cache(monkeypatch, tmp_path_factory):
+    """Each test's token ids go to a folder of its own (task.cache_tokens), never the user's cache."""
+    monkeypatch.setenv("PEFTLAB_TOKEN_CACHE", str(tmp_path_factory.mktemp("tokens")))
+
+
 def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     """``python -m peftlab ARGS`` in a subprocess, offline."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -20,6 +21,7 @@ from peftlab.errors import ConfigError
 from peftlab.models.build import position_limit
 from peftlab.tasks.batching import train_sampling
 from peftlab.tasks.metrics import METRICS
+from peftlab.tasks.token_cache import Columns, cache_folder, cache_key, cached_columns
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +42,16 @@ class TaskConfig:
     max_train_samples: int | None = None  # the first N training examples; null: all
     max_eval_samples: int | None = None
     group_by_length: bool = False  # text tasks: training batches of similar length (less padding)
+    cache_tokens: bool = True  # text tasks: token ids cached on disk (peftlab/tasks/token_cache.py)
+    token_cache_dir: str | None = None  # null: $PEFTLAB_TOKEN_CACHE, else ~/.cache/peftlab/tokens
 
     def __post_init__(self) -> None:
         for key in ("max_train_samples", "max_eval_samples"):
             checks.integer(f"task.{key}", getattr(self, key), minimum=1, optional=True)
         checks.boolean("task.group_by_length", self.group_by_length)
+        checks.boolean("task.cache_tokens", self.cache_tokens)
+        if self.token_cache_dir is not None and not isinstance(self.token_cache_dir, str):
+            raise checks.refuse("task.token_cache_dir", self.token_cache_dir, "a folder path or null")
 
 
 @dataclass
@@ -140,6 +147,14 @@ class Task(ABC):
             raise ConfigError(f"task.eval_every_nth={every}; allowed: an integer >= 2")
         return [item for i, item in enumerate(items) if (i % every == 0) == (split != "train")]
 
+    def token_ids(self, examples: list, tokenizer, settings: dict, build: Callable[[], Columns]) -> Columns:
+        """``build()``'s token ids of ``examples``, read from the token cache when it holds them (a key of
+        the examples, the tokenizer and ``settings``: what else decides the ids); ``task.cache_tokens``."""
+        if not self.config.cache_tokens:
+            return build()
+        key = cache_key(examples, tokenizer, {"task": type(self).__name__, **settings})
+        return cached_columns(cache_folder(self.config.token_cache_dir), key, len(examples), build)
+
     def use_model(self, model: torch.nn.Module) -> None:
         """Called once the model is built, before any loader (e.g. encoder-decoder or decoder-only)."""
         self.position_limit = position_limit(model)
@@ -219,10 +234,17 @@ class ClassificationTask(Task):
                 max_length,
                 f"at most {self.position_limit}, the positions this model embeds",
             )
-        text_b = [e.text_b for e in examples] if examples and examples[0].text_b is not None else None
-        encodings = tokenizer([e.text_a for e in examples], text_b, truncation=True, max_length=max_length)
-        keep = [k for k in tokenizer.model_input_names if k in encodings]
-        dataset = TokenizedDataset({k: encodings[k] for k in keep}, [e.label for e in examples])
+
+        def tokenize() -> Columns:
+            pairs = examples and examples[0].text_b is not None
+            text_b = [e.text_b for e in examples] if pairs else None
+            encodings = tokenizer(
+                [e.text_a for e in examples], text_b, truncation=True, max_length=max_length
+            )
+            return {k: encodings[k] for k in tokenizer.model_input_names if k in encodings}
+
+        encodings = self.token_ids(examples, tokenizer, {"max_length": max_length}, tokenize)
+        dataset = TokenizedDataset(encodings, [e.label for e in examples])
         lengths = [len(ids) for ids in encodings["input_ids"]]
         return DataLoader(
             dataset,

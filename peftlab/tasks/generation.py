@@ -192,7 +192,7 @@ class GenerationTask(Task):
         same plus left-padded ``prompt_ids``/``prompt_mask`` and the example ``index``."""
         del max_length  # generation tasks budget prompt and target apart (task.max_*_tokens)
         self.tokenizer = tokenizer
-        encoded = [self.encode(e, tokenizer) for e in examples]
+        encoded = self.encoded(examples, tokenizer)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_token_id(tokenizer)
         collate = _Collate(pad, self.encoder_decoder, with_prompts=generator is None)
         lengths = [len(e["prompt"]) + len(e["target"]) for e in encoded]
@@ -204,6 +204,21 @@ class GenerationTask(Task):
         )
         loader.references = [e.reference for e in examples]  # type: ignore[attr-defined]
         return loader
+
+    def encoded(self, examples: list[TextPair], tokenizer: PreTrainedTokenizerBase) -> list[dict]:
+        """``encode`` of every example, through the token cache (``task.cache_tokens``)."""
+        cfg = self.config
+        settings = {
+            "encoder_decoder": self.encoder_decoder,
+            **{k: getattr(cfg, k) for k in ("prompt", "max_prompt_tokens", "max_target_tokens")},
+        }
+
+        def tokenize() -> dict[str, list[list[int]]]:
+            pairs = [self.encode(e, tokenizer) for e in examples]
+            return {"prompt": [p["prompt"] for p in pairs], "target": [p["target"] for p in pairs]}
+
+        columns = self.token_ids(examples, tokenizer, settings, tokenize)
+        return [{"prompt": p, "target": t} for p, t in zip(columns["prompt"], columns["target"], strict=True)]
 
     # -- evaluating ----------------------------------------------------------------------------------
     @torch.inference_mode()
