@@ -61,11 +61,15 @@ def test_the_optimizer_is_fused_where_torch_has_the_kernel(tmp_path):
 # every preset of conf/method: the loop and the method add no host sync to the model's own per step,
 # except Light-PEFT's pruning step (step 3 of these runs: it reads its importance scores once)
 EVENT_SYNCS = {"light_peft": 20, "light_peft_adapter": 10}
+# peft's AdaLoRA: its RankAllocator reads the budget threshold to the host (``kthvalue(...).item()``,
+# peft/tuners/adalora/layer.py) in every step of its budgeting phase; peft's code, not peftlab's
+EVERY_STEP_SYNCS = {"peft_adalora": 1}
 
 
 @pytest.mark.parametrize("method", method_names())
 def test_every_method_adds_at_most_its_bound_of_host_syncs_per_step(tmp_path, method):
     counted = count_method(method, tmp_path)
-    assert counted.added <= EVENT_SYNCS.get(method, 0), counted
+    every = EVERY_STEP_SYNCS.get(method, 0)
+    assert counted.added <= EVENT_SYNCS.get(method, 0) + every, counted
     steady = [s - m for s, m in zip(counted.step, counted.model, strict=True)]
-    assert sorted(steady)[:2] == [0, 0], counted  # at most one event step among steps 2-4
+    assert max(sorted(steady)[:2]) <= every, counted  # at most one event step among steps 2-4

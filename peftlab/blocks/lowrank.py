@@ -335,9 +335,10 @@ def peft_lora_a(rank: int, in_features: int, out_features: int, again: bool = Tr
     ``nn.Linear(in, r)`` and ``nn.Linear(r, out)`` (each draws its default kaiming-uniform init), then
     draws A again with a=sqrt(5). The same draws in the same order: the same A from the same seed, and
     the same generator state for every dropout mask after it."""
-    a = torch.empty(rank, in_features)
+    a = torch.empty(rank, in_features, device="cpu")  # the CPU on purpose: peft's draws are made there
     nn.init.kaiming_uniform_(a, a=math.sqrt(5))  # nn.Linear(in, r)'s own init
-    nn.init.kaiming_uniform_(torch.empty(out_features, rank), a=math.sqrt(5))  # nn.Linear(r, out)'s
+    b = torch.empty(out_features, rank, device="cpu")
+    nn.init.kaiming_uniform_(b, a=math.sqrt(5))  # nn.Linear(r, out)'s, discarded as peft's is
     return nn.init.kaiming_uniform_(a, a=math.sqrt(5)) if again else a
 
 

@@ -54,7 +54,7 @@ class Elora(Method):
             model.backbone, cfg.target_modules, cfg.rank, cfg.d_init, cfg.b_init, init="fixed"
         )
         for _ in layers:  # peft's VeRA draws each layer's d (randn(r)) before setting it to d_init: the
-            torch.randn(cfg.rank)  # same draws, so every dropout mask after them is peft's too
+            torch.randn(cfg.rank, device="cpu")  # same draws, so every dropout mask after them is peft's too
         weight = layers[0][1].base_layer.weight
         dtype, device = weight.dtype, weight.device
         shared = None
