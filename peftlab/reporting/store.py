@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 from peftlab.errors import ConfigError
 from peftlab.reporting.results import SUMMARY_FORMAT, Run, find_runs, find_summaries
 from peftlab.run.folder import METRICS, write_text_atomic
+from peftlab.run.provenance import provenance
 
 log = logging.getLogger(__name__)
 
@@ -136,3 +137,8 @@ def _add_one(
     write_text_atomic(target, text)
     stored[job_key(run)] = target
     done.written.append(target)
+
+
+def bench_provenance(command: str) -> dict[str, Any]:
+    """A benchmark's provenance: a run's (commit, machine, threads, date) with the bench's own command."""
+    return {**provenance(), "command": command}
