@@ -140,5 +140,7 @@ def _add_one(
 
 
 def bench_provenance(command: str) -> dict[str, Any]:
-    """A benchmark's provenance: a run's (commit, machine, threads, date) with the bench's own command."""
-    return {**provenance(), "command": command}
+    """A benchmark's provenance: a run's (commit, machine, threads, date) with the bench's own command, and
+    the load averages (1, 5, 15 min) when it ended, since a timing on a shared machine depends on them."""
+    load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    return {**provenance(), "command": command, "load_average": load}
