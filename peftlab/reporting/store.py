@@ -144,3 +144,53 @@ def bench_provenance(command: str) -> dict[str, Any]:
     the load averages (1, 5, 15 min) when it ended, since a timing on a shared machine depends on them."""
     load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     return {**provenance(), "command": command, "load_average": load}
+
+
+BENCH = "bench"  # results/<study>/bench/: stored benchmark measurements (not run summaries)
+BENCH_FORMAT = "peftlab-bench/1"
+
+
+def _bench_name(data: dict[str, Any]) -> str:
+    date = str(data["provenance"].get("date") or "undated")
+    stamp = "".join(c for c in date[:19] if c.isalnum())
+    return f"{data['kind']}-{stamp}.json"
+
+
+def read_benches(study_dir: Path) -> list[dict[str, Any]]:
+    """Every stored benchmark of a study, oldest first."""
+    found = [json.loads(p.read_text()) for p in sorted((Path(study_dir) / BENCH).glob("*.json"))]
+    return sorted(found, key=lambda d: str(d["provenance"].get("date")))
+
+
+def add_bench(source: Path, study: str, store: Path = STORE, replace: bool = False) -> Added:
+    """Store a benchmark's ``--json`` output (``scripts/bench.py``, ``reporting.vs_trainer``) under
+    ``results/<study>/bench/``. The same measurement again rewrites nothing; another measurement of the
+    same command is refused unless ``replace`` (then it replaces the older one), as for runs."""
+    if not study or os.sep in study or study.startswith("."):
+        raise ConfigError(f"study={study!r}: a folder name under {store} is expected")
+    data = json.loads(Path(source).read_text())
+    missing = [k for k in ("kind", "rows", "provenance") if k not in data]
+    if missing:
+        raise ConfigError(f"{source}: not a benchmark's --json output (no {', '.join(missing)})")
+    folder = Path(store) / study / BENCH
+    folder.mkdir(parents=True, exist_ok=True)
+    target, text = folder / _bench_name(data), _text({"format": BENCH_FORMAT, "study": study, **data})
+    done = Added()
+    if target.exists() and target.read_text() == text:
+        done.unchanged.append(target)
+        return done
+    if target.exists() and not replace:
+        raise ConfigError(f"{target}: holds another measurement of the same time; pass --replace")
+    command = data["provenance"].get("command")
+    for other in sorted(folder.glob("*.json")):
+        if other != target and json.loads(other.read_text())["provenance"].get("command") == command:
+            if not replace:
+                raise ConfigError(
+                    f"{source}: the store already holds a measurement of `{command}` as {other}; "
+                    "pass --replace to keep the newer one instead"
+                )
+            other.unlink()
+            done.replaced.append(other)
+    write_text_atomic(target, text)
+    done.written.append(target)
+    return done
