@@ -53,7 +53,7 @@ from peftlab.reporting.benchmark import (
     run_rows,
 )
 from peftlab.reporting.markdown import table
-from peftlab.reporting.store import bench_provenance
+from peftlab.reporting.store import bench_provenance, ended
 from peftlab.train import efficiency
 
 PEFT_ROW = "peft-lora"
@@ -73,6 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     specs = [*(args.methods or ([] if args.row else ["lora", PEFT_PEER, "fft", "head"])), *args.row]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args.provenance = bench_provenance(shlex.join(["python", "scripts/bench.py", *sys.argv[1:]]))
     with tempfile.TemporaryDirectory() as tmp:
         rows = run_rows(specs, BenchSettings.from_args(args), Path(tmp))
     ref = next((r for r in rows if r.label == args.ref), None) if args.ref else rows[0]
@@ -154,7 +155,7 @@ def write_json(args: argparse.Namespace, ref: Row, described: str, ceilings: dic
     }
     data = {
         "kind": "bench",
-        "provenance": bench_provenance(shlex.join(["python", "scripts/bench.py", *sys.argv[1:]])),
+        "provenance": ended(args.provenance),
         "setting": setting,
         "ceilings_gflops": ceilings,
         "ref": ref.label,

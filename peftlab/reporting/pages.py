@@ -281,7 +281,8 @@ def render_bench(
     ]
     head = [f"## {spec_bench['title']}", ""]
     if not found:
-        return [*head, "No stored measurement matches this table yet.", ""]
+        run = f" Not yet measured — run: `{spec_bench['run']}`" if spec_bench.get("run") else ""
+        return [*head, f"No stored measurement matches this table yet.{run}", ""]
     bench = found[-1]
     columns = BENCH_COLUMNS[bench["kind"]]
     ref = str(bench.get("ref", ""))

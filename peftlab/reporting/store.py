@@ -140,10 +140,15 @@ def _add_one(
 
 
 def bench_provenance(command: str) -> dict[str, Any]:
-    """A benchmark's provenance: a run's (commit, machine, threads, date) with the bench's own command, and
-    the load averages (1, 5, 15 min) when it ended, since a timing on a shared machine depends on them."""
-    load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    return {**provenance(), "command": command, "load_average": load}
+    """A benchmark's provenance, taken as it starts (the commit is the code that runs): a run's (commit,
+    machine, threads, date) with the bench's own command; ``ended`` adds the load when it ends."""
+    return {**provenance(), "command": command}
+
+
+def ended(record: dict[str, Any]) -> dict[str, Any]:
+    """The provenance with the load averages (1, 5, 15 min) when the measurement ended, since a timing on a
+    shared machine depends on them."""
+    return {**record, "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
 
 BENCH = "bench"  # results/<study>/bench/: stored benchmark measurements (not run summaries)

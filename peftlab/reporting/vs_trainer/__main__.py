@@ -10,7 +10,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from peftlab.reporting.store import bench_provenance
+from peftlab.reporting.store import bench_provenance, ended
 from peftlab.reporting.vs_trainer import Report, Settings, compare, disagreements, notes, render, summarise
 from peftlab.reporting.vs_trainer.common import METHOD_NAMES
 
@@ -101,12 +101,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
     return settings, a
 
 
-def bench_json(report: Report, command: str) -> dict[str, object]:
-    """The measurement as plain data: the rows the table prints, the notes, the settings and where it ran."""
+def bench_json(report: Report, provenance: dict[str, object]) -> dict[str, object]:
+    """The measurement as plain data: the rows the table prints, the notes, the settings and where it ran
+    (``provenance``: taken as it started)."""
     rows = summarise(report)
     return {
         "kind": "vs_trainer",
-        "provenance": bench_provenance(command),
+        "provenance": ended(provenance),
         "settings": dataclasses.asdict(report.settings),
         "ceiling_gflops": report.ceiling_gflops,
         "rows": rows,
@@ -117,13 +118,14 @@ def bench_json(report: Report, command: str) -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> None:
     settings, options = parse_args(argv)
-    report = compare(settings)
     args = sys.argv[1:] if argv is None else argv
     command = f"python -m peftlab.reporting.vs_trainer {shlex.join(args)}".strip()
+    started = bench_provenance(command)
+    report = compare(settings)
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     print(render(report, options.markdown, command, date))
     if options.json:
-        options.json.write_text(json.dumps(bench_json(report, command), indent=1) + "\n")
+        options.json.write_text(json.dumps(bench_json(report, started), indent=1) + "\n")
 
 
 if __name__ == "__main__":
