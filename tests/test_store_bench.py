@@ -120,3 +120,18 @@ def test_report_add_bench_and_check(measured, tmp_path):
     not_a_bench = tmp_path / "x.json"
     not_a_bench.write_text("{}")
     assert report_main(["--store", str(store), "add-bench", str(not_a_bench), "--study", "tiny"]) == 2
+
+
+def test_vs_trainer_takes_its_provenance_before_it_measures(monkeypatch, tmp_path):
+    """The commit stamped is the code that ran, not whatever the checkout holds when the run ends."""
+    import peftlab.reporting.vs_trainer.__main__ as command
+
+    order = []
+    monkeypatch.setattr(
+        command, "bench_provenance", lambda cmd: order.append("provenance") or {"command": cmd}
+    )
+    monkeypatch.setattr(command, "compare", lambda settings: order.append("measure"))
+    monkeypatch.setattr(command, "render", lambda *a: "")
+    monkeypatch.setattr(command, "bench_json", lambda report, prov: {**prov, "order": list(order)})
+    command.main(["--steps", "1", "--json", str(tmp_path / "v.json")])
+    assert json.loads((tmp_path / "v.json").read_text())["order"] == ["provenance", "measure"]
