@@ -1,6 +1,7 @@
 """``python -m peftlab.report``: the results store and the pages generated from it.
 
 python -m peftlab.report add multirun/X --study NAME   store a summary of each finished run there
+python -m peftlab.report add-bench FILE --study NAME   store a benchmark's --json output
 python -m peftlab.report                               regenerate docs/results/*.md from results/
 python -m peftlab.report --check                       exit 1 when a committed page is not current
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from peftlab.errors import ConfigError
 from peftlab.reporting.pages import PAGES, write_pages
-from peftlab.reporting.store import STORE, add
+from peftlab.reporting.store import STORE, Added, add, add_bench
 
 log = logging.getLogger("peftlab.report")
 
@@ -30,7 +31,28 @@ def parser() -> argparse.ArgumentParser:
     adding.add_argument("source", type=Path, nargs="+", help="a run folder or a multirun folder")
     adding.add_argument("--study", required=True, help="the study: results/<study>/")
     adding.add_argument("--replace", action="store_true", help="a rerun of a stored job replaces it")
+    bench = commands.add_parser("add-bench", help="store the --json output of scripts/bench.py or vs_trainer")
+    bench.add_argument("source", type=Path, nargs="+", help="a benchmark's --json file")
+    bench.add_argument("--study", required=True, help="the study: results/<study>/bench/")
+    bench.add_argument(
+        "--replace", action="store_true", help="a new measurement of a stored command replaces it"
+    )
     return cli
+
+
+def _added(args: argparse.Namespace) -> None:
+    store = add_bench if args.command == "add-bench" else add
+    for source in args.source:
+        done: Added = store(source, args.study, args.store, args.replace)
+        log.info(
+            "%s: %d written, %d unchanged, %d replaced, %d not completed (left out)%s",
+            source,
+            len(done.written),
+            len(done.unchanged),
+            len(done.replaced),
+            len(done.skipped),
+            "".join(f"\n  left out: {s}" for s in done.skipped),
+        )
 
 
 def stale_pages(store: Path, out: Path) -> list[str]:
@@ -48,18 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parser().parse_args(argv)
     try:
-        if args.command == "add":
-            for source in args.source:
-                done = add(source, args.study, args.store, args.replace)
-                log.info(
-                    "%s: %d written, %d unchanged, %d replaced, %d not completed (left out)%s",
-                    source,
-                    len(done.written),
-                    len(done.unchanged),
-                    len(done.replaced),
-                    len(done.skipped),
-                    "".join(f"\n  left out: {s}" for s in done.skipped),
-                )
+        if args.command in ("add", "add-bench"):
+            _added(args)
             return 0
         if args.check:
             stale = stale_pages(args.store, args.out)

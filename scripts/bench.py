@@ -38,7 +38,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 
@@ -51,6 +53,7 @@ from peftlab.reporting.benchmark import (
     run_rows,
 )
 from peftlab.reporting.markdown import table
+from peftlab.reporting.store import bench_provenance, ended
 from peftlab.train import efficiency
 
 PEFT_ROW = "peft-lora"
@@ -70,6 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     specs = [*(args.methods or ([] if args.row else ["lora", PEFT_PEER, "fft", "head"])), *args.row]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args.provenance = bench_provenance(shlex.join(["python", "scripts/bench.py", *sys.argv[1:]]))
     with tempfile.TemporaryDirectory() as tmp:
         rows = run_rows(specs, BenchSettings.from_args(args), Path(tmp))
     ref = next((r for r in rows if r.label == args.ref), None) if args.ref else rows[0]
@@ -115,6 +119,7 @@ def report(rows: list[Row], ref: Row, args: argparse.Namespace) -> None:
             "precision": row.precision,
             "fraction_of_ceiling": gflops / ceiling if ceiling else None,
             "padding": row.padding,
+            "memory_detail": row.memory_detail,
         }
         out.append(record)
         cells.append(
@@ -135,7 +140,28 @@ def report(rows: list[Row], ref: Row, args: argparse.Namespace) -> None:
     if ref.infer_times:
         report_inference(rows, ref, args, out)
     if args.json:
-        args.json.write_text(json.dumps({"ref": ref.label, "rows": out}, indent=2) + "\n")
+        write_json(args, ref, described, ceilings, out)
+
+
+def write_json(args: argparse.Namespace, ref: Row, described: str, ceilings: dict, out: list[dict]) -> None:
+    """The rows as printed, the setting and where it ran (for ``python -m peftlab.report add-bench``)."""
+    setting = {
+        "model": args.model,
+        "task": args.task,
+        "batch": described,
+        "device": str(ref.device),
+        "threads": torch.get_num_threads(),
+        "steps_per_row": len(ref.times),
+    }
+    data = {
+        "kind": "bench",
+        "provenance": ended(args.provenance),
+        "setting": setting,
+        "ceilings_gflops": ceilings,
+        "ref": ref.label,
+        "rows": out,
+    }
+    args.json.write_text(json.dumps(data, indent=1) + "\n")
 
 
 CEILING_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

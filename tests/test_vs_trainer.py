@@ -93,5 +93,6 @@ def test_fft_bf16_grouped_and_markdown():
 
 
 def test_cli_options():
-    settings, markdown = parse_args(["--steps", "3", "--train-samples", "0", "--threads", "0", "--markdown"])
-    assert (settings.steps, settings.train_samples, settings.threads, markdown) == (3, None, None, True)
+    settings, options = parse_args(["--steps", "3", "--train-samples", "0", "--threads", "0", "--markdown"])
+    assert (settings.steps, settings.train_samples, settings.threads) == (3, None, None)
+    assert options.markdown and options.json is None

@@ -19,13 +19,14 @@ from peftlab.reporting.markdown import table as markdown_table
 from peftlab.reporting.paper_tables import get_table
 from peftlab.reporting.results import Run, find_summaries
 from peftlab.reporting.stats import describe, paired
+from peftlab.reporting.store import read_benches
 from peftlab.reporting.tables import matches, paper_comparison
 from peftlab.run.folder import write_text_atomic
 
 PAGE = "page.yaml"
 PAGES = Path("docs/results")
 COMMAND = "python -m peftlab.report"
-PAGE_KEYS = {"page", "title", "about", "run", "store", "tables", "comparisons", "paper_tables"}
+PAGE_KEYS = {"page", "title", "about", "run", "store", "tables", "comparisons", "paper_tables", "benches"}
 
 
 def _values(runs: list[Run], select: str) -> list[float]:
@@ -185,6 +186,9 @@ def render(study_dir: Path) -> tuple[str, str]:
         lines += render_comparisons(spec["comparisons"], runs)
     for name in spec.get("paper_tables", []):
         lines += [f"## Beside the paper: {name}", "", paper_comparison(get_table(name), runs), ""]
+    benches = read_benches(study_dir) if spec.get("benches") else []
+    for spec_bench in spec.get("benches", []):
+        lines += render_bench(spec_bench, benches, spec)
     return spec["page"], "\n".join(lines).rstrip() + "\n"
 
 
@@ -197,3 +201,128 @@ def write_pages(store: Path, out: Path) -> list[Path]:
         write_text_atomic(out / name, text)
         written.append(out / name)
     return written
+
+
+# a benchmark's columns as its command prints them: (key in a row, header, scale, format); "{ref}" in a
+# header is the reference row's label
+BENCH_COLUMNS: dict[str, list[tuple[str, str, float, str]]] = {
+    "bench": [
+        *(
+            ("row", "row", 1, ""),
+            ("trainable_params", "trainable", 1, ",d"),
+            ("step_s", "step ms", 1e3, ".0f"),
+        ),
+        *(("samples_per_s", "samples/s", 1, ".0f"), ("time_ratio", "time / {ref}", 1, ".3f")),
+        *(("flops_per_step", "GFLOP/step", 1e-9, ".1f"), ("flops_ratio", "FLOPs / {ref}", 1, ".3f")),
+        *(("gflops_per_s", "GFLOP/s", 1, ".0f"), ("fraction_of_ceiling", "% of ceiling", 100, ".0f")),
+        *(("precision", "precision", 1, ""), ("padding", "pad %", 100, ".0f")),
+        *(("train_memory_bytes", "train mem MB", 2**-20, ".0f"), ("memory_ratio", "mem / {ref}", 1, ".3f")),
+        ("memory_detail", "memory detail", 1, ""),
+    ],
+    "vs_trainer": [
+        *(("loop", "loop", 1, ""), ("epoch_s", "epoch s", 1, ".2f"), ("ratio", "ratio vs Trainer", 1, ".2f")),
+        *(("samples_per_s", "samples/s", 1, ".1f"), ("metrics", "dev metric", 100, ".1f")),
+        *(("ceiling_pct", "% of ceiling", 1, ".1f"), ("step_ms", "median step ms", 1, ".1f")),
+        *(("first_loss", "first-step loss", 1, ".6f"), ("trainable", "trainable", 1, ",d")),
+        ("optimizer", "optimizer", 1, ""),
+    ],
+}
+
+
+def _shown_value(value: Any, scale: float, fmt: str) -> str:
+    """A stored value as the bench prints it; a dict of metrics as "name value / name value"."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, dict):
+        return " / ".join(f"{k} {_shown_value(v, scale, fmt)}" for k, v in value.items())
+    if isinstance(value, bool) or not isinstance(value, int | float) or not fmt:
+        return str(value)
+    return format(value * scale if scale != 1 else value, fmt)
+
+
+def _dotted(data: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        data = data.get(part) if isinstance(data, dict) else None  # type: ignore[assignment]
+    return data
+
+
+def _setting(bench: dict[str, Any]) -> str:
+    setting = bench.get("setting") or bench.get("settings") or {}
+    return " ".join(f"{k}={v}" for k, v in setting.items() if v not in (None, [], ""))
+
+
+def bench_stamp(bench: dict[str, Any], spec: dict[str, Any]) -> list[str]:
+    """Where a measurement comes from: its commit, machine, threads, load, date and command."""
+    p = bench["provenance"]
+    commit = (p.get("git_commit") or "not recorded")[:10] + ("+dirty" * bool(p.get("git_dirty")))
+    load = p.get("load_average")
+    shown = ", ".join(f"{x:.1f}" for x in load) if load else "not recorded"
+    lines = [
+        f"Measured {_when(p.get('date') or '')} UTC; commit {commit}; machine {p.get('cpu_model')}, "
+        f"{p.get('cpu_cores')} cores, {p.get('torch_threads')} torch threads; load average (1, 5, 15 min) "
+        f"when it ended: {shown}.",
+        "",
+        f"- measured: `{p.get('command')}`",
+    ]
+    if spec.get("store"):
+        lines.append(f"- stored: `{spec['store']}`")
+    return [*lines, f"- page: `{COMMAND}`"]
+
+
+def render_bench(
+    spec_bench: dict[str, Any], benches: list[dict[str, Any]], spec: dict[str, Any]
+) -> list[str]:
+    """The newest stored measurement matching the table's ``filter``: its table, notes, ratios, stamp."""
+    found = [
+        b
+        for b in benches
+        if b["kind"] == spec_bench.get("kind", b["kind"])
+        and all(_dotted(b, k) == v for k, v in spec_bench.get("filter", {}).items())
+    ]
+    head = [f"## {spec_bench['title']}", ""]
+    if not found:
+        run = f" Not yet measured — run: `{spec_bench['run']}`" if spec_bench.get("run") else ""
+        return [*head, f"No stored measurement matches this table yet.{run}", ""]
+    bench = found[-1]
+    columns = BENCH_COLUMNS[bench["kind"]]
+    ref = str(bench.get("ref", ""))
+    headers = [c[1].replace("{ref}", ref) for c in columns]
+    rows = [[_shown_value(row.get(c[0]), c[2], c[3]) for c in columns] for row in bench["rows"]]
+    align = "".join("r" if c[3] and c[0] != "metrics" else "l" for c in columns)
+    lines = [*head] if bench.get("notes") else [*head, f"Setting: {_setting(bench)}.", ""]
+    lines += markdown_table(headers, rows, align)
+    lines += ["", *(f"- {n}" for n in [*bench.get("warnings", []), *bench.get("notes", [])])]
+    if bench.get("ceilings_gflops"):
+        ceilings = ", ".join(f"{k} {v:.0f}" for k, v in bench["ceilings_gflops"].items())
+        lines.append(
+            f"- % of ceiling: over this machine's matmul ceiling measured in the run: {ceilings} GFLOP/s"
+        )
+    if spec_bench.get("ratios"):
+        lines += ["", *render_ratios(spec_bench["ratios"], bench, columns[0][0])]
+    return [*lines, "", *bench_stamp(bench, spec), ""]
+
+
+def render_ratios(ratios: list[dict[str, Any]], bench: dict[str, Any], label: str) -> list[str]:
+    """Each target "a's key / b's key <= at_most" computed from the stored rows, and whether it is met."""
+    rows = {row[label]: row for row in bench["rows"]}
+    out = []
+    for ratio in ratios:
+        key, a, b = ratio.get("key", "step_s"), rows.get(ratio["a"]), rows.get(ratio["b"])
+        if a is None or b is None:
+            raise ConfigError(
+                f"ratio {ratio['claim']!r}: rows {ratio['a']!r}, {ratio['b']!r}; stored: {list(rows)}"
+            )
+        value = a[key] / b[key]
+        verdict = "met" if value <= ratio["at_most"] else "not met"
+        out.append(
+            [
+                ratio["claim"],
+                f"{ratio['a']} / {ratio['b']}",
+                key,
+                f"{value:.2f}",
+                f"<= {ratio['at_most']}",
+                verdict,
+            ]
+        )
+    headers = ["claim", "rows", "of", "measured ratio", "target", "verdict"]
+    return markdown_table(headers, out, "llllrl")

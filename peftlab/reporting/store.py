@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 from peftlab.errors import ConfigError
 from peftlab.reporting.results import SUMMARY_FORMAT, Run, find_runs, find_summaries
 from peftlab.run.folder import METRICS, write_text_atomic
+from peftlab.run.provenance import provenance
 
 log = logging.getLogger(__name__)
 
@@ -136,3 +137,65 @@ def _add_one(
     write_text_atomic(target, text)
     stored[job_key(run)] = target
     done.written.append(target)
+
+
+def bench_provenance(command: str) -> dict[str, Any]:
+    """A benchmark's provenance, taken as it starts (the commit is the code that runs): a run's (commit,
+    machine, threads, date) with the bench's own command; ``ended`` adds the load when it ends."""
+    return {**provenance(), "command": command}
+
+
+def ended(record: dict[str, Any]) -> dict[str, Any]:
+    """The provenance with the load averages (1, 5, 15 min) when the measurement ended, since a timing on a
+    shared machine depends on them."""
+    return {**record, "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+
+
+BENCH = "bench"  # results/<study>/bench/: stored benchmark measurements (not run summaries)
+BENCH_FORMAT = "peftlab-bench/1"
+
+
+def _bench_name(data: dict[str, Any]) -> str:
+    date = str(data["provenance"].get("date") or "undated")
+    stamp = "".join(c for c in date[:19] if c.isalnum())
+    return f"{data['kind']}-{stamp}.json"
+
+
+def read_benches(study_dir: Path) -> list[dict[str, Any]]:
+    """Every stored benchmark of a study, oldest first."""
+    found = [json.loads(p.read_text()) for p in sorted((Path(study_dir) / BENCH).glob("*.json"))]
+    return sorted(found, key=lambda d: str(d["provenance"].get("date")))
+
+
+def add_bench(source: Path, study: str, store: Path = STORE, replace: bool = False) -> Added:
+    """Store a benchmark's ``--json`` output (``scripts/bench.py``, ``reporting.vs_trainer``) under
+    ``results/<study>/bench/``. The same measurement again rewrites nothing; another measurement of the
+    same command is refused unless ``replace`` (then it replaces the older one), as for runs."""
+    if not study or os.sep in study or study.startswith("."):
+        raise ConfigError(f"study={study!r}: a folder name under {store} is expected")
+    data = json.loads(Path(source).read_text())
+    missing = [k for k in ("kind", "rows", "provenance") if k not in data]
+    if missing:
+        raise ConfigError(f"{source}: not a benchmark's --json output (no {', '.join(missing)})")
+    folder = Path(store) / study / BENCH
+    folder.mkdir(parents=True, exist_ok=True)
+    target, text = folder / _bench_name(data), _text({"format": BENCH_FORMAT, "study": study, **data})
+    done = Added()
+    if target.exists() and target.read_text() == text:
+        done.unchanged.append(target)
+        return done
+    if target.exists() and not replace:
+        raise ConfigError(f"{target}: holds another measurement of the same time; pass --replace")
+    command = data["provenance"].get("command")
+    for other in sorted(folder.glob("*.json")):
+        if other != target and json.loads(other.read_text())["provenance"].get("command") == command:
+            if not replace:
+                raise ConfigError(
+                    f"{source}: the store already holds a measurement of `{command}` as {other}; "
+                    "pass --replace to keep the newer one instead"
+                )
+            other.unlink()
+            done.replaced.append(other)
+    write_text_atomic(target, text)
+    done.written.append(target)
+    return done

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
+import json
 import shlex
 import sys
+from pathlib import Path
 
-from peftlab.reporting.vs_trainer import Settings, compare, render
+from peftlab.reporting.store import bench_provenance, ended
+from peftlab.reporting.vs_trainer import Report, Settings, compare, disagreements, notes, render, summarise
 from peftlab.reporting.vs_trainer.common import METHOD_NAMES
 
 
@@ -69,9 +73,14 @@ def add_loop_options(p: argparse.ArgumentParser, default: Settings) -> None:
     p.add_argument(
         "--markdown", action="store_true", help="print the table as markdown, with command and date"
     )
+    p.add_argument(
+        "--json",
+        type=Path,
+        help="also write the rows, settings and provenance here (for python -m peftlab.report add-bench)",
+    )
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[Settings, bool]:
+def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namespace]:
     a = parser().parse_args(argv)
     settings = Settings(
         model=a.model,
@@ -89,16 +98,34 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, bool]:
         seed=a.seed,
         overrides=a.override,
     )
-    return settings, a.markdown
+    return settings, a
+
+
+def bench_json(report: Report, provenance: dict[str, object]) -> dict[str, object]:
+    """The measurement as plain data: the rows the table prints, the notes, the settings and where it ran
+    (``provenance``: taken as it started)."""
+    rows = summarise(report)
+    return {
+        "kind": "vs_trainer",
+        "provenance": ended(provenance),
+        "settings": dataclasses.asdict(report.settings),
+        "ceiling_gflops": report.ceiling_gflops,
+        "rows": rows,
+        "warnings": disagreements(rows),
+        "notes": notes(report, rows),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings, markdown = parse_args(argv)
-    report = compare(settings)
+    settings, options = parse_args(argv)
     args = sys.argv[1:] if argv is None else argv
     command = f"python -m peftlab.reporting.vs_trainer {shlex.join(args)}".strip()
+    started = bench_provenance(command)
+    report = compare(settings)
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    print(render(report, markdown, command, date))
+    print(render(report, options.markdown, command, date))
+    if options.json:
+        options.json.write_text(json.dumps(bench_json(report, started), indent=1) + "\n")
 
 
 if __name__ == "__main__":
