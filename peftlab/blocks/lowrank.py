@@ -337,8 +337,7 @@ def peft_lora_a(rank: int, in_features: int, out_features: int, again: bool = Tr
     the same generator state for every dropout mask after it."""
     a = torch.empty(rank, in_features, device="cpu")  # the CPU on purpose: peft's draws are made there
     nn.init.kaiming_uniform_(a, a=math.sqrt(5))  # nn.Linear(in, r)'s own init
-    b = torch.empty(out_features, rank, device="cpu")
-    nn.init.kaiming_uniform_(b, a=math.sqrt(5))  # nn.Linear(r, out)'s, discarded as peft's is
+    nn.init.kaiming_uniform_(torch.empty(out_features, rank, device="cpu"), a=math.sqrt(5))  # Linear(r, out)
     return nn.init.kaiming_uniform_(a, a=math.sqrt(5)) if again else a
 
 

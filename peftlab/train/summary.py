@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from peftlab import distributed
 from peftlab.blocks.params import count_parameters
 from peftlab.blocks.timing import median
+from peftlab.errors import TrainingDiverged
 from peftlab.train import efficiency
 from peftlab.train.history import History
 
@@ -103,3 +106,28 @@ def matmul_ceiling(trainer: Trainer, achieved: float | None) -> dict[str, float 
         return {"matmul_ceiling_gflops": None, "fraction_of_matmul_ceiling": None}
     ceiling = efficiency.measured_ceiling_gflops(trainer.precision.dtype or torch.float32)
     return {"matmul_ceiling_gflops": ceiling, "fraction_of_matmul_ceiling": achieved / ceiling}
+
+
+def log_train_window(trainer: Trainer, mean_loss_tensor: torch.Tensor, window: int) -> float:
+    """One metrics.jsonl row for the steps since the last log; the loss is read to the host here only
+    (every ``log_every_steps``), where a diverged run is stopped."""
+    mean_loss = float(distributed.all_reduce_mean(mean_loss_tensor.detach().clone()))
+    if not math.isfinite(mean_loss):
+        raise TrainingDiverged(
+            f"train loss is {mean_loss} over steps {trainer.state.step - window + 1}..{trainer.state.step}; "
+            f"stopping ({trainer.precision.diverged_hint()})"
+        )
+    trainer.flush_step_times()
+    times = trainer.history.step_times[-window:]
+    trainer.run_dir.log_metrics(
+        {
+            "step": trainer.state.step,
+            "epoch": round(trainer.state.epoch, 4),
+            "train_loss": mean_loss,
+            "lr": trainer.step_lr,
+            "trainable_params": trainer.trainable_count,
+            "step_time_s": sum(times) / len(times) if times else None,
+            **({"skipped_steps": trainer.precision.skipped_steps} if trainer.precision.scaler else {}),
+        }
+    )
+    return mean_loss

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from peftlab import distributed
 from peftlab.blocks.params import trainable_named_parameters
 from peftlab.config import RunConfig
-from peftlab.errors import ConfigError, TrainingDiverged
+from peftlab.errors import ConfigError
 from peftlab.methods.base import Method, TrainState
 from peftlab.tasks import batching
 from peftlab.tasks.base import Task
@@ -388,23 +388,4 @@ class Trainer:
         return summary.run_summary(self, wall_time_s)
 
     def _log_train(self, mean_loss_tensor: torch.Tensor, window: int) -> float:
-        mean_loss = float(distributed.all_reduce_mean(mean_loss_tensor.detach().clone()))
-        if not math.isfinite(mean_loss):
-            raise TrainingDiverged(
-                f"train loss is {mean_loss} over steps {self.state.step - window + 1}..{self.state.step}; "
-                f"stopping ({self.precision.diverged_hint()})"
-            )
-        self.flush_step_times()
-        times = self.history.step_times[-window:]
-        self.run_dir.log_metrics(
-            {
-                "step": self.state.step,
-                "epoch": round(self.state.epoch, 4),
-                "train_loss": mean_loss,
-                "lr": self.step_lr,
-                "trainable_params": self.trainable_count,
-                "step_time_s": sum(times) / len(times) if times else None,
-                **({"skipped_steps": self.precision.skipped_steps} if self.precision.scaler else {}),
-            }
-        )
-        return mean_loss
+        return summary.log_train_window(self, mean_loss_tensor, window)
