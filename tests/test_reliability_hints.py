@@ -1,0 +1,43 @@
+"""A config, data or run-folder mistake Hydra or the OS would report raw (a key in the wrong group, an
+unknown preset, an unreadable data file, a foreign file where a run writes) ends in one line that says
+what to do."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import cli
+
+BASE = ("method=lora", "task=rte", "model=tiny_bert")
+
+
+def one_line_error(result) -> str:
+    """The single error line of a refused command (exit 2, no traceback, no Hydra trailer)."""
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert "Traceback" not in lines[0] and "HYDRA_FULL_ERROR" not in lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("override", "holder"),
+    [("task.max_seq_length=64", "schedule"), ("schedule.rank=4", "method (")],
+)
+def test_a_key_in_the_wrong_group_names_the_group_that_holds_it(tmp_path, override, holder):
+    line = one_line_error(cli(*BASE, override, f"hydra.run.dir={tmp_path / 'run'}"))
+    group, key = override.split("=")[0].split(".")
+    assert line.startswith(f"error: {group} has no key '{key}': it is in {holder}"), line
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("group", ["method", "model", "task"])
+def test_an_unknown_preset_lists_the_choices(tmp_path, group):
+    line = one_line_error(cli(*BASE, f"{group}=nosuch", f"hydra.run.dir={tmp_path / 'run'}"))
+    assert line.startswith(f"error: unknown {group} 'nosuch'; available: "), line
+    preset = {"method": "lora", "model": "tiny_bert", "task": "rte"}[group]
+    assert preset in line.split("available: ")[1].split(", "), line
+
+
+def test_an_unknown_preset_in_a_sweep_is_one_line(tmp_path):
+    line = one_line_error(cli("-m", *BASE, "method=lora,nosuch", f"hydra.sweep.dir={tmp_path / 'sweep'}"))
+    assert "unknown method 'nosuch'; available: " in line and ", lora," in line
