@@ -4,8 +4,14 @@ what to do."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
-from conftest import cli
+from conftest import cli, tiny_config
+
+from peftlab.config import check_config
+from peftlab.errors import ConfigError
+from peftlab.run.build import make_task
 
 BASE = ("method=lora", "task=rte", "model=tiny_bert")
 
@@ -41,3 +47,21 @@ def test_an_unknown_preset_lists_the_choices(tmp_path, group):
 def test_an_unknown_preset_in_a_sweep_is_one_line(tmp_path):
     line = one_line_error(cli("-m", *BASE, "method=lora,nosuch", f"hydra.sweep.dir={tmp_path / 'sweep'}"))
     assert "unknown method 'nosuch'; available: " in line and ", lora," in line
+
+
+@pytest.mark.parametrize(
+    "error", [PermissionError(13, "Permission denied"), IsADirectoryError(21, "Is a directory")]
+)
+def test_an_unreadable_data_file_is_one_line_naming_it(tmp_path, monkeypatch, error):
+    opened = Path.open
+
+    def refuse_train(path, *args, **kwargs):
+        if path.name == "train.tsv":
+            raise type(error)(error.errno, error.strerror, str(path))
+        return opened(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", refuse_train)
+    cfg = tiny_config(tmp_path)
+    task = make_task(check_config(cfg))
+    with pytest.raises(ConfigError, match=rf"task rte: cannot read \S+/RTE/train.tsv: {error.strerror}$"):
+        task.load_split("train")
