@@ -163,16 +163,15 @@ def run_command(cfg: DictConfig) -> float | None:
 
 def job_failed(cfg: DictConfig, err: Exception) -> None:
     """A failed job of a sweep: one line for a known cause, a traceback otherwise, and failure.json in
-    its folder (not when the folder belongs to another live run, nor over a finished run's results: the
-    summary and tables still count that run)."""
+    its folder (not when the folder belongs to another live run, nor over a finished run's results or a
+    foreign failure.json: ``record_failure``)."""
     if isinstance(err, ConfigError | TrainingDiverged | StorageError):
         log.error("job failed: %s", err)
     else:
         log.exception("job failed: %s", err)
     if isinstance(err, FolderBusy):
         return
-    if not record_failure(Path(cfg.output_dir), cfg, err):
-        log.warning("job %s: its folder's finished run is kept; the summary lists that run", cfg.output_dir)
+    record_failure(Path(cfg.output_dir), cfg, err)
 
 
 def interrupted(err: KeyboardInterrupt) -> NoReturn:

@@ -4,6 +4,7 @@ what to do."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,10 @@ from conftest import cli, tiny_config
 
 from peftlab.config import check_config
 from peftlab.errors import ConfigError
+from peftlab.reporting.sweep import record_failure
 from peftlab.run.build import make_task
+from peftlab.run.experiment import run_experiment
+from peftlab.run.names import EVAL_RESULTS, FAILURE
 
 BASE = ("method=lora", "task=rte", "model=tiny_bert")
 
@@ -65,3 +69,28 @@ def test_an_unreadable_data_file_is_one_line_naming_it(tmp_path, monkeypatch, er
     task = make_task(check_config(cfg))
     with pytest.raises(ConfigError, match=rf"task rte: cannot read \S+/RTE/train.tsv: {error.strerror}$"):
         task.load_split("train")
+
+
+def test_eval_only_refuses_a_foreign_eval_results_json(tmp_path):
+    run_experiment(tiny_config(tmp_path / "run", "schedule.max_steps=2", "measure.flops=false"))
+    target = tmp_path / "eval"
+    target.mkdir()
+    (target / EVAL_RESULTS).write_text("mine\n")
+    with pytest.raises(ConfigError, match=rf"holds {EVAL_RESULTS}, which no peftlab run recorded"):
+        run_experiment(tiny_config(target, "eval_only=true", f"load_from={tmp_path / 'run'}"))
+    assert (target / EVAL_RESULTS).read_text() == "mine\n"
+    again = tmp_path / "eval2"
+    for _ in range(2):  # its own eval_results.json, recorded: replaced
+        evaluated = run_experiment(tiny_config(again, "eval_only=true", f"load_from={tmp_path / 'run'}"))
+    assert json.loads((again / EVAL_RESULTS).read_text())["eval"] == evaluated["eval"]
+
+
+def test_a_failed_sweep_job_keeps_a_foreign_failure_json(tmp_path):
+    cfg = tiny_config(tmp_path)
+    (tmp_path / FAILURE).write_text("another tool's\n")
+    assert not record_failure(tmp_path, cfg, RuntimeError("boom"))
+    assert (tmp_path / FAILURE).read_text() == "another tool's\n"
+    fresh = tmp_path / "job"
+    assert record_failure(fresh, cfg, RuntimeError("boom"))
+    assert record_failure(fresh, cfg, RuntimeError("again"))  # its own, recorded: replaced
+    assert json.loads((fresh / FAILURE).read_text())["error"] == "again"
