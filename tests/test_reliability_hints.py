@@ -5,6 +5,7 @@ what to do."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,10 @@ def test_a_failed_sweep_job_keeps_a_foreign_failure_json(tmp_path):
     assert record_failure(fresh, cfg, RuntimeError("boom"))
     assert record_failure(fresh, cfg, RuntimeError("again"))  # its own, recorded: replaced
     assert json.loads((fresh / FAILURE).read_text())["error"] == "again"
+
+
+def test_the_training_log_shows_the_warmup_used(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="peftlab")
+    one_step = ("schedule.max_steps=1", "schedule.warmup_ratio=1.0", "measure.flops=false")
+    run_experiment(tiny_config(tmp_path, *one_step))
+    assert "training 1 steps (" in caplog.text and "warmup 0)" in caplog.text, caplog.text
