@@ -102,3 +102,12 @@ def test_the_training_log_shows_the_warmup_used(tmp_path, caplog):
     one_step = ("schedule.max_steps=1", "schedule.warmup_ratio=1.0", "measure.flops=false")
     run_experiment(tiny_config(tmp_path, *one_step))
     assert "training 1 steps (" in caplog.text and "warmup 0)" in caplog.text, caplog.text
+
+
+@pytest.mark.parametrize("peft_type", ["LORA", "ADALORA"])
+@pytest.mark.parametrize("alpha", ["0", "-16"])
+def test_a_zero_or_negative_peft_lora_alpha_is_refused(tmp_path, peft_type, alpha):
+    overrides = ("method=peft", f"method.peft_type={peft_type}", f"method.config={{lora_alpha: {alpha}}}")
+    message = rf"method.config.lora_alpha={alpha} is not allowed; allowed: a finite number > 0"
+    with pytest.raises(ConfigError, match=message):
+        check_config(tiny_config(tmp_path, *overrides))
