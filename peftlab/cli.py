@@ -9,21 +9,27 @@ folder and the sweep goes on.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import logging
 import os
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
 import hydra
+import hydra._internal.utils as hydra_utils
+import yaml
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict, read_write
 
 from peftlab import distributed
-from peftlab.config import check_config, conf_dir, register_schemas
+from peftlab.config import check_config, conf_dir, register_schemas, schemas
 from peftlab.errors import ConfigError, FolderBusy, StorageError, TrainingDiverged
 from peftlab.reporting.sweep import record_failure, write_summary
 from peftlab.run.folder import SWEEP_SUMMARY
@@ -41,7 +47,81 @@ EXIT_CODES = (
 def main() -> float | None:
     """The command line (``sys.argv``), with ``resume=<dir>`` run in that folder (``resume_in_place``)."""
     sys.argv = [sys.argv[0], *resume_in_place(sys.argv[1:])]
-    return run_command()
+    with config_hints():
+        return run_command()
+
+
+# the typed groups: where a key of a group without yaml-listed keys lives ("": a top-level key)
+SCHEMA_GROUPS = {
+    "schedule": schemas.ScheduleSchema, "model": schemas.ModelSchema, "checkpoint": schemas.CheckpointSchema,
+    "distributed": schemas.DistributedSchema, "measure": schemas.MeasureSchema,
+    "logger": schemas.LoggerSchema, "": schemas.RunOptions,
+}
+
+
+@contextlib.contextmanager
+def config_hints() -> Iterator[None]:
+    """Hydra prints a failed composition (a key in the wrong group, an unknown group choice) as its raw
+    error from ``hydra._internal.utils.run_and_report`` (Hydra 1.3), the reporter every ``hydra.main``
+    step runs in: wrapped here, such an error ends as one line with peftlab's hint, exit status 2."""
+    report = hydra_utils.run_and_report
+
+    def reported(func: Callable[[], Any]) -> Any:
+        return report(lambda: _hinted(func))
+
+    hydra_utils.run_and_report = reported
+    try:
+        yield
+    finally:
+        hydra_utils.run_and_report = report
+
+
+def _hinted(func: Callable[[], Any]) -> Any:
+    try:
+        return func()
+    except ConfigCompositionException as err:
+        sys.stderr.write(f"error: {composition_hint(err)}\n")
+        sys.exit(EXIT_CODES[0][1])
+
+
+def composition_hint(err: ConfigCompositionException) -> str:
+    """One line for Hydra's composition error: the groups that hold a misplaced key, or the choices."""
+    if isinstance(err, MissingConfigException) and err.missing_cfg_file:
+        group, _, choice = err.missing_cfg_file.rpartition("/")
+        options = ", ".join(err.options or group_choices(group))
+        return f"unknown {group or 'config'} {choice!r}; available: {options}"
+    full_key = getattr(err.__cause__, "full_key", None)
+    if not full_key:
+        return " ".join(str(err).split())
+    group, _, key = str(full_key).rpartition(".")
+    places = [place for g, place in groups_holding(key) if g != group or "(" in place]
+    where = f"it is in {' or '.join(places)}" if places else "no config group has that key"
+    return (f"{group or 'the config'} has no key {key!r}: {where} (python -m peftlab --cfg job shows "
+            f"the composed config; +{full_key}=... adds a new key)")
+
+
+def group_choices(group: str) -> list[str]:
+    """The presets of a config group: the yaml names in conf/<group>/."""
+    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+
+
+def groups_holding(key: str) -> list[tuple[str, str]]:
+    """(group, where) for each group with a field ``key``: the typed schemas ("" the top level), and the
+    groups whose yaml presets have that top-level key (where names the presets)."""
+    found = [(g, g or "the top level") for g, schema in SCHEMA_GROUPS.items()
+             if key in {f.name for f in dataclasses.fields(schema)}]
+    for folder in sorted(p for p in conf_dir().iterdir() if p.is_dir() and p.name not in SCHEMA_GROUPS):
+        presets = [p.stem for p in sorted(folder.glob("*.yaml")) if _has_key(p, key)]
+        if presets and key != "defaults":
+            more = f", ... {len(presets)} presets" if len(presets) > 4 else ""
+            found.append((folder.name, f"{folder.name} ({', '.join(presets[:4])}{more})"))
+    return found
+
+
+def _has_key(path: Path, key: str) -> bool:
+    data = yaml.safe_load(path.read_text())
+    return isinstance(data, dict) and key in data
+
 
 
 def resume_in_place(args: list[str]) -> list[str]:
@@ -83,16 +163,15 @@ def run_command(cfg: DictConfig) -> float | None:
 
 def job_failed(cfg: DictConfig, err: Exception) -> None:
     """A failed job of a sweep: one line for a known cause, a traceback otherwise, and failure.json in
-    its folder (not when the folder belongs to another live run, nor over a finished run's results: the
-    summary and tables still count that run)."""
+    its folder (not when the folder belongs to another live run, nor over a finished run's results or a
+    foreign failure.json: ``record_failure``)."""
     if isinstance(err, ConfigError | TrainingDiverged | StorageError):
         log.error("job failed: %s", err)
     else:
         log.exception("job failed: %s", err)
     if isinstance(err, FolderBusy):
         return
-    if not record_failure(Path(cfg.output_dir), cfg, err):
-        log.warning("job %s: its folder's finished run is kept; the summary lists that run", cfg.output_dir)
+    record_failure(Path(cfg.output_dir), cfg, err)
 
 
 def interrupted(err: KeyboardInterrupt) -> NoReturn:

@@ -19,9 +19,11 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from peftlab.errors import ConfigError
 from peftlab.reporting.markdown import table
 from peftlab.reporting.results import FAILURE, RESULTS, Run, find_runs, load_json
 from peftlab.run.folder import record, write_bytes_atomic, write_json_atomic, write_text_atomic
+from peftlab.run.manifest import read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +43,14 @@ COLUMNS = (
 
 
 def record_failure(job_dir: Path, cfg: DictConfig, err: BaseException) -> bool:
-    """What failed and why, in the job's folder, for the sweep summary; False (nothing written) when the
-    folder holds a finished run: the job was refused for it, and its results stay what the tables read."""
+    """What failed and why, in the job's folder, for the sweep summary; False (nothing written, a warning
+    says why) when the folder holds a finished run (the job was refused for it, and its results stay
+    what the tables read) or a ``failure.json`` no peftlab run recorded (another tool's: never replaced)."""
     if (load_json(job_dir / RESULTS) or {}).get("status") == "completed":
+        log.warning("job %s: its folder's finished run is kept; the summary lists that run", job_dir)
+        return False
+    if (job_dir / FAILURE).exists() and not _recorded(job_dir, FAILURE):
+        log.warning("job %s: %s is no peftlab run's; kept, this failure not written", job_dir, FAILURE)
         return False
     job_dir.mkdir(parents=True, exist_ok=True)
     record(job_dir, FAILURE)
@@ -59,6 +66,14 @@ def record_failure(job_dir: Path, cfg: DictConfig, err: BaseException) -> bool:
         },
     )
     return True
+
+
+def _recorded(folder: Path, name: str) -> bool:
+    """Whether a peftlab run listed ``name`` in the folder's manifest (a damaged manifest: no)."""
+    try:
+        return name in (read_manifest(folder) or set())
+    except ConfigError:
+        return False
 
 
 def job_row(run: Run) -> dict[str, Any]:

@@ -151,7 +151,7 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
     run_dir = RunDir(run.options.output_dir, writes=distributed.is_main())
     try:
         if run.options.eval_only:
-            _on_main_rank(run_dir.lock)
+            _on_main_rank(run_dir.lock_for_eval)
             return evaluate_saved(run, run_dir)
         _on_main_rank(lambda: run_dir.start(overwrite=run.options.overwrite))
         run.set("run_id", uuid.uuid4().hex)  # in config.yaml and every checkpoint: resume uses only its own

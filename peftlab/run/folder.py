@@ -219,6 +219,14 @@ class RunDir:
         self.lock()
         self.claim(overwrite)
 
+    def lock_for_eval(self) -> None:
+        """Lock the folder for eval_only, which writes ``EVAL_RESULTS``: refused (naming it) when one is
+        there that no run recorded."""
+        self.lock()
+        if (self.path / EVAL_RESULTS).exists():
+            legacy = run_outputs() if manifest.is_legacy_run(self.path, RESULTS, CONFIG) else None
+            manifest.recorded_entries(self.path, legacy, lambda name: name == EVAL_RESULTS)
+
     def reopen(self) -> None:
         """Lock the folder of a stopped run to resume it (refused when that run completed), and delete
         the temp files of saves a kill interrupted."""

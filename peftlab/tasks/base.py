@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -31,6 +32,20 @@ SHOWN_CHARS = 200  # of a bad value in an error: a 1 MB row is named, not pasted
 def cut(text: str, limit: int = SHOWN_CHARS) -> str:
     """``text`` as an error shows it: the first ``limit`` characters and how long it was."""
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
+
+
+def _readable(load_split):
+    """``load_split`` with an unreadable file or folder (permissions, a folder where a file belongs) as a
+    ConfigError naming it, not a traceback."""
+
+    @functools.wraps(load_split)
+    def load(self, split: str):
+        try:
+            return load_split(self, split)
+        except (PermissionError, IsADirectoryError, NotADirectoryError) as err:
+            raise ConfigError(f"task {self.cfg.name}: cannot read {err.filename}: {err.strerror}") from err
+
+    return load
 
 
 @dataclass
@@ -115,6 +130,12 @@ class Task(ABC):
         """What a model that learned nothing scores on the evaluation splits, to read a run's metric
         against (results.json ``baseline``); None when the task has no such reference."""
         return None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every task's ``load_split`` reports a data file it cannot read in one line naming the path."""
+        super().__init_subclass__(**kwargs)
+        if "load_split" in cls.__dict__:
+            cls.load_split = _readable(cls.__dict__["load_split"])
 
     def __init__(self, cfg: DictConfig, data_root: str | None) -> None:
         self.cfg = cfg

@@ -92,10 +92,14 @@ def lr_factor(
     decay to ``floor``, or constant), as ``transformers.get_scheduler`` computes it. A cosine with a floor
     is torch's ``CosineAnnealingLR`` with eta_min = floor x lr (SPSFT's vision runs). A function of the
     step, not a scheduler object: optimizer rebuilds and resumed runs need no scheduler state to match."""
-    # the warmup ends before the last step: a warmup over every step (schedule.max_steps=1, or
-    # warmup_ratio=1.0) would never reach the peak LR, and a 1-step run would train at LR 0
-    warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
+    warmup_steps = warmup_used(warmup_steps, total_steps)
     return _schedule(kind, total_steps, warmup_steps, floor)(min(step, total_steps))
+
+
+def warmup_used(warmup_steps: int, total_steps: int) -> int:
+    """The warmup ends before the last step: a warmup over every step (schedule.max_steps=1, or
+    warmup_ratio=1.0) would never reach the peak LR, and a 1-step run would train at LR 0."""
+    return min(warmup_steps, max(total_steps - 1, 0))
 
 
 @lru_cache(maxsize=32)

@@ -29,7 +29,7 @@ from peftlab.tasks.base import Task
 from peftlab.train import accumulate, efficiency, evaluation, summary
 from peftlab.train.history import History, Progress
 from peftlab.train.hooks import refuse_step_hooks
-from peftlab.train.optim import build_optimizer, lr_factor, rebuild_optimizer, set_lr
+from peftlab.train.optim import build_optimizer, lr_factor, rebuild_optimizer, set_lr, warmup_used
 from peftlab.train.precision import Precision, base_dtype, keep_trained_fp32
 from peftlab.train.recompute import enable_activation_checkpointing
 from peftlab.train.rng import gathered_rng_state, rng_state, set_rng_state
@@ -80,7 +80,7 @@ class Trainer:
         self.first_run = method.first_run_steps(scheduled)
         total = scheduled + self.first_run
         self.state = TrainState(model, step=0, total_steps=total, steps_per_epoch=steps_per_epoch)
-        self.warmup_steps = math.ceil(self.sched.warmup_ratio * scheduled)
+        self.warmup_steps = warmup_used(math.ceil(self.sched.warmup_ratio * scheduled), scheduled)
         self.eval_every = self.sched.eval_every_steps or steps_per_epoch
         self.history = History()
         self.timer = efficiency.StepTimer(device)  # step times, read at logging points (no sync per step)

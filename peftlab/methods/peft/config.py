@@ -8,6 +8,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from peftlab import checks
 from peftlab.errors import ConfigError
 from peftlab.methods.base import MethodConfig
 
@@ -62,6 +63,8 @@ class PeftConfig(MethodConfig):
                 f"peft config key(s) {unknown} are not options of peft's {cls.__name__}; "
                 f"allowed: {', '.join(allowed)}"
             )
+        if "lora_alpha" in self.config:  # 0 leaves the adapter out, a negative one subtracts its update
+            checks.number("method.config.lora_alpha", self.config["lora_alpha"], above=0)
         self.build()  # peft's own checks of the values
 
     @property
