@@ -13,6 +13,11 @@ from transformers import AutoConfig, AutoModel
 from peftlab.config import compose_config
 from peftlab.models import build_model
 from peftlab.models.build import package_path
+from peftlab.models.shipped import is_shipped
+
+# the model type of each checkpoint shipped in parts (peftlab/models/shipped.py): reading its config
+# would assemble it first (Gemma's: a minute of dequantising); tests/test_models_base_scale.py loads them
+SHIPPED_TYPES = {"all-mpnet-base-v2": "mpnet", "gemma-3-270m": "gemma3_text"}
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = sorted(p.stem for p in (ROOT / "conf" / "model").glob("*.yaml"))
@@ -33,6 +38,8 @@ def transformers_class(name: str):
         return None
     if cfg.architecture:
         config = AutoConfig.for_model(cfg.architecture)
+    elif is_shipped(cfg.path):
+        config = AutoConfig.for_model(SHIPPED_TYPES[cfg.path])
     else:
         gguf = {"gguf_file": cfg.gguf_file} if cfg.get("gguf_file") else {}
         config = AutoConfig.from_pretrained(package_path(cfg.path), **gguf)

@@ -154,3 +154,13 @@ def test_results_record_the_attention_kernel(tmp_path, model, kernel):
     cfg = tiny_config(tmp_path, "method=lora", f"model={model}", "schedule.max_steps=1")
     trainer = build_trainer(cfg, RunDir(tmp_path))
     assert trainer.summary(wall_time_s=1.0)["attn_implementation"] == kernel
+
+
+def test_a_step_that_never_ended_is_not_counted():
+    """Ctrl-C inside a step leaves it started but not stopped: the summary of the interrupted run still
+    reads the steps that ended (results.json keeps its step times)."""
+    timer = efficiency.StepTimer(torch.device("cpu"))
+    timer.start()
+    timer.stop()
+    timer.start()  # interrupted here
+    assert len(timer.flush()) == 1 and timer.flush() == []

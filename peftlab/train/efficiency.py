@@ -210,8 +210,9 @@ class StepTimer:
         self.pending[-1] = (self.pending[-1][0], self._mark())
 
     def flush(self) -> list[float]:
-        """Seconds of every step timed since the last flush (waits once for the last one on CUDA)."""
-        done, self.pending = self.pending, []
+        """Seconds of every step timed since the last flush (waits once for the last one on CUDA); a
+        step that never ended (Ctrl-C or an error inside it) is not counted."""
+        done, self.pending = [(s, e) for s, e in self.pending if e is not None], []
         if not done:
             return []
         if not self.cuda:
