@@ -136,8 +136,8 @@ def test_cli_multirun_failed_job_does_not_stop_the_others(tmp_path):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("method=nosuch", "Could not find 'method/nosuch'"),
-        ("model=nosuch", "Could not find 'model/nosuch'"),
+        ("method=nosuch", "unknown method 'nosuch'; available: "),
+        ("model=nosuch", "unknown model 'nosuch'; available: "),
         ("method.rank=4096", "rank=4096 is not allowed for layer"),
     ],
 )
