@@ -21,6 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from peftlab.config.flat import dotted_items
 from peftlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -137,17 +138,8 @@ class Run:
     def settings(self) -> dict[str, str]:
         """The job's config as dotted key -> value text, without the keys of ``NOT_THE_JOB``: what two
         runs must share to be seeds (or repeats) of one configuration."""
-        flat: dict[str, str] = {}
-        stack = [("", OmegaConf.to_container(self.config, resolve=False) if self.config is not None else {})]
-        while stack:
-            prefix, node = stack.pop()
-            for key, value in node.items():  # type: ignore[union-attr]
-                dotted = f"{prefix}{key}"
-                if isinstance(value, dict):
-                    stack.append((dotted + ".", value))
-                elif dotted.split(".")[0] not in NOT_THE_JOB:
-                    flat[dotted] = str(value)
-        return flat
+        tree = OmegaConf.to_container(self.config, resolve=False) if self.config is not None else {}
+        return {k: str(v) for k, v in dotted_items(tree, NOT_THE_JOB).items()}  # type: ignore[arg-type]
 
     @property
     def provenance(self) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from peftlab import distributed
 from peftlab.config import RunConfig
+from peftlab.config.flat import dotted_items
 from peftlab.errors import ConfigError
 from peftlab.run.folder import RESULTS, RunDir
 
@@ -45,17 +46,8 @@ class Plan:
 
 def job_settings(cfg: DictConfig) -> dict[str, Any]:
     """The config as dotted key -> value, without ``HOW_IT_RAN``: what makes two runs the same job."""
-    flat: dict[str, Any] = {}
-    stack = [("", OmegaConf.to_container(cfg, resolve=True))]
-    while stack:
-        prefix, node = stack.pop()
-        for key, value in node.items():  # type: ignore[union-attr]
-            dotted = f"{prefix}{key}"
-            if isinstance(value, dict):
-                stack.append((dotted + ".", value))
-            elif dotted.split(".")[0] not in HOW_IT_RAN and dotted.split(".")[0] != "hydra":
-                flat[dotted] = value
-    return flat
+    tree = OmegaConf.to_container(cfg, resolve=True)
+    return dotted_items(tree, {*HOW_IT_RAN, "hydra"})  # type: ignore[arg-type]
 
 
 def differing(a: DictConfig, b: DictConfig) -> list[str]:
