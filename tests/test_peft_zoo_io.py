@@ -30,3 +30,46 @@ def test_adalora_budget_moves_the_ranks(tmp_path):
     assert sum(end.values()) < sum(start.values())  # pruned towards target_r 8 on average
     pattern = trainer.method.wrapped.peft_config["default"].rank_pattern
     assert pattern and any(not all(kept) for kept in pattern.values())  # peft's own record agrees
+
+
+def pooled_and_by_hand(tmp_path, pooling: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """The head's pooled features of a prompt-tuning run, and the backbone's states of the same batch
+    computed by hand with the virtual tokens in front (mask: 1 for each virtual token)."""
+    cfg = tiny_config(
+        tmp_path, "method=peft_prompt_tuning", f"model.pooling={pooling}", "model.dropout=0.0"
+    )
+    trainer = build_trainer(cfg, RunDir(tmp_path))
+    model = trainer.model.eval()
+    batch = {k: v for k, v in next(iter(trainer.train_loader)).items() if k != "labels"}
+    seen = []
+    model.head.classifier.register_forward_hook(lambda _m, args, _out: seen.append(args[0]))
+    backbone = model.backbone
+    n = backbone.forward.wrapped.active_peft_config.num_virtual_tokens
+    prompt = model.peft_prompt["default"].embedding.weight  # RANDOM init: the prompt is this table
+    bsz, mask = batch["input_ids"].shape[0], batch["attention_mask"]
+    with torch.no_grad():
+        model(**batch)
+        embeds = backbone.embeddings.word_embeddings(batch["input_ids"])
+        hidden = type(backbone).forward(
+            backbone,
+            inputs_embeds=torch.cat([prompt.expand(bsz, -1, -1), embeds], 1),
+            attention_mask=torch.cat([mask.new_ones(bsz, n), mask], 1),
+            token_type_ids=torch.cat([mask.new_zeros(bsz, n), batch["token_type_ids"]], 1),
+        ).last_hidden_state
+    return seen[0], hidden, mask, n
+
+
+def test_prompt_tuning_mean_pools_the_real_tokens_only(tmp_path):
+    pooled, hidden, mask, n = pooled_and_by_hand(tmp_path, "mean")
+    real = mask.unsqueeze(-1).float()
+    by_hand = (hidden[:, n:] * real).sum(1) / real.sum(1)
+    torch.testing.assert_close(pooled, by_hand)
+    with_virtual = torch.cat([torch.ones_like(real[:, :1]).expand(-1, n, -1), real], 1)
+    averaged_in = (hidden * with_virtual).sum(1) / with_virtual.sum(1)
+    assert not torch.allclose(pooled, averaged_in, atol=1e-4)  # the virtual tokens are not averaged in
+
+
+def test_prompt_tuning_cls_is_the_first_real_token(tmp_path):
+    pooled, hidden, _, n = pooled_and_by_hand(tmp_path, "cls")
+    torch.testing.assert_close(pooled, hidden[:, n])
+    assert not torch.allclose(pooled, hidden[:, 0], atol=1e-4)  # not the first virtual token
