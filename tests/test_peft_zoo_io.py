@@ -3,8 +3,11 @@ peft's refusals come before a run folder, the adapter reloads and exports, and a
 
 from __future__ import annotations
 
+import re
+
+import pytest
 import torch
-from conftest import tiny_config
+from conftest import cli, tiny_config
 
 from peftlab.run.experiment import build_trainer
 from peftlab.run.folder import RunDir
@@ -73,3 +76,29 @@ def test_prompt_tuning_cls_is_the_first_real_token(tmp_path):
     pooled, hidden, _, n = pooled_and_by_hand(tmp_path, "cls")
     torch.testing.assert_close(pooled, hidden[:, n])
     assert not torch.allclose(pooled, hidden[:, 0], atol=1e-4)  # not the first virtual token
+
+
+@pytest.mark.parametrize(
+    ("overrides", "line"),
+    [
+        (
+            ["method=peft", "method.config.target_modules=[nosuch]", "model=tiny_bert"],
+            r"peft peft_type=LORA cannot wrap BertModel: Target modules \{'nosuch'\} not found.*"
+            r"allowed keys of LoraConfig: .*target_modules",
+        ),
+        (
+            ["method=peft_prefix_tuning", "model=tiny_deberta"],
+            r"peft peft_type=PREFIX_TUNING cannot wrap DebertaV2Model: its forward takes no "
+            r"past_key_values.*allowed on it: PROMPT_TUNING",
+        ),
+    ],
+    ids=["target_matches_nothing", "prefix_on_deberta"],
+)
+def test_peft_refusal_is_one_line_before_any_run_folder(tmp_path, overrides, line):
+    run = tmp_path / "run"
+    done = cli(*overrides, "task=rte", "schedule=quick", "progress_bar=false", f"hydra.run.dir={run}")
+    assert done.returncode == 2
+    errors = [x for x in done.stderr.splitlines() if x.startswith("error:")]
+    assert len(errors) == 1 and re.fullmatch(f"error: {line}.*", errors[0]), done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert not run.exists()
