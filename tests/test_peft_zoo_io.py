@@ -3,13 +3,19 @@ peft's refusals come before a run folder, the adapter reloads and exports, and a
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
 import torch
 from conftest import cli, tiny_config
+from peft import PeftModel
+from transformers import AutoModel
 
-from peftlab.run.experiment import build_trainer
+from peftlab.errors import ConfigError
+from peftlab.export import export, load_head, rebuild
+from peftlab.models import build_model
+from peftlab.run.experiment import build_trainer, run_experiment, seed_everything
 from peftlab.run.folder import RunDir
 from peftlab.train.summary import method_report
 
@@ -38,9 +44,7 @@ def test_adalora_budget_moves_the_ranks(tmp_path):
 def pooled_and_by_hand(tmp_path, pooling: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """The head's pooled features of a prompt-tuning run, and the backbone's states of the same batch
     computed by hand with the virtual tokens in front (mask: 1 for each virtual token)."""
-    cfg = tiny_config(
-        tmp_path, "method=peft_prompt_tuning", f"model.pooling={pooling}", "model.dropout=0.0"
-    )
+    cfg = tiny_config(tmp_path, "method=peft_prompt_tuning", f"model.pooling={pooling}", "model.dropout=0.0")
     trainer = build_trainer(cfg, RunDir(tmp_path))
     model = trainer.model.eval()
     batch = {k: v for k, v in next(iter(trainer.train_loader)).items() if k != "labels"}
@@ -53,12 +57,16 @@ def pooled_and_by_hand(tmp_path, pooling: str) -> tuple[torch.Tensor, torch.Tens
     with torch.no_grad():
         model(**batch)
         embeds = backbone.embeddings.word_embeddings(batch["input_ids"])
-        hidden = type(backbone).forward(
-            backbone,
-            inputs_embeds=torch.cat([prompt.expand(bsz, -1, -1), embeds], 1),
-            attention_mask=torch.cat([mask.new_ones(bsz, n), mask], 1),
-            token_type_ids=torch.cat([mask.new_zeros(bsz, n), batch["token_type_ids"]], 1),
-        ).last_hidden_state
+        hidden = (
+            type(backbone)
+            .forward(
+                backbone,
+                inputs_embeds=torch.cat([prompt.expand(bsz, -1, -1), embeds], 1),
+                attention_mask=torch.cat([mask.new_ones(bsz, n), mask], 1),
+                token_type_ids=torch.cat([mask.new_zeros(bsz, n), batch["token_type_ids"]], 1),
+            )
+            .last_hidden_state
+        )
     return seen[0], hidden, mask, n
 
 
@@ -102,3 +110,82 @@ def test_peft_refusal_is_one_line_before_any_run_folder(tmp_path, overrides, lin
     assert len(errors) == 1 and re.fullmatch(f"error: {line}.*", errors[0]), done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     assert not run.exists()
+
+
+# a few steps at a high LR, so a wrong reload or export shows in the outputs
+TRAINED = ["task=rte", "schedule.max_steps=2", "schedule.lr=0.02", "measure.flops=false"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One finished run per preset, made when a test first asks for it."""
+    root, made = tmp_path_factory.mktemp("runs"), {}
+
+    def get(preset: str):
+        if preset not in made:
+            made[preset] = run_experiment(tiny_config(root / preset, f"method={preset}", *TRAINED))
+        return root / preset, made[preset]
+
+    return get
+
+
+def test_eval_only_reloads_a_peft_loha_run_to_the_same_metrics(runs, tmp_path):
+    run_dir, results = runs("peft_loha")
+    assert (run_dir / "peft_adapter" / "adapter_model.safetensors").exists()
+    reloaded = run_experiment(tiny_config(tmp_path / "eval", "eval_only=true", f"load_from={run_dir}"))
+    assert reloaded["eval"]["accuracy"] == results["final_eval"]["accuracy"]
+    assert reloaded["eval"]["loss"] == pytest.approx(results["final_eval"]["loss"], abs=1e-6)
+
+
+def inputs_and_ours(run_dir):
+    run = rebuild(run_dir)
+    enc = run.processor(
+        ["a small test sentence", "another, longer one"],
+        ["paired", "more"],
+        padding=True,
+        return_tensors="pt",
+    )
+    inputs = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    with torch.no_grad():
+        return run, inputs, run.model(**inputs).logits
+
+
+def fresh_base(run):
+    seed_everything(run.cfg.seed)
+    return build_model(run.cfg.model, 2)[0].backbone.eval()
+
+
+@torch.no_grad()
+def logits_from(backbone, folder, inputs):
+    return load_head(folder)(backbone(**inputs).last_hidden_state, inputs["attention_mask"])
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize(("preset", "peft_type"), [("peft_loha", "LOHA"), ("peft", "LORA")])
+def test_to_peft_loads_in_peft_with_the_same_logits(runs, tmp_path, preset, peft_type):
+    folder = export(runs(preset)[0], "peft", tmp_path / "peft")
+    run, inputs, ours = inputs_and_ours(runs(preset)[0])
+    base = fresh_base(run)
+    before = logits_from(base, folder, inputs)
+    theirs = logits_from(PeftModel.from_pretrained(base, str(folder)).eval(), folder, inputs)
+    assert not torch.allclose(before, ours, atol=1e-4)  # the adapter changes the outputs
+    torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-5)
+    assert json.loads((folder / "adapter_config.json").read_text())["peft_type"] == peft_type
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_loha_merges_to_the_same_logits(runs, tmp_path):
+    folder = export(runs("peft_loha")[0], "merged", tmp_path / "merged")
+    _, inputs, ours = inputs_and_ours(runs("peft_loha")[0])
+    loaded = AutoModel.from_pretrained(str(folder)).eval()
+    torch.testing.assert_close(logits_from(loaded, folder, inputs), ours, rtol=1e-4, atol=1e-5)
+
+
+def test_prompt_tuning_merge_is_refused_naming_why(runs, tmp_path):
+    with pytest.raises(
+        ConfigError,
+        match=r"^method 'peft' cannot be exported merged: peft_type=PROMPT_TUNING: its virtual "
+        r"tokens are inputs, not weights: there is nothing to fold into a layer$",
+    ):
+        export(runs("peft_prompt_tuning")[0], "merged", tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()

@@ -100,9 +100,7 @@ class Peft(Method):
     def merge_into_base(self, model: nn.Module) -> None:
         """peft's own merge, in place: the backbone holds plain layers again."""
         if self.config.prompt_learning:
-            raise ConfigError(
-                f"method peft peft_type={self.config.peft_type} cannot be merged: {MERGE_REFUSED}"
-            )
+            raise ConfigError(f"peft_type={self.config.peft_type}: {MERGE_REFUSED}")
         try:
             self.wrapped.merge_and_unload()
         except (ValueError, NotImplementedError, AttributeError) as err:
