@@ -10,6 +10,8 @@ import pytest
 import torch
 from conftest import cli, tiny_config
 from peft import PeftModel
+from safetensors.torch import load_file
+from test_resume import COMMON, STEPS, kill_after_checkpoint, metric_rows
 from transformers import AutoModel
 
 from peftlab.errors import ConfigError
@@ -189,3 +191,23 @@ def test_prompt_tuning_merge_is_refused_naming_why(runs, tmp_path):
     ):
         export(runs("peft_prompt_tuning")[0], "merged", tmp_path / "merged")
     assert not (tmp_path / "merged").exists()
+
+
+@pytest.mark.slow  # a reference run, a run killed midway and its resumption
+@pytest.mark.parametrize("preset", ["peft_adalora", "peft_prompt_tuning"])
+def test_killed_peft_run_resumes_bit_identically(tmp_path, preset):
+    args = [*COMMON, f"method={preset}"]
+    reference = cli(*args, f"hydra.run.dir={tmp_path / 'reference'}")
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    run = tmp_path / "run"
+    assert kill_after_checkpoint(run, args, min_step=20) < STEPS
+    resumed = cli("resume=true", f"hydra.run.dir={run}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    expected = json.loads((tmp_path / "reference" / "results.json").read_text())
+    got = json.loads((run / "results.json").read_text())
+    assert got["final_eval"] == expected["final_eval"] and got["steps"] == STEPS
+    assert got["method_report"] == expected["method_report"]  # AdaLoRA's final ranks
+    assert metric_rows(run) == metric_rows(tmp_path / "reference")
+    ours = load_file(run / "peft_adapter" / "adapter_model.safetensors")
+    theirs = load_file(tmp_path / "reference" / "peft_adapter" / "adapter_model.safetensors")
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)

@@ -56,7 +56,7 @@ class Peft(Method):
 
     def after_backward(self, state: TrainState) -> None:
         if self.allocation:
-            if state.step == 0 and self.config.config.get("total_step") is None:
+            if self.config.config.get("total_step") is None:  # on the first step, and after a resume
                 self.wrapped.base_model.rankallocator.set_total_step(state.total_steps)
             self.allocation.keep_gradients()
 
