@@ -89,11 +89,11 @@ class PeftConfig(MethodConfig):
         import inspect
 
         takes = inspect.signature(type(backbone).forward).parameters
-        if self.peft_type == PREFIX and "past_key_values" not in takes:
+        if self.peft_type == PREFIX and not {"past_key_values", "cache"} & set(takes):
             raise ConfigError(
                 f"peft peft_type={PREFIX} cannot wrap {type(backbone).__name__}: its forward takes no "
-                "past_key_values, through which prefix tuning adds its keys and values to every attention "
-                "layer; allowed on it: PROMPT_TUNING, P_TUNING or a tuner of layers"
+                "past_key_values (cache), through which prefix tuning adds its keys and values to every "
+                "attention layer; allowed on it: PROMPT_TUNING, P_TUNING or a tuner of layers"
             )
 
     def check_backbone(self, backbone: Any) -> None:
