@@ -191,6 +191,18 @@ def interrupted(err: KeyboardInterrupt) -> NoReturn:
     sys.exit(getattr(err, "exit_code", 130))
 
 
+def check_on_model(checked: Any) -> None:
+    """A method config that can check itself against the model (``check_backbone``: its targets, the
+    architectures its type supports) does so on the backbone built on the meta device."""
+    from peftlab.models.build import EFFICIENTNET, empty_backbone
+    from peftlab.registry import TASKS
+
+    check = getattr(checked.method, "check_backbone", None)
+    if check is None or checked.model.architecture == EFFICIENTNET:
+        return
+    check(empty_backbone(checked.model, TASKS.get(checked.task_name).model_head))
+
+
 class CheckFirst(Callback):
     """Checks a single run's whole config (method and task options included) before Hydra creates
     ``hydra.run.dir``, which its job logging would write ``peftlab.log`` into: a bad value leaves no
@@ -203,7 +215,7 @@ class CheckFirst(Callback):
             del job["hydra"]
             job.output_dir = str(config.hydra.run.dir)  # ${hydra:runtime.output_dir} is set later
         try:
-            check_config(job)
+            check_on_model(check_config(job))
         except ConfigError as err:
             sys.stderr.write(f"error: {err}\n")
             sys.exit(EXIT_CODES[0][1])

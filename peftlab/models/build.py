@@ -273,6 +273,20 @@ def fit_borrowed_tokenizer(config: Any, tokenizer: PreTrainedTokenizerBase, mode
     )
 
 
+def empty_backbone(cfg: ModelSchema | DictConfig, head: str = "classifier") -> torch.nn.Module:
+    """The backbone a run's method wraps, on the meta device (no weights read, nothing allocated): for
+    checks of a method's targets against the model's module names before any run folder exists."""
+    cfg = model_schema(cfg)
+    location, extra = _location(cfg)
+    tokenizer, borrowed = _tokenizer(cfg, location, extra, cfg.loads_weights)
+    config = _model_config(cfg, location, extra, cfg.loads_weights, tokenizer)
+    if borrowed:
+        fit_borrowed_tokenizer(config, tokenizer, cfg.name)
+    architecture.keep_layers(config, cfg.num_layers, cfg.name)
+    empty = architecture.build_empty(_auto_class(head, config, cfg), config, resolve_dtype(cfg.dtype))
+    return empty.get_decoder() if head == "lm" and not config.is_encoder_decoder else empty
+
+
 def _build_transformer(
     cfg: ModelSchema, dtype: torch.dtype, head: str, pretrained: bool, target: Target
 ) -> tuple[torch.nn.Module, PreTrainedTokenizerBase | None]:

@@ -55,8 +55,14 @@ class Allocation:
             self.grads = []
 
     def ranks(self) -> dict[str, int]:
-        """The rank each layer keeps now: its non-zero entries of lora_E."""
-        return {n: int((p != 0).sum()) for n, p in lora_parameters(self.wrapped) if "lora_E" in n}
+        """The rank each layer keeps now: the kept entries of peft's ``rank_pattern`` once the budget has
+        acted, ``init_r`` (lora_E's length) before (lora_E starts at zero, so its non-zeros say nothing)."""
+        pattern = self.wrapped.peft_config["default"].rank_pattern or {}
+        return {
+            n: int(sum(pattern[n])) if n in pattern else p.shape[0]
+            for n, p in lora_parameters(self.wrapped)
+            if "lora_E" in n
+        }
 
     def state_dict(self) -> dict[str, Any]:
         """The allocator's scores and the rank pattern, for a bit-identical resume."""

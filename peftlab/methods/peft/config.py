@@ -16,6 +16,7 @@ from peftlab.methods.base import MethodConfig
 # features (not a peft task model's outputs) the task head reads
 MANAGED = ("peft_type", "task_type")
 FEATURES = "FEATURE_EXTRACTION"
+PREFIX = "PREFIX_TUNING"
 # a placeholder that passes AdaLoRA's own check; the run fills the real count before its first step
 UNSET_TOTAL_STEP = 10**9
 
@@ -40,6 +41,20 @@ def peft_config_class(peft_type: str) -> type:
 def accepted_fields(cls: type) -> list[str]:
     """The keyword arguments of a peft config class that ``method.config`` may set."""
     return sorted(f.name for f in dataclasses.fields(cls) if f.init and f.name not in MANAGED)
+
+
+# what peft raises when a config does not fit a model
+WRAP_ERRORS = (ValueError, TypeError, KeyError, NotImplementedError, AttributeError)
+
+
+def wrap_error(peft_type: str, model: Any, err: Exception) -> ConfigError:
+    """peft's refusal of a config on this backbone, in one line, with the keys the config class takes."""
+    cls = peft_config_class(peft_type)
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return ConfigError(
+        f"peft peft_type={peft_type} cannot wrap {type(model).__name__}: {first}; "
+        f"allowed keys of {cls.__name__}: {', '.join(accepted_fields(cls))}"
+    )
 
 
 def is_prompt_learning(cls: type) -> bool:
@@ -70,6 +85,30 @@ class PeftConfig(MethodConfig):
     @property
     def prompt_learning(self) -> bool:
         return is_prompt_learning(peft_config_class(self.peft_type))
+
+    def check_supports(self, backbone: Any) -> None:
+        """Prefix tuning hands its keys and values to the attention layers as ``past_key_values``; a
+        backbone whose forward takes none (DeBERTa) would fail in its first step, so it is refused."""
+        import inspect
+
+        takes = inspect.signature(type(backbone).forward).parameters
+        if self.peft_type == PREFIX and not {"past_key_values", "cache"} & set(takes):
+            raise ConfigError(
+                f"peft peft_type={PREFIX} cannot wrap {type(backbone).__name__}: its forward takes no "
+                "past_key_values (cache), through which prefix tuning adds its keys and values to every "
+                "attention layer; allowed on it: PROMPT_TUNING, P_TUNING or a tuner of layers"
+            )
+
+    def check_backbone(self, backbone: Any) -> None:
+        """peft's own injection on ``backbone`` (built on the meta device): a target that matches no
+        module, or a type that does not support the model, is refused now, before any run folder."""
+        from peft import get_peft_model
+
+        self.check_supports(backbone)
+        try:
+            get_peft_model(backbone, self.build())
+        except WRAP_ERRORS as err:
+            raise wrap_error(self.peft_type, backbone, err) from err
 
     def build(self, total_steps: int | None = None) -> Any:
         """peft's config object; AdaLoRA's ``total_step``, when not set, is the run's schedule

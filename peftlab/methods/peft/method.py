@@ -18,21 +18,11 @@ from peftlab.errors import ConfigError
 from peftlab.methods.base import Method, MethodReport, TrainState, register_method
 from peftlab.methods.peft import prompt
 from peftlab.methods.peft.adalora import Allocation, orthogonal_penalty
-from peftlab.methods.peft.config import PeftConfig, accepted_fields, peft_config_class
+from peftlab.methods.peft.config import WRAP_ERRORS, PeftConfig, wrap_error
 
 ADAPTER_DIR = "peft_adapter"  # peft's save_pretrained files, inside the run folder
 PROMPT = "peft_prompt"  # the model's submodule holding peft's prompt encoder (prompt-style tuners)
 MERGE_REFUSED = "its virtual tokens are inputs, not weights: there is nothing to fold into a layer"
-
-
-def peft_error(peft_type: str, model: nn.Module, err: Exception) -> ConfigError:
-    """peft's refusal of a config on this backbone, in one line, with the keys the config class takes."""
-    cls = peft_config_class(peft_type)
-    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-    return ConfigError(
-        f"peft peft_type={peft_type} cannot wrap {type(model).__name__}: {first}; "
-        f"allowed keys of {cls.__name__}: {', '.join(accepted_fields(cls))}"
-    )
 
 
 @register_method("peft")
@@ -49,10 +39,11 @@ class Peft(Method):
         from peft import get_peft_model
 
         freeze(model)
+        self.config.check_supports(model.backbone)
         try:
             self.wrapped = get_peft_model(model.backbone, self.config.build())
-        except (ValueError, TypeError, KeyError, NotImplementedError, AttributeError) as err:
-            raise peft_error(self.config.peft_type, model.backbone, err) from err
+        except WRAP_ERRORS as err:
+            raise wrap_error(self.config.peft_type, model.backbone, err) from err
         self.allocation = Allocation(self.wrapped) if self.config.peft_type == "ADALORA" else None
         if self.config.prompt_learning:
             setattr(model, PROMPT, self.wrapped.prompt_encoder)  # trained and saved with the model
@@ -109,9 +100,7 @@ class Peft(Method):
     def merge_into_base(self, model: nn.Module) -> None:
         """peft's own merge, in place: the backbone holds plain layers again."""
         if self.config.prompt_learning:
-            raise ConfigError(
-                f"method peft peft_type={self.config.peft_type} cannot be merged: {MERGE_REFUSED}"
-            )
+            raise ConfigError(f"peft_type={self.config.peft_type}: {MERGE_REFUSED}")
         try:
             self.wrapped.merge_and_unload()
         except (ValueError, NotImplementedError, AttributeError) as err:
