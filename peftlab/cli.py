@@ -198,9 +198,16 @@ def check_on_model(checked: Any) -> None:
     from peftlab.registry import TASKS
 
     check = getattr(checked.method, "check_backbone", None)
-    if check is None or checked.model.architecture == EFFICIENTNET:
+    packing = getattr(checked.task, "packing", False)
+    if (check is None and not packing) or checked.model.architecture == EFFICIENTNET:
         return
-    check(empty_backbone(checked.model, TASKS.get(checked.task_name).model_head))
+    backbone = empty_backbone(checked.model, TASKS.get(checked.task_name).model_head)
+    if packing:
+        from peftlab.tasks.packing import check_packable
+
+        check_packable(backbone.config, checked.model.name)
+    if check is not None:
+        check(backbone)
 
 
 class CheckFirst(Callback):

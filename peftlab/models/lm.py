@@ -47,9 +47,19 @@ class CausalLM(nn.Module):
         return self.backbone.config
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        labels: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> ModelOutput:
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        """``position_ids`` given: a packed batch (peftlab/tasks/packing.py); its sequences are isolated
+        by their restarting positions, which transformers reads only without an attention mask."""
+        if position_ids is not None:
+            attention_mask = None
+        hidden = self.backbone(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        )
         hidden = hidden.last_hidden_state
         if labels is None:
             return ModelOutput(logits=self.lm_head(hidden))

@@ -29,6 +29,7 @@ from peftlab.models.lm import IGNORE_INDEX
 from peftlab.tasks.base import HeldOutConfig, Task, TaskConfig, cut
 from peftlab.tasks.batching import train_sampling
 from peftlab.tasks.data_root import decode_problem
+from peftlab.tasks.packing import check_packable, packed_batch
 from peftlab.tasks.zero_shot import suite_from_task_config
 
 log = logging.getLogger(__name__)
@@ -62,10 +63,12 @@ class GenerationConfig(TaskConfig):
     max_prompt_tokens: int = 256
     max_target_tokens: int = 256
     max_new_tokens: int = 256
+    packing: bool = False  # training batches packed into rows, no padding (peftlab/tasks/packing.py)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_prompt(self.prompt)
+        checks.boolean("task.packing", self.packing)
         checks.integer("task.max_prompt_tokens", self.max_prompt_tokens, minimum=1)
         checks.integer("task.max_target_tokens", self.max_target_tokens, minimum=2)  # eos + one token
         checks.integer("task.max_new_tokens", self.max_new_tokens, minimum=1)
@@ -133,6 +136,8 @@ class GenerationTask(Task):
                 "encoder-decoder: use a causal LM (smollm2_135m, tiny_llama, tiny_opt, llama2_7b) or "
                 "task.zero_shot=[]"
             )
+        if self.config.packing:
+            check_packable(model.config)
         self._check_budgets()
 
     def _check_budgets(self) -> None:
@@ -188,13 +193,15 @@ class GenerationTask(Task):
         return {"prompt": prompt, "target": target + [eos]}
 
     def build_loader(self, examples, tokenizer, batch_size, max_length, generator=None):
-        """Training (``generator`` given): shuffled (input_ids, attention_mask, labels). Evaluation: the
-        same plus left-padded ``prompt_ids``/``prompt_mask`` and the example ``index``."""
-        del max_length  # generation tasks budget prompt and target apart (task.max_*_tokens)
+        """Training (``generator`` given): shuffled (input_ids, attention_mask, labels), or with
+        ``task.packing`` each batch packed into rows of ``max_length`` (peftlab/tasks/packing.py).
+        Evaluation: padded, plus left-padded ``prompt_ids``/``prompt_mask`` and the example ``index``.
+        Unpacked, ``max_length`` is unused: prompt and target have their own budgets (task.max_*_tokens)."""
         self.tokenizer = tokenizer
         encoded = self.encoded(examples, tokenizer)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_token_id(tokenizer)
-        collate = _Collate(pad, self.encoder_decoder, with_prompts=generator is None)
+        packing = max_length if generator is not None and self.config.packing else None
+        collate = _Collate(pad, self.encoder_decoder, with_prompts=generator is None, packing=packing)
         lengths = [len(e["prompt"]) + len(e["target"]) for e in encoded]
         loader = DataLoader(
             list(enumerate(encoded)),
@@ -277,8 +284,11 @@ def eos_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
 class _Collate:
     """Pads a batch of encoded pairs (a class, not a closure, so DataLoader workers can pickle it)."""
 
-    def __init__(self, pad_id: int, encoder_decoder: bool, with_prompts: bool) -> None:
+    def __init__(
+        self, pad_id: int, encoder_decoder: bool, with_prompts: bool, packing: int | None = None
+    ) -> None:
         self.pad_id, self.encoder_decoder, self.with_prompts = pad_id, encoder_decoder, with_prompts
+        self.packing = packing  # tokens per packed row; None: one padded row per example
 
     def __call__(self, items: list[tuple[int, dict[str, list[int]]]]) -> dict[str, torch.Tensor]:
         pairs = [item for _, item in items]
@@ -288,6 +298,8 @@ class _Collate:
         else:
             inputs = [p["prompt"] + p["target"] for p in pairs]
             labels = [[IGNORE_INDEX] * len(p["prompt"]) + p["target"] for p in pairs]
+        if self.packing is not None:
+            return packed_batch(inputs, labels, self.packing, self.pad_id)
         input_ids, attention_mask = _pad(inputs, self.pad_id, left=False)
         batch = {
             "input_ids": input_ids,

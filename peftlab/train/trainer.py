@@ -346,7 +346,10 @@ class Trainer:
         history.adapter_param_steps += self.trainable_count - self.trainable_head_count
         loss = self.train_step(batch, total_targets)
         self.timer.stop()
-        samples = len(batch["labels"]) * distributed.world_size()
+        # examples: a packed batch's rows hold several (each starts at position 0)
+        packed = batch.get("position_ids")
+        samples = int((packed == 0).sum()) if packed is not None else len(batch["labels"])
+        samples *= distributed.world_size()
         history.samples += samples
         if self.timer.steps == 1:  # this process's first: CUDA init, FLOP count, compilation
             history.warmup_steps.append(self.state.step)
