@@ -150,21 +150,34 @@ def render_table(spec_table: dict[str, Any], runs: list[Run], spec: dict[str, An
     return [*lines, "", *stamp(chosen, spec), ""]
 
 
+def _per_seed(runs: list[Run], claim: dict[str, Any], side: str) -> dict[int, float]:
+    """A claim's side as {seed: percent}; with ``average_over`` (e.g. ``task.name``) the mean over those
+    values per seed, for the seeds that have a run at every one of them (a paper's "on average")."""
+    select, over = claim.get("select", "final"), claim.get("average_over")
+    chosen = [r for r in runs if matches(r, claim[side]) and r.percent(select=select) is not None]
+    if not over:
+        return {r.get("seed"): r.percent(select=select) for r in chosen}
+    every = {r.get(over) for r in runs if matches(r, claim["a"]) or matches(r, claim["b"])}
+    by_seed: dict[int, dict[Any, float]] = {}
+    for r in chosen:
+        by_seed.setdefault(r.get("seed"), {})[r.get(over)] = r.percent(select=select)
+    return {seed: statistics.fmean(v.values()) for seed, v in by_seed.items() if set(v) == every}
+
+
 def render_comparisons(comparisons: list[dict[str, Any]], runs: list[Run]) -> list[str]:
     """One line per claim: the paired difference over common seeds, its 95% t interval, the verdict."""
     rows = []
     for claim in comparisons:
-        select = claim.get("select", "final")
-        sides = [
-            {r.get("seed"): r.percent(select=select) for r in runs if matches(r, claim[s])} for s in "ab"
-        ]
-        a, b = ({k: v for k, v in side.items() if v is not None} for side in sides)
+        a, b = (_per_seed(runs, claim, side) for side in "ab")
         result = (
             paired(a, b, claim.get("direction", "greater")).text()
             if a.keys() & b.keys()
             else "no common seed"
         )
-        rows.append([claim["claim"], select, str(len(a.keys() & b.keys())), result])
+        over = f", mean over {claim['average_over']}" if claim.get("average_over") else ""
+        rows.append(
+            [claim["claim"], claim.get("select", "final") + over, str(len(a.keys() & b.keys())), result]
+        )
     headers = ["claim (a vs b)", "eval", "paired seeds", "a - b [95% CI]: verdict"]
     return ["## Claims, paired over seeds", "", *markdown_table(headers, rows, "llrl"), ""]
 
