@@ -64,3 +64,14 @@ def test_the_claim_line_says_it_averages_and_pairs_two_seeds():
     cells = [c.strip() for c in line.strip().strip("|").split("|")]
     assert cells[1:3] == ["final, mean over task.name", "2"]
     assert cells[3].startswith("+12.50")  # mean of (70 - 55, 70 - 60)
+
+
+def test_a_report_column_is_the_mean_of_the_method_reports_number():
+    from peftlab.reporting.pages import column
+
+    runs = [run("aflora", "cola", s, 0.5) for s in (1, 2)]
+    for r, step in zip(runs, (16, 20)):
+        r.results["method_report"] = {"all_frozen_step": step}
+    header, cell = column("report.all_frozen_step")
+    assert header == "all_frozen_step (mean)" and cell(runs) == "18.0"
+    assert cell([run("lora", "cola", 1, 0.5)]) == ""  # a method without that report: blank, not 0

@@ -78,6 +78,18 @@ COLUMNS: dict[str, tuple[str, Callable[[list[Run]], str]]] = {
 }
 
 
+REPORT = "report."  # a column ``report.<key>``: the mean over seeds of that key of the method's report
+
+
+def column(name: str) -> tuple[str, Callable[[list[Run]], str]]:
+    """A column's header and cell: a named one, or ``report.<key>`` (a number the method reports, such as
+    when its freezing ended), shown as the mean over the row's runs ("" where a method reports none)."""
+    if not name.startswith(REPORT):
+        return COLUMNS[name]
+    key = name[len(REPORT) :]
+    return f"{key} (mean)", _number(lambda r: (r.results.get("method_report") or {}).get(key), 1.0, ",.1f")
+
+
 def read_page(study_dir: Path) -> dict[str, Any]:
     """The study's page definition, with its keys checked."""
     spec = yaml.safe_load((study_dir / PAGE).read_text()) or {}
@@ -85,9 +97,11 @@ def read_page(study_dir: Path) -> dict[str, Any]:
     if unknown or "page" not in spec or "title" not in spec:
         raise ConfigError(f"{study_dir / PAGE}: needs page and title; unknown keys {sorted(unknown)}")
     for spec_table in spec.get("tables", []):
-        bad = [c for c in spec_table.get("columns", []) if c not in COLUMNS]
+        bad = [c for c in spec_table.get("columns", []) if c not in COLUMNS and not c.startswith(REPORT)]
         if bad:
-            raise ConfigError(f"{study_dir / PAGE}: columns {bad}; known: {', '.join(COLUMNS)}")
+            raise ConfigError(
+                f"{study_dir / PAGE}: columns {bad}; known: {', '.join(COLUMNS)}, {REPORT}<method report key>"
+            )
     return spec
 
 
@@ -140,10 +154,10 @@ def render_table(spec_table: dict[str, Any], runs: list[Run], spec: dict[str, An
     if not chosen:
         return [f"## {spec_table['title']}", "", "No stored run matches this table yet.", ""]
     rows = [
-        [*(str(v) for v in values), *(COLUMNS[c][1](found) for c in columns)]
+        [*(str(v) for v in values), *(column(c)[1](found) for c in columns)]
         for values, found in group(chosen, keys, spec_table.get("order"))
     ]
-    headers = [*keys, *(COLUMNS[c][0] for c in columns)]
+    headers = [*keys, *(column(c)[0] for c in columns)]
     metrics = sorted({f"{r.metric_name()} (%)" for r in chosen})
     lines = [f"## {spec_table['title']}", "", f"Metric: {', '.join(metrics)} on the dev split.", ""]
     lines += markdown_table(headers, rows, "l" * len(keys) + "r" * len(columns))
