@@ -70,7 +70,7 @@ def test_a_report_column_is_the_mean_of_the_method_reports_number():
     from peftlab.reporting.pages import column
 
     runs = [run("aflora", "cola", s, 0.5) for s in (1, 2)]
-    for r, step in zip(runs, (16, 20)):
+    for r, step in zip(runs, (16, 20), strict=True):
         r.results["method_report"] = {"all_frozen_step": step}
     header, cell = column("report.all_frozen_step")
     assert header == "all_frozen_step (mean)" and cell(runs) == "18.0"
