@@ -164,6 +164,25 @@ def test_every_pm_is_frozen_by_the_end_and_reported(tmp_path):
     assert logged == sorted(logged, reverse=True) and logged[-1] == counts["end"]
 
 
+EMPTY_RAMP = ("method.t_initial=1", "method.t_final=0.7", "schedule.max_steps=null", "schedule.epochs=3")
+
+
+def test_an_empty_freezing_ramp_is_warned_and_every_pm_freezes_at_t_initial(tmp_path, caplog):
+    """t_i = 1 epoch and t_f = 0.7 of 3 epochs: T - t_f falls before t_i (the study preset's old bug)."""
+    with caplog.at_level("WARNING", logger="peftlab.methods.aflora.method"):
+        results, trace = run(tmp_path, *EMPTY_RAMP)
+    [warning] = [r.getMessage() for r in caplog.records if "freezing ramp" in r.getMessage()]
+    steps_per_epoch = results["steps"] // 3
+    assert f"t_initial=1 ({steps_per_epoch} steps)" in warning and "aflora_fractions" in warning
+    assert set(trace.values()) == {steps_per_epoch}  # all at once, at t_i
+
+
+def test_a_ramp_of_the_paper_proportions_is_not_warned(tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="peftlab.methods.aflora.method"):
+        run(tmp_path)
+    assert not [r for r in caplog.records if "freezing ramp" in r.getMessage()]
+
+
 def test_freezing_off_keeps_pms_trainable(tmp_path):
     results, trace = run(tmp_path, "method.freezing=false")
     assert all(step is None for step in trace.values())

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from fnmatch import fnmatchcase
 
 import pytest
 import torch
@@ -29,25 +30,43 @@ def script(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.slow  # every method trained and resumed, 3 efficiency tables, a zero-shot run: minutes on CPU
-def test_cpu_dry_run_passes_every_check_and_reports_each(tmp_path):
-    proc = script("--device", "cpu", "--quick", "--out", str(tmp_path))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    report = json.loads((tmp_path / "gpu_check.json").read_text())
-    checks = {c["name"]: c for c in report["checks"]}
+def expected_checks() -> list[str]:
+    """What the CPU dry-run must check: every method in fp32, the script's two in bf16, the torchrun pair
+    (skipped on CPU), the three efficiency tables and the zero-shot run."""
     methods = gpu_check.method_names()
     expected = [f"train {m} fp32" for m in methods] + ["train lora bf16", "train aflora bf16"]
     expected += ["torchrun ddp lora", "torchrun ddp aflora", "zero-shot tiny_llama bf16"]
-    expected += [f"efficiency table {t}" for t in ("aflora", "light-peft", "spsft")]
-    assert sorted(checks) == sorted(expected)
-    for name, check in checks.items():
-        if name.startswith("torchrun"):
-            assert check["status"] == "skip" and "needs 2 visible GPUs" in check["detail"], check
-        else:
-            assert check["status"] == "pass", check
-    assert all("identical" in checks[f"train {m} fp32"]["detail"] for m in methods)
+    return expected + [f"efficiency table {t}" for t in ("aflora", "light-peft", "spsft")]
+
+
+def test_the_dry_run_plans_every_check_and_only_selects():
+    listed = script("--device", "cpu", "--quick", "--list")
+    assert listed.returncode == 0, listed.stderr
+    assert sorted(listed.stdout.split("\n")[:-1]) == sorted(expected_checks())
+    picked = script("--device", "cpu", "--quick", "--list", "--only", "train lora*", "--only", "zero-shot*")
+    wanted = [n for n in expected_checks() if fnmatchcase(n, "train lora*") or n.startswith("zero-shot")]
+    assert "train lora bf16" in wanted and "train lora_llm fp32" in wanted
+    assert sorted(picked.stdout.split("\n")[:-1]) == sorted(wanted)
+    bad = script("--device", "cpu", "--quick", "--only", "train lorra*")
+    assert bad.returncode == 2 and "--only 'train lorra*' matches no check" in bad.stderr
+
+
+@pytest.mark.slow  # one check a test (a method trained and resumed, a table, a zero-shot run): 5-40 s each
+@pytest.mark.parametrize("name", expected_checks())
+def test_cpu_dry_run_passes_each_check_and_reports_it(tmp_path, name):
+    proc = script("--device", "cpu", "--quick", "--out", str(tmp_path), "--only", name)
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    [check] = report["checks"]
+    assert check["name"] == name
+    if name.startswith("torchrun"):
+        assert check["status"] == "skip" and "needs 2 visible GPUs" in check["detail"], check
+    else:
+        assert check["status"] == "pass", check
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    if name.startswith("train") and name.endswith("fp32"):
+        assert "identical" in check["detail"], check
     markdown = (tmp_path / "gpu_check.md").read_text()
-    assert all(f"| {name} | {checks[name]['status']} |" in markdown for name in expected)
+    assert f"| {name} | {check['status']} |" in markdown
     assert f"torch: {torch.__version__}" in markdown and "device_name:" in markdown
 
 

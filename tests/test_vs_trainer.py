@@ -96,3 +96,20 @@ def test_cli_options():
     settings, options = parse_args(["--steps", "3", "--train-samples", "0", "--threads", "0", "--markdown"])
     assert (settings.steps, settings.train_samples, settings.threads) == (3, None, None)
     assert options.markdown and options.json is None
+
+
+def test_fast_vs_default_runs_peftlab_alone_with_the_fast_options():
+    """--fast-vs-default: peftlab's loop in bf16 on grouped batches, the Trainer and plain loops at the
+    given settings (fp32, peftlab's ungrouped order); a ceiling per precision, and the notes say so."""
+    settings, _ = parse_args(["--fast-vs-default"])
+    assert settings.fast_vs_default and settings.peftlab_side().precision == "bf16"
+    assert parse_args([])[0].fast_vs_default is None  # stored runs without the key match the same filter
+    tiny = {**TINY, "train_samples": 24, "steps": 3, "max_length": 128}  # one epoch, no truncation
+    report = compare(Settings(**tiny, overrides=FEW_DEV, fast_vs_default=True))
+    runs = {name: runs[0] for name, runs in report.runs.items()}
+    assert runs[TRAINER].shapes == runs[PLAIN].shapes
+    padded = {name: sum(b * n for b, n in run.shapes) for name, run in runs.items()}
+    assert padded[PEFTLAB] < padded[PLAIN]  # the same examples in batches of similar length
+    assert abs(runs[PLAIN].losses[0] - runs[TRAINER].losses[0]) < 1e-5
+    assert set(report.ceilings) == {"fp32", "bf16"} and report.ceiling_gflops == report.ceilings["fp32"]
+    assert any(line.startswith("FAST vs DEFAULT: peftlab") for line in render(report).splitlines())

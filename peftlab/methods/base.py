@@ -135,6 +135,11 @@ class Method:
         """Trainable parameters split into optimizer groups; see ``peftlab.train.optim``."""
         return default_param_groups(model)
 
+    def check_schedule(self, scheduled_steps: int, steps_per_epoch: int) -> None:
+        """Before the first step: a ConfigError, or a warning, when the method's own schedule cannot work
+        as meant in a run of this length (AFLoRA's freezing ramp). Default: any length works."""
+        del scheduled_steps, steps_per_epoch
+
     def first_run_steps(self, scheduled_steps: int) -> int:
         """Steps of a separate run ahead of the ``scheduled_steps`` (Light-PEFT's estimation run, as the
         authors' scripts run it): the loop gives it its own LR schedule, then a fresh optimizer and a

@@ -19,7 +19,8 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 import torch
@@ -63,10 +64,11 @@ class Options:
     quick_bf16_methods: list[str]
     tables: list[str]
     method_overrides: dict[str, list[str]]
+    only: list[str] = field(default_factory=list)  # glob patterns of check names; empty: every check
 
     @property
-    def steps(self) -> int:  # of every training run
-        return 2 if self.quick else 20
+    def steps(self) -> int:  # of every training run (4: Light-PEFT's in-run estimation needs 3 or more)
+        return 4 if self.quick else 20
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
@@ -88,6 +90,14 @@ def parse_args(argv: list[str] | None = None) -> Options:
         metavar="METHOD:OVERRIDE",
         help="an extra Hydra override for one method's runs (repeatable)",
     )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="run only the checks named so (repeatable)",
+    )
+    parser.add_argument("--list", action="store_true", help="print the checks' names and stop")
     args = parser.parse_args(argv)
     overrides: dict[str, list[str]] = {}
     for item in args.method_override:
@@ -96,10 +106,18 @@ def parse_args(argv: list[str] | None = None) -> Options:
             parser.error(f"--method-override {item!r}: expected METHOD:OVERRIDE")
         overrides.setdefault(method, []).append(override)
     jobs = args.jobs or (6 if args.device == "cuda" else 1)
-    return Options(
+    opts = Options(
         args.device, args.out, args.quick, jobs, args.data_root, args.ddp_methods,
-        args.quick_bf16_methods, args.tables, overrides,
+        args.quick_bf16_methods, args.tables, overrides, args.only,
     )  # fmt: skip
+    names = [name for name, _, _ in planned_checks(opts)]
+    unmatched = [g for g in opts.only if not any(fnmatchcase(n, g) for n in names)]
+    if unmatched:
+        parser.error(f"--only {unmatched[0]!r} matches no check; --list prints their names")
+    if args.list:
+        print("\n".join(names))
+        sys.exit(0)
+    return opts
 
 
 def method_names() -> list[str]:
@@ -325,18 +343,32 @@ def timed(name: str, check, *args) -> Check:
     return Check(name, status, round(time.perf_counter() - start, 1), peak, detail)
 
 
-def run_checks(opts: Options) -> list[Check]:
-    """Method runs first (``opts.jobs`` at once: each is a separate process), then the rest one by one, so
-    that the efficiency tables' timings are not shared with other work."""
+def planned_checks(opts: Options) -> list[tuple[str, object, tuple]]:
+    """(name, check, arguments) of every check these options ask for, in the order they run; method runs
+    first, then DDP, the efficiency tables and the zero-shot run."""
     methods = method_names()
     bf16 = opts.quick_bf16_methods if opts.quick else methods
-    train = [(m, "fp32") for m in methods] + [(m, "bf16") for m in bf16]
+    plan = [
+        (f"train {m} {p}", check_train, (m, p, opts))
+        for p, ms in (("fp32", methods), ("bf16", bf16))
+        for m in ms
+    ]
+    plan += [(f"torchrun ddp {m}", check_ddp, (m, opts)) for m in opts.ddp_methods]
+    plan += [(f"efficiency table {t}", check_efficiency, (t, opts)) for t in opts.tables]
+    plan.append(("zero-shot tiny_llama bf16", check_zero_shot, (opts,)))
+    if opts.only:
+        plan = [c for c in plan if any(fnmatchcase(c[0], g) for g in opts.only)]
+    return plan
+
+
+def run_checks(opts: Options) -> list[Check]:
+    """Method runs ``opts.jobs`` at once (each is a separate process), then the rest one by one, so that
+    the efficiency tables' timings are not shared with other work."""
+    plan = planned_checks(opts)
+    train = [c for c in plan if c[1] is check_train]
     with ThreadPoolExecutor(max(1, opts.jobs)) as pool:
-        checks = list(pool.map(lambda mp: timed(f"train {mp[0]} {mp[1]}", check_train, *mp, opts), train))
-    checks += [timed(f"torchrun ddp {m}", check_ddp, m, opts) for m in opts.ddp_methods]
-    checks += [timed(f"efficiency table {t}", check_efficiency, t, opts) for t in opts.tables]
-    checks.append(timed("zero-shot tiny_llama bf16", check_zero_shot, opts))
-    return checks
+        checks = list(pool.map(lambda c: timed(c[0], c[1], *c[2]), train))
+    return checks + [timed(name, check, *args) for name, check, args in plan if check is not check_train]
 
 
 def write_report(checks: list[Check], env: dict, opts: Options, seconds: float) -> Path:

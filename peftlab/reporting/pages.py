@@ -78,6 +78,18 @@ COLUMNS: dict[str, tuple[str, Callable[[list[Run]], str]]] = {
 }
 
 
+REPORT = "report."  # a column ``report.<key>``: the mean over seeds of that key of the method's report
+
+
+def column(name: str) -> tuple[str, Callable[[list[Run]], str]]:
+    """A column's header and cell: a named one, or ``report.<key>`` (a number the method reports, such as
+    when its freezing ended), shown as the mean over the row's runs ("" where a method reports none)."""
+    if not name.startswith(REPORT):
+        return COLUMNS[name]
+    key = name[len(REPORT) :]
+    return f"{key} (mean)", _number(lambda r: (r.results.get("method_report") or {}).get(key), 1.0, ",.1f")
+
+
 def read_page(study_dir: Path) -> dict[str, Any]:
     """The study's page definition, with its keys checked."""
     spec = yaml.safe_load((study_dir / PAGE).read_text()) or {}
@@ -85,9 +97,11 @@ def read_page(study_dir: Path) -> dict[str, Any]:
     if unknown or "page" not in spec or "title" not in spec:
         raise ConfigError(f"{study_dir / PAGE}: needs page and title; unknown keys {sorted(unknown)}")
     for spec_table in spec.get("tables", []):
-        bad = [c for c in spec_table.get("columns", []) if c not in COLUMNS]
+        bad = [c for c in spec_table.get("columns", []) if c not in COLUMNS and not c.startswith(REPORT)]
         if bad:
-            raise ConfigError(f"{study_dir / PAGE}: columns {bad}; known: {', '.join(COLUMNS)}")
+            raise ConfigError(
+                f"{study_dir / PAGE}: columns {bad}; known: {', '.join(COLUMNS)}, {REPORT}<method report key>"
+            )
     return spec
 
 
@@ -140,31 +154,44 @@ def render_table(spec_table: dict[str, Any], runs: list[Run], spec: dict[str, An
     if not chosen:
         return [f"## {spec_table['title']}", "", "No stored run matches this table yet.", ""]
     rows = [
-        [*(str(v) for v in values), *(COLUMNS[c][1](found) for c in columns)]
+        [*(str(v) for v in values), *(column(c)[1](found) for c in columns)]
         for values, found in group(chosen, keys, spec_table.get("order"))
     ]
-    headers = [*keys, *(COLUMNS[c][0] for c in columns)]
+    headers = [*keys, *(column(c)[0] for c in columns)]
     metrics = sorted({f"{r.metric_name()} (%)" for r in chosen})
     lines = [f"## {spec_table['title']}", "", f"Metric: {', '.join(metrics)} on the dev split.", ""]
     lines += markdown_table(headers, rows, "l" * len(keys) + "r" * len(columns))
     return [*lines, "", *stamp(chosen, spec), ""]
 
 
+def _per_seed(runs: list[Run], claim: dict[str, Any], side: str) -> dict[int, float]:
+    """A claim's side as {seed: percent}; with ``average_over`` (e.g. ``task.name``) the mean over those
+    values per seed, for the seeds that have a run at every one of them (a paper's "on average")."""
+    select, over = claim.get("select", "final"), claim.get("average_over")
+    chosen = [r for r in runs if matches(r, claim[side]) and r.percent(select=select) is not None]
+    if not over:
+        return {r.get("seed"): r.percent(select=select) for r in chosen}
+    every = {r.get(over) for r in runs if matches(r, claim["a"]) or matches(r, claim["b"])}
+    by_seed: dict[int, dict[Any, float]] = {}
+    for r in chosen:
+        by_seed.setdefault(r.get("seed"), {})[r.get(over)] = r.percent(select=select)
+    return {seed: statistics.fmean(v.values()) for seed, v in by_seed.items() if set(v) == every}
+
+
 def render_comparisons(comparisons: list[dict[str, Any]], runs: list[Run]) -> list[str]:
     """One line per claim: the paired difference over common seeds, its 95% t interval, the verdict."""
     rows = []
     for claim in comparisons:
-        select = claim.get("select", "final")
-        sides = [
-            {r.get("seed"): r.percent(select=select) for r in runs if matches(r, claim[s])} for s in "ab"
-        ]
-        a, b = ({k: v for k, v in side.items() if v is not None} for side in sides)
+        a, b = (_per_seed(runs, claim, side) for side in "ab")
         result = (
             paired(a, b, claim.get("direction", "greater")).text()
             if a.keys() & b.keys()
             else "no common seed"
         )
-        rows.append([claim["claim"], select, str(len(a.keys() & b.keys())), result])
+        over = f", mean over {claim['average_over']}" if claim.get("average_over") else ""
+        rows.append(
+            [claim["claim"], claim.get("select", "final") + over, str(len(a.keys() & b.keys())), result]
+        )
     headers = ["claim (a vs b)", "eval", "paired seeds", "a - b [95% CI]: verdict"]
     return ["## Claims, paired over seeds", "", *markdown_table(headers, rows, "llrl"), ""]
 

@@ -76,6 +76,7 @@ class Trainer:
             enable_activation_checkpointing(model)
         steps_per_epoch = len(train_loader)
         scheduled = self.sched.max_steps or steps_per_epoch * self.sched.epochs
+        method.check_schedule(scheduled, steps_per_epoch)
         # a method's separate first run ahead of the scheduled one (Light-PEFT's official estimation run)
         self.first_run = method.first_run_steps(scheduled)
         total = scheduled + self.first_run

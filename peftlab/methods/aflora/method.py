@@ -16,6 +16,7 @@ frozen.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import statistics
@@ -44,6 +45,8 @@ from peftlab.methods.base import (
     json_bytes,
     register_method,
 )
+
+log = logging.getLogger(__name__)
 
 PM_PLACEMENTS = ("ffn", "attention", "both", "none")
 FREEZE_RULES = ("code", "paper")
@@ -120,6 +123,20 @@ class Aflora(Method):
         self.scored = cfg.freezing and bool(pms)
 
     # -- hooks ------------------------------------------------------------------------------------
+    def check_schedule(self, scheduled_steps: int, steps_per_epoch: int) -> None:
+        """Warn when the freezing ramp is empty (T - t_f <= t_i): every PM then freezes at t_i at once,
+        not by its score, which is not AFLoRA's schedule (short smoke runs still run)."""
+        cfg = self.config
+        t_i = steps_of(cfg.t_initial, steps_per_epoch, scheduled_steps)
+        t_f = steps_of(cfg.t_final, steps_per_epoch, scheduled_steps)
+        if self.scored and scheduled_steps - t_f <= t_i:
+            log.warning(
+                "aflora t_initial=%s (%d steps) and t_final=%s (%d steps) leave no freezing ramp in a "
+                "%d-step run (T - t_f = %d <= t_i): every PM freezes at step %d at once, not by its score; "
+                "give them as fractions of the run (method=aflora_fractions) or train longer",
+                cfg.t_initial, t_i, cfg.t_final, t_f, scheduled_steps, scheduled_steps - t_f, t_i,
+            )  # fmt: skip
+
     def after_backward(self, state: TrainState) -> None:
         if self.scored and self.scorer.active:
             self.scorer.accumulate()

@@ -18,7 +18,7 @@ from peftlab.errors import ConfigError
 from peftlab.methods.base import Method, MethodReport, TrainState, register_method
 from peftlab.methods.peft import prompt
 from peftlab.methods.peft.adalora import Allocation, orthogonal_penalty
-from peftlab.methods.peft.config import WRAP_ERRORS, PeftConfig, wrap_error
+from peftlab.methods.peft.config import UNSET_TOTAL_STEP, WRAP_ERRORS, PeftConfig, wrap_error
 
 ADAPTER_DIR = "peft_adapter"  # peft's save_pretrained files, inside the run folder
 PROMPT = "peft_prompt"  # the model's submodule holding peft's prompt encoder (prompt-style tuners)
@@ -56,8 +56,9 @@ class Peft(Method):
 
     def after_backward(self, state: TrainState) -> None:
         if self.allocation:
-            if self.config.config.get("total_step") is None:  # on the first step, and after a resume
-                self.wrapped.base_model.rankallocator.set_total_step(state.total_steps)
+            allocator = self.wrapped.base_model.rankallocator
+            if allocator.peft_config.total_step == UNSET_TOTAL_STEP:  # first step, and after a resume
+                allocator.set_total_step(state.total_steps)
             self.allocation.keep_gradients()
 
     def after_step(self, state: TrainState) -> None:

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 import torch
 
 from peftlab.reporting.vs_trainer.common import Settings, Shared, flops_per_example, hf_model, shared_data
-from peftlab.reporting.vs_trainer.loops import LOOPS, TRAINER, LoopRun
+from peftlab.reporting.vs_trainer.loops import LOOPS, PEFTLAB, TRAINER, LoopRun
 from peftlab.train.efficiency import matmul_gflops
 
 __all__ = ["Report", "Settings", "compare", "render", "summarise"]
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 AGREE_POINTS = 2.0  # dev metrics further apart than this (percentage points) print a warning
 
 
@@ -29,11 +30,19 @@ class Report:
     settings: Settings
     shared: Shared
     runs: dict[str, list[LoopRun]]  # per loop, one per repeat
-    ceiling_gflops: float
+    ceilings: dict[str, float]  # precision -> matmul ceiling (GFLOP/s), best over the run
     flops_at: Callable[[int], float]  # padded length -> FLOPs of forward + backward per example
 
     def step_flops(self, run: LoopRun) -> float:
         return sum(batch * self.flops_at(length) for batch, length in run.shapes)
+
+    def precision(self, loop: str) -> str:
+        return (self.settings.peftlab_side() if loop == PEFTLAB else self.settings).precision
+
+    @property
+    def ceiling_gflops(self) -> float:
+        """The ceiling of the Trainer's precision (of every loop's, unless ``fast_vs_default``)."""
+        return self.ceilings[self.settings.precision]
 
 
 def compare(settings: Settings) -> Report:
@@ -52,14 +61,30 @@ def _interleaved(settings: Settings) -> Report:
     with folder:
         vocab = shared.trainer.model.backbone.config.vocab_size
         flops_at = flops_per_example(hf_model(shared), vocab)
-        dtype = torch.bfloat16 if settings.precision == "bf16" else torch.float32
+        precisions = {settings.precision, settings.peftlab_side().precision}
+        for precision in sorted(precisions):
+            warm_up(shared, precision)
         runs: dict[str, list[LoopRun]] = {name: [] for name in LOOPS}
-        ceiling = 0.0
+        ceilings = dict.fromkeys(precisions, 0.0)
         for _ in range(settings.repeats):
             for name, loop in LOOPS.items():
                 runs[name].append(loop(settings, shared))
-            ceiling = max(ceiling, matmul_gflops(dtype))
-    return Report(settings, shared, runs, ceiling, flops_at)
+            for precision in precisions:
+                ceilings[precision] = max(ceilings[precision], matmul_gflops(DTYPES[precision]))
+    return Report(settings, shared, runs, ceilings, flops_at)
+
+
+def warm_up(shared: Shared, precision: str) -> None:
+    """One untimed forward + backward on the longest batch: the process's first step pays one-time
+    costs (kernel and allocator set-up, seconds on CPU) that would otherwise land on the loop run first."""
+    batches = shared.epochs[0]
+    longest = max(batches, key=lambda b: max(len(shared.dataset[i]["input_ids"]) for i in b))
+    batch = shared.collate([shared.dataset[i] for i in longest])
+    model = hf_model(shared)
+    with torch.random.fork_rng():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = model(**batch).loss
+        loss.backward()
 
 
 def metric_keys(metrics: dict[str, float]) -> list[str]:
@@ -80,7 +105,8 @@ def summarise(report: Report) -> list[dict[str, object]]:
                 k: statistics.median(r.metrics[k] for r in runs) for k in metric_keys(runs[0].metrics)
             },
             "ceiling_pct": statistics.median(
-                100 * report.step_flops(r) / sum(r.step_times) / 1e9 / report.ceiling_gflops for r in runs
+                100 * report.step_flops(r) / sum(r.step_times) / 1e9 / report.ceilings[report.precision(name)]
+                for r in runs
             ),
             "step_ms": statistics.median(1000 * statistics.median(r.step_times) for r in runs),
             "first_loss": runs[0].losses[0],
@@ -134,16 +160,22 @@ def notes(report: Report, rows: list[dict[str, object]]) -> list[str]:
     order = "the Trainer: its own LengthGroupedSampler; peftlab and plain: peftlab's grouped batches"
     if not s.group_by_length:
         order = "the same for all three (peftlab's seeded order, given to the Trainer as its sampler)"
+    fast = s.peftlab_side()
+    if s.fast_vs_default:
+        order = "peftlab: its grouped batches; the Trainer and plain: peftlab's ungrouped seeded order"
+    ceilings = ", ".join(f"{p} {g:.1f}" for p, g in sorted(report.ceilings.items()))
     lines = [
         f"setting: model={s.model} task={s.task} method={s.method} examples={len(shared.dataset)} "
         f"batch={s.batch_size} max_length={s.max_length} steps={shared.total_steps} "
         f"({shared.trainer.state.steps_per_epoch}/epoch) precision={s.precision} "
+        f"group_by_length={s.group_by_length} "
         f"threads={torch.get_num_threads()} repeats={s.repeats} seed={s.seed}",
         "epoch s: wall time of the training epochs (data loading, steps, logging), per epoch; setup and "
         "evaluation excluded (peftlab's end-of-epoch evaluation is timed and subtracted); median of repeats",
         f"% of ceiling: FLOPs of the steps (torch's counter, forward + backward, exact per padded length) / "
-        f"sum of step times (batch in hand -> optimizer step done) / matmul ceiling "
-        f"{report.ceiling_gflops:.1f} GFLOP/s ({s.precision}, matmul_gflops, best over the run)",
+        f"sum of step times (batch in hand -> optimizer step done) / matmul ceiling of the loop's "
+        f"precision ({ceilings} GFLOP/s, matmul_gflops, best over the run); an untimed forward + "
+        "backward runs before the first loop",
         "same for all: examples tokenized by peftlab's task loader (dynamic padding); step-0 weights "
         "(peftlab's model copied into the peft / plain model); torch RNG reseeded at the first step; "
         "dev metrics by peftlab's task.evaluate on the same dev loader",
@@ -151,6 +183,13 @@ def notes(report: Report, rows: list[dict[str, object]]) -> list[str]:
         f"peftlab counts FLOPs on its first step: measure.flops={cfg.measure.flops} (a run's default); "
         f"logs every {cfg.schedule.log_every_steps} steps, as the Trainer here",
     ]
+    if s.fast_vs_default:
+        lines.insert(
+            1,
+            f"FAST vs DEFAULT: peftlab with its fast options (precision={fast.precision}, "
+            f"task.group_by_length={fast.group_by_length}); the Trainer and plain loops at their "
+            f"defaults above: different work per epoch, the comparison a user of the fast options makes",
+        )
     for r in rows:
         lines.append(
             f"{r['loop']}: median step {r['step_ms']:.1f} ms, first-step loss {r['first_loss']:.6f}, "

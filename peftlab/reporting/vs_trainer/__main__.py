@@ -54,6 +54,12 @@ def add_loop_options(p: argparse.ArgumentParser, default: Settings) -> None:
         help="batches of similar length (peftlab's task.group_by_length, the Trainer's sampler)",
     )
     p.add_argument(
+        "--fast-vs-default",
+        action="store_true",
+        help="peftlab's loop with its fast options (bf16 autocast, length grouping), the Trainer and "
+        "plain loops at --precision / --group-by-length (default fp32, ungrouped)",
+    )
+    p.add_argument(
         "--repeats", type=int, default=default.repeats, help="rounds of A B C (default: %(default)s)"
     )
     p.add_argument(
@@ -97,6 +103,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
         threads=a.threads or None,
         seed=a.seed,
         overrides=a.override,
+        fast_vs_default=a.fast_vs_default or None,
     )
     return settings, a
 
@@ -110,6 +117,7 @@ def bench_json(report: Report, provenance: dict[str, object]) -> dict[str, objec
         "provenance": ended(provenance),
         "settings": dataclasses.asdict(report.settings),
         "ceiling_gflops": report.ceiling_gflops,
+        **({"ceilings_gflops": report.ceilings} if len(report.ceilings) > 1 else {}),
         "rows": rows,
         "warnings": disagreements(rows),
         "notes": notes(report, rows),

@@ -4,6 +4,7 @@ order, the model at step 0, and the FLOPs of a step."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import tempfile
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -29,6 +30,9 @@ from peftlab.train.efficiency import count_flops
 from peftlab.train.trainer import Trainer as PeftlabTrainer
 
 METHODS = (Lora, FullFineTuning)
+# peftlab's documented fast options on CPU (bf16 autocast: fast with AVX-512-BF16/AMX only; batches of
+# similar length); torch.compile is another (--override schedule.compile=true), slow to compile on CPU
+FAST_OPTIONS = {"precision": "bf16", "group_by_length": True}
 METHOD_NAMES = tuple(m.registered_name for m in METHODS)  # type: ignore[attr-defined]
 
 
@@ -50,6 +54,13 @@ class Settings:
     threads: int | None = 1
     seed: int = 42
     overrides: list[str] = field(default_factory=list)  # more Hydra overrides for peftlab's config
+    # True: peftlab's loop with FAST_OPTIONS, the Trainer and plain loops at the settings above (None
+    # rather than False otherwise, so that the stored runs without the key match the same filter)
+    fast_vs_default: bool | None = None
+
+    def peftlab_side(self) -> Settings:
+        """The settings of peftlab's loop: these, or with the fast options (``fast_vs_default``)."""
+        return dataclasses.replace(self, **FAST_OPTIONS) if self.fast_vs_default else self
 
     def peftlab_overrides(self, output_dir: str) -> list[str]:
         samples = self.train_samples if self.train_samples else "null"

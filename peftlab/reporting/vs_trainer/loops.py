@@ -57,9 +57,9 @@ def optimizer_name(optimizer: torch.optim.Optimizer) -> str:
 
 
 def run_peftlab(settings: Settings, shared: Shared) -> LoopRun:
-    """(a) peftlab: ``build_trainer`` then ``fit`` as a run does; its own evaluation at the epoch end is
-    timed apart and taken out."""
-    trainer, folder = new_peftlab_trainer(settings)
+    """(a) peftlab: ``build_trainer`` then ``fit`` as a run does (with the fast options under
+    ``fast_vs_default``); its own evaluation at the epoch end is timed apart and taken out."""
+    trainer, folder = new_peftlab_trainer(settings.peftlab_side())
     run = LoopRun(PEFTLAB, trainable=trainer.trainable_count, optimizer=optimizer_name(trainer.optimizer))
     evaluate, train_step, eval_s = trainer.evaluate, trainer.train_step, [0.0]
 
