@@ -53,9 +53,13 @@ def main() -> float | None:
 
 # the typed groups: where a key of a group without yaml-listed keys lives ("": a top-level key)
 SCHEMA_GROUPS = {
-    "schedule": schemas.ScheduleSchema, "model": schemas.ModelSchema, "checkpoint": schemas.CheckpointSchema,
-    "distributed": schemas.DistributedSchema, "measure": schemas.MeasureSchema,
-    "logger": schemas.LoggerSchema, "": schemas.RunOptions,
+    "schedule": schemas.ScheduleSchema,
+    "model": schemas.ModelSchema,
+    "checkpoint": schemas.CheckpointSchema,
+    "distributed": schemas.DistributedSchema,
+    "measure": schemas.MeasureSchema,
+    "logger": schemas.LoggerSchema,
+    "": schemas.RunOptions,
 }
 
 
@@ -96,8 +100,10 @@ def composition_hint(err: ConfigCompositionException) -> str:
     group, _, key = str(full_key).rpartition(".")
     places = [place for g, place in groups_holding(key) if g != group or "(" in place]
     where = f"it is in {' or '.join(places)}" if places else "no config group has that key"
-    return (f"{group or 'the config'} has no key {key!r}: {where} (python -m peftlab --cfg job shows "
-            f"the composed config; +{full_key}=... adds a new key)")
+    return (
+        f"{group or 'the config'} has no key {key!r}: {where} (python -m peftlab --cfg job shows "
+        f"the composed config; +{full_key}=... adds a new key)"
+    )
 
 
 def group_choices(group: str) -> list[str]:
@@ -108,8 +114,11 @@ def group_choices(group: str) -> list[str]:
 def groups_holding(key: str) -> list[tuple[str, str]]:
     """(group, where) for each group with a field ``key``: the typed schemas ("" the top level), and the
     groups whose yaml presets have that top-level key (where names the presets)."""
-    found = [(g, g or "the top level") for g, schema in SCHEMA_GROUPS.items()
-             if key in {f.name for f in dataclasses.fields(schema)}]
+    found = [
+        (g, g or "the top level")
+        for g, schema in SCHEMA_GROUPS.items()
+        if key in {f.name for f in dataclasses.fields(schema)}
+    ]
     for folder in sorted(p for p in conf_dir().iterdir() if p.is_dir() and p.name not in SCHEMA_GROUPS):
         presets = [p.stem for p in sorted(folder.glob("*.yaml")) if _has_key(p, key)]
         if presets and key != "defaults":
@@ -121,7 +130,6 @@ def groups_holding(key: str) -> list[tuple[str, str]]:
 def _has_key(path: Path, key: str) -> bool:
     data = yaml.safe_load(path.read_text())
     return isinstance(data, dict) and key in data
-
 
 
 def resume_in_place(args: list[str]) -> list[str]:

@@ -73,6 +73,24 @@ def test_packed_run_trains_and_records_packing(tmp_path):
     assert saved["train_examples"] == 8 and saved["tokens_per_s"] > 0
 
 
+def test_a_packed_step_counts_its_examples_not_its_rows(tmp_path):
+    """Throughput's samples: 4 examples a step though they lie in fewer rows (each starts at position 0)."""
+    overrides = [*LM, "task.max_train_samples=8", "schedule.max_steps=2", "schedule.batch_size=4"]
+    trainer = build_trainer(tiny_config(tmp_path, *overrides, "task.packing=true"), RunDir(tmp_path))
+    rows = [len(batch["input_ids"]) for batch in trainer.train_loader]
+    assert max(rows) < 4  # packed: fewer rows than examples
+    assert trainer.fit(final_eval=False).samples == 8
+
+
+def test_packing_under_torchrun_is_refused(tmp_path, monkeypatch):
+    """Each rank would pack its own share into a different number of rows: refused, not measured."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    cfg = tiny_config(tmp_path / "run", *LM, "task.packing=true")
+    with pytest.raises(ConfigError, match="task.packing=true under torchrun.*WORLD_SIZE=2"):
+        check_on_model(check_config(cfg))
+    assert not (tmp_path / "run").exists()
+
+
 def test_packing_on_opt_is_refused_before_any_run_folder(tmp_path):
     opt = [o.replace("tiny_llama", "tiny_opt") for o in LM]
     cfg = tiny_config(tmp_path / "run", *opt, "task.packing=true")

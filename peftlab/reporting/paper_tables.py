@@ -50,8 +50,6 @@ class PaperTable:
     seeds: str = ""  # how the paper aggregates seeds
 
 
-
-
 def table_files() -> list[Path]:
     """Every method folder's ``paper_tables.yaml``."""
     import peftlab.methods

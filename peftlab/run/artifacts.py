@@ -50,9 +50,7 @@ def load_adapter(model: nn.Module, method: Method, run_dir: Path, label: str | N
     weights = run_dir / WEIGHTS
     for name in (WEIGHTS, META):
         if not (run_dir / name).exists():
-            raise ConfigError(
-                f"{label}: no {name} there (was the run finished with save_adapter=true?)"
-            )
+            raise ConfigError(f"{label}: no {name} there (was the run finished with save_adapter=true?)")
     try:
         meta = json.loads((run_dir / META).read_text())
     except (OSError, ValueError) as err:

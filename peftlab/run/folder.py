@@ -56,7 +56,6 @@ from peftlab.run.names import SWEEP_SUMMARY as SWEEP_SUMMARY
 log = logging.getLogger(__name__)
 
 
-
 # -- whole files --------------------------------------------------------------------------------------
 def fsync_path(path: Path) -> None:
     """Flush a file's data, or a folder's entries (a rename in it), to the disk."""

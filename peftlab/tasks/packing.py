@@ -13,6 +13,8 @@ model drops it.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from peftlab.errors import ConfigError
@@ -24,7 +26,14 @@ PACKABLE_ATTENTION = ("sdpa", "eager")
 
 
 def check_packable(config, model_name: str | None = None) -> None:
-    """Refuses ``task.packing`` on a model whose attention does not isolate packed sequences."""
+    """Refuses ``task.packing`` on a model whose attention does not isolate packed sequences, and under
+    torchrun: the packed loss is checked against the padded one in one process only."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world.isdigit() and int(world) > 1:
+        raise ConfigError(
+            f"task.packing=true under torchrun (WORLD_SIZE={world}) is not supported: packing is checked "
+            "in one process only; use task.group_by_length=true"
+        )
     model_type = getattr(config, "model_type", None)
     model_name = f"{model_name} ({model_type})" if model_name else f"type {model_type}"
     if getattr(config, "is_encoder_decoder", False) or model_type not in PACKABLE_TYPES:

@@ -65,6 +65,7 @@ class SplitImageConfig(ImageConfig):
         checks.number("task.train_fraction", self.train_fraction, above=0, below=1)
         checks.integer("task.split_seed", self.split_seed)
 
+
 log = logging.getLogger(__name__)
 
 

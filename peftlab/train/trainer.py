@@ -347,7 +347,8 @@ class Trainer:
         history.adapter_param_steps += self.trainable_count - self.trainable_head_count
         loss = self.train_step(batch, total_targets)
         self.timer.stop()
-        # examples: a packed batch's rows hold several (each starts at position 0)
+        # examples: a packed batch's rows hold several (each starts at position 0); the batch is still
+        # in host memory here, so counting them is no device sync
         packed = batch.get("position_ids")
         samples = int((packed == 0).sum()) if packed is not None else len(batch["labels"])
         samples *= distributed.world_size()
