@@ -38,7 +38,7 @@ def edited_copy(run, tmp_path, drop: str | None = None, add: str | None = None):
     copy = tmp_path / "edited"
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("*.lock", "checkpoints"))
     tensors = load_file(str(copy / "adapter.safetensors"))
-    dropped = sorted(k for k in tensors if drop is not None and drop in k)[:1 if drop != "head." else None]
+    dropped = sorted(k for k in tensors if drop is not None and drop in k)[: 1 if drop != "head." else None]
     for name in dropped:
         del tensors[name]
     if add is not None:

@@ -113,3 +113,20 @@ def test_fast_vs_default_runs_peftlab_alone_with_the_fast_options():
     assert abs(runs[PLAIN].losses[0] - runs[TRAINER].losses[0]) < 1e-5
     assert set(report.ceilings) == {"fp32", "bf16"} and report.ceiling_gflops == report.ceilings["fp32"]
     assert any(line.startswith("FAST vs DEFAULT: peftlab") for line in render(report).splitlines())
+
+
+def test_fast_options_pick_which_fast_settings_peftlab_takes():
+    """--fast-options group_by_length: peftlab in fp32 on grouped batches (all of them: stored as None);
+    an unknown name, or the option without --fast-vs-default, is refused naming the allowed ones."""
+    settings, _ = parse_args(["--fast-vs-default", "--fast-options", "group_by_length"])
+    side = settings.peftlab_side()
+    assert (side.precision, side.group_by_length) == ("fp32", True)
+    assert settings.fast_options == ["group_by_length"]
+    everything = parse_args(["--fast-vs-default", "--fast-options", "group_by_length,precision"])[0]
+    assert everything.fast_options is None and everything.peftlab_side().precision == "bf16"
+    for argv, why in (
+        (["--fast-vs-default", "--fast-options", "compile"], "'compile' is not one"),
+        (["--fast-options", "precision"], "it needs --fast-vs-default"),
+    ):
+        with pytest.raises(SystemExit, match=f"{why}; allowed: precision,group_by_length"):
+            parse_args(argv)

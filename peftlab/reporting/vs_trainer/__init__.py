@@ -161,7 +161,7 @@ def notes(report: Report, rows: list[dict[str, object]]) -> list[str]:
     if not s.group_by_length:
         order = "the same for all three (peftlab's seeded order, given to the Trainer as its sampler)"
     fast = s.peftlab_side()
-    if s.fast_vs_default:
+    if s.fast_vs_default and fast.group_by_length and not s.group_by_length:
         order = "peftlab: its grouped batches; the Trainer and plain: peftlab's ungrouped seeded order"
     ceilings = ", ".join(f"{p} {g:.1f}" for p, g in sorted(report.ceilings.items()))
     lines = [
@@ -186,7 +186,7 @@ def notes(report: Report, rows: list[dict[str, object]]) -> list[str]:
     if s.fast_vs_default:
         lines.insert(
             1,
-            f"FAST vs DEFAULT: peftlab with its fast options (precision={fast.precision}, "
+            f"FAST vs DEFAULT: peftlab with fast options (precision={fast.precision}, "
             f"task.group_by_length={fast.group_by_length}); the Trainer and plain loops at their "
             f"defaults above: different work per epoch, the comparison a user of the fast options makes",
         )

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from peftlab.reporting.store import bench_provenance, ended
 from peftlab.reporting.vs_trainer import Report, Settings, compare, disagreements, notes, render, summarise
-from peftlab.reporting.vs_trainer.common import METHOD_NAMES
+from peftlab.reporting.vs_trainer.common import FAST_OPTIONS, METHOD_NAMES
 
 
 def parser() -> argparse.ArgumentParser:
@@ -60,6 +60,12 @@ def add_loop_options(p: argparse.ArgumentParser, default: Settings) -> None:
         "plain loops at --precision / --group-by-length (default fp32, ungrouped)",
     )
     p.add_argument(
+        "--fast-options",
+        type=lambda text: text.split(","),
+        help=f"with --fast-vs-default: which of {','.join(FAST_OPTIONS)} peftlab's loop takes, comma-"
+        "separated (default: all)",
+    )
+    p.add_argument(
         "--repeats", type=int, default=default.repeats, help="rounds of A B C (default: %(default)s)"
     )
     p.add_argument(
@@ -104,8 +110,22 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
         seed=a.seed,
         overrides=a.override,
         fast_vs_default=a.fast_vs_default or None,
+        fast_options=fast_options(a.fast_options, a.fast_vs_default),
     )
     return settings, a
+
+
+def fast_options(names: list[str] | None, fast_vs_default: bool) -> list[str] | None:
+    """The --fast-options names, checked; None for all of them (what stored runs without it hold)."""
+    if names is None:
+        return None
+    unknown = [n for n in names if n not in FAST_OPTIONS]
+    if unknown or not fast_vs_default:
+        why = f"{unknown[0]!r} is not one" if unknown else "it needs --fast-vs-default"
+        raise SystemExit(
+            f"vs_trainer: --fast-options {','.join(names)}: {why}; allowed: {','.join(FAST_OPTIONS)}"
+        )
+    return None if sorted(names) == sorted(FAST_OPTIONS) else names
 
 
 def bench_json(report: Report, provenance: dict[str, object]) -> dict[str, object]:

@@ -57,10 +57,16 @@ class Settings:
     # True: peftlab's loop with FAST_OPTIONS, the Trainer and plain loops at the settings above (None
     # rather than False otherwise, so that the stored runs without the key match the same filter)
     fast_vs_default: bool | None = None
+    # with fast_vs_default: the FAST_OPTIONS keys peftlab's loop takes (None: all of them, as stored
+    # before this setting existed), e.g. ["group_by_length"] for peftlab in fp32 with length grouping
+    fast_options: list[str] | None = None
 
     def peftlab_side(self) -> Settings:
         """The settings of peftlab's loop: these, or with the fast options (``fast_vs_default``)."""
-        return dataclasses.replace(self, **FAST_OPTIONS) if self.fast_vs_default else self
+        if not self.fast_vs_default:
+            return self
+        keys = self.fast_options or list(FAST_OPTIONS)
+        return dataclasses.replace(self, **{k: FAST_OPTIONS[k] for k in keys})
 
     def peftlab_overrides(self, output_dir: str) -> list[str]:
         samples = self.train_samples if self.train_samples else "null"
