@@ -150,3 +150,13 @@ def test_provenance_names_the_checkout_and_nothing_outside_git(tmp_path):
     assert git_state(tmp_path) == {"git_commit": None, "git_dirty": None}
     record = provenance()
     assert record["cpu_cores"] >= 1 and record["command"].startswith("python -m peftlab")
+
+
+def test_a_page_definition_that_is_not_yaml_is_one_line_naming_the_file(tmp_path, caplog):
+    study = tmp_path / "store" / "tiny"
+    study.mkdir(parents=True)
+    (study / "page.yaml").write_text("page: tiny.md\nstore: add x (the rest: add y)\nrun: a: b\n")
+    with caplog.at_level("ERROR"):
+        assert report_main(["--store", str(tmp_path / "store"), "--out", str(tmp_path / "pages")]) == 2
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line.startswith(f"error: {study / 'page.yaml'}: not valid YAML (mapping values are not allowed")

@@ -92,7 +92,10 @@ def column(name: str) -> tuple[str, Callable[[list[Run]], str]]:
 
 def read_page(study_dir: Path) -> dict[str, Any]:
     """The study's page definition, with its keys checked."""
-    spec = yaml.safe_load((study_dir / PAGE).read_text()) or {}
+    try:
+        spec = yaml.safe_load((study_dir / PAGE).read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{study_dir / PAGE}: not valid YAML ({' '.join(str(err).split())})") from None
     unknown = set(spec) - PAGE_KEYS
     if unknown or "page" not in spec or "title" not in spec:
         raise ConfigError(f"{study_dir / PAGE}: needs page and title; unknown keys {sorted(unknown)}")
