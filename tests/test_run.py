@@ -48,7 +48,8 @@ def test_cli_run_writes_every_output(tmp_path):
     assert set(results["final_eval"]) == {"accuracy", "f1", "loss"}
     assert results["metric_units"] == {"accuracy": "fraction", "f1": "fraction", "loss": "loss"}
     assert results["trainable_params"]["start"] == results["trainable_params"]["end"] > 0
-    for key in ("train_time_s", "median_step_time_s", "peak_memory_bytes", "samples_per_s", "flops_per_step"):
+    timed = ("train_time_s", "median_step_time_s", "final_eval_time_s", "peak_memory_bytes", "samples_per_s")
+    for key in (*timed, "flops_per_step"):
         assert results[key] > 0, key
     # the step's GFLOP/s against this machine's matmul ceiling, measured in the run (not a constant)
     ceiling = results["matmul_ceiling_gflops"]

@@ -70,6 +70,7 @@ COLUMNS: dict[str, tuple[str, Callable[[list[Run]], str]]] = {
     "params": ("trainable params (mean over steps)", _number(lambda r: r.params(), 1.0, ",.0f")),
     "adapter_params": ("adapter params (no head)", _number(lambda r: r.params(adapter=True), 1.0, ",.0f")),
     "step_time": ("median step (ms)", _number(lambda r: r.results.get("median_step_time_s"), 1e3, ".1f")),
+    "eval_time": ("final eval (s)", _number(lambda r: r.results.get("final_eval_time_s"), 1.0, ".2f")),
     "train_time": ("train time (s)", _number(lambda r: r.results.get("train_time_s"), 1.0, ".1f")),
     "wall_time": ("wall time (s)", _number(lambda r: r.results.get("wall_time_s"), 1.0, ".1f")),
     "memory": ("peak memory (MiB)", _number(lambda r: r.results.get("peak_memory_bytes"), 2**-20, ".0f")),

@@ -33,7 +33,7 @@ KEPT = (
     *("method", "model", "task", "seed", "device", "train_examples", "eval_examples", "baseline"),
     *("provenance", "status", "final_eval", "best_eval", "best_step", "main_metric", "best_by"),
     *("metric_units", "steps", "epochs", "trainable_params", "total_params", "train_time_s"),
-    *("wall_time_s", "median_step_time_s", "samples_per_s", "tokens_per_s", "precision"),
+    *("wall_time_s", "median_step_time_s", "final_eval_time_s", "samples_per_s", "tokens_per_s", "precision"),
     *("skipped_steps", "peak_memory_bytes", "peak_memory_kind", "flops_per_step", "achieved_gflops"),
     "method_report",
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import TYPE_CHECKING
 
 from peftlab.errors import TrainingDiverged
@@ -18,11 +19,13 @@ log = logging.getLogger("peftlab.train.trainer")
 def evaluate(trainer: Trainer) -> dict[str, float]:
     """The metrics of every evaluation split (``Task.metric_key`` names them). A non-finite eval loss
     stops the run; the best evaluation is not taken from a method's first run (an unpruned model)."""
+    start = time.perf_counter()
     with efficiency.evaluation_peak(trainer.device, trainer.history.peak_memory_bytes):
-        metrics = score_splits(trainer)
+        metrics = score_splits(trainer)  # host floats: the device's work is done when they are
     step = trainer.state.step
     history = trainer.history
     history.last_eval, history.last_eval_step = metrics, step
+    history.last_eval_time_s = time.perf_counter() - start
     best_by = trainer.task.best_by
     in_first_run = 0 < step <= trainer.first_run  # not the scheduled run's model (unpruned)
     if not in_first_run and (history.best_eval is None or metrics[best_by] > history.best_eval[best_by]):

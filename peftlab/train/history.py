@@ -26,6 +26,7 @@ class History:
     best_step: int | None = None
     last_eval: dict[str, float] | None = None
     last_eval_step: int | None = None
+    last_eval_time_s: float | None = None  # wall time of the last evaluation (the final model's inference)
     flops_per_step: int | None = None
     peak_memory_bytes: dict[str, int] = field(default_factory=dict)  # CUDA: "train", "eval" peaks
 

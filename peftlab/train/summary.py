@@ -38,6 +38,7 @@ def run_summary(trainer: Trainer, wall_time_s: float) -> dict[str, Any]:
     return {
         "final_eval": history.last_eval,
         "best_eval": history.best_eval,
+        "final_eval_time_s": history.last_eval_time_s,  # the final model's inference over the dev splits
         "best_step": history.best_step,
         "main_metric": trainer.task.main_metric,
         "best_by": trainer.task.best_by,
