@@ -12,37 +12,25 @@ import argparse
 import json
 import math
 import os
-import platform
 import re
 import shutil
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 
 import torch
 
-from peftlab.reporting.markdown import table
+from peftlab.reporting.gpu_report import Check, environment, write_report
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 ZERO_SHOT = "[arc_challenge,arc_easy,boolq,openbookqa,rte,winogrande]"  # every task with local data
 # the random tiny BERT, wide enough for every preset's rank (the LLM presets: LoRA r=64, SPSFT 128 rows)
 MODEL = ["model=tiny_bert", "model.config.hidden_size=256", "model.config.intermediate_size=512"]
 TIMEOUT_S = 300  # one subprocess; a hung check fails instead of holding the machine
-
-
-@dataclass
-class Check:
-    """One line of the report."""
-
-    name: str
-    status: str  # pass | fail | skip
-    seconds: float
-    peak_memory_mib: float | None = None
-    detail: str = ""
 
 
 class CheckFailed(Exception):
@@ -123,24 +111,6 @@ def parse_args(argv: list[str] | None = None) -> Options:
 def method_names() -> list[str]:
     """Every option of the method group: one file per method or preset in conf/method/."""
     return sorted(p.stem for p in (CONF / "method").glob("*.yaml"))
-
-
-def environment(device: str) -> dict[str, object]:
-    """What the report's numbers were measured on."""
-    env: dict[str, object] = {
-        "device": device,
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "python": platform.python_version(),
-        "host": platform.node(),
-        "gpus_visible": torch.cuda.device_count() if torch.cuda.is_available() else 0,
-    }
-    if device == "cuda":
-        env["device_name"] = torch.cuda.get_device_name(0)
-        env["cudnn"] = torch.backends.cudnn.version()
-    else:
-        env["device_name"] = platform.processor() or platform.machine()
-    return env
 
 
 # a traceback's exception line, or the command line's one-line error ("[...][ERROR] - error: ...")
@@ -369,31 +339,6 @@ def run_checks(opts: Options) -> list[Check]:
     with ThreadPoolExecutor(max(1, opts.jobs)) as pool:
         checks = list(pool.map(lambda c: timed(c[0], c[1], *c[2]), train))
     return checks + [timed(name, check, *args) for name, check, args in plan if check is not check_train]
-
-
-def write_report(checks: list[Check], env: dict, opts: Options, seconds: float) -> Path:
-    """gpu_check.md (a table, one row per check) and gpu_check.json (the same numbers)."""
-    opts.out.mkdir(parents=True, exist_ok=True)
-    counts = {s: sum(c.status == s for c in checks) for s in ("pass", "fail", "skip")}
-    mode = "--quick" if opts.quick else "full"
-    lines = [
-        f"# GPU check ({opts.device}, {mode})",
-        "",
-        *(f"- {k}: {v}" for k, v in env.items()),
-        f"- total: {seconds:.0f} s; " + ", ".join(f"{n} {s}" for s, n in counts.items()),
-        f"- method checks ran {opts.jobs} at a time (each time includes sharing the device with the others)",
-        "- peak memory: the largest of the check's runs (results.json's peak_memory_bytes: CUDA max "
-        "allocated, on CPU the process's peak RSS)",
-        "",
-    ]
-    rows = [(c.name, c.status, f"{c.seconds:.1f}", c.peak_memory_mib or "", c.detail) for c in checks]
-    lines += table(["check", "status", "time s", "peak MiB", "detail / error"], rows, "llrrl")
-    report = opts.out / "gpu_check.md"
-    report.write_text("\n".join(lines) + "\n")
-    payload = {"environment": env, "mode": mode, "seconds": round(seconds, 1), "counts": counts}
-    payload["checks"] = [asdict(c) for c in checks]
-    (opts.out / "gpu_check.json").write_text(json.dumps(payload, indent=2) + "\n")
-    return report
 
 
 def main(argv: list[str] | None = None) -> int:
