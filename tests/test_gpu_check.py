@@ -55,6 +55,7 @@ def test_the_dry_run_plans_every_check_and_only_selects():
 @pytest.mark.parametrize("name", expected_checks())
 def test_cpu_dry_run_passes_each_check_and_reports_it(tmp_path, name):
     proc = script("--device", "cpu", "--quick", "--out", str(tmp_path), "--only", name)
+    assert (tmp_path / "gpu_check.json").exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     [check] = report["checks"]
     assert check["name"] == name
