@@ -99,6 +99,8 @@ def test_auto_starts_skips_resumes_or_refuses(tmp_path):
     assert skipped.action == "skip" and skipped.results["final_eval"] == {"accuracy": 0.5}
     # where and how it ran do not make another job; what it trains does
     assert plan(_job(tmp_path, "progress_bar=true", "checkpoint.every_steps=7")).action == "skip"
+    # a preset's table (per_task, per_method) counts by what it resolves to in the job, not by its shape
+    assert plan(_job(tmp_path, "+per_method.lora.mrpc=0.5")).action == "skip"
     with pytest.raises(ConfigError, match=r"another config \(differs in schedule.lr\)"):
         plan(_job(tmp_path, "schedule.lr=0.1"))
     assert plan(_job(tmp_path, "schedule.lr=0.1", "overwrite=true")).action == "start"

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from peftlab import distributed
 from peftlab.config import RunConfig
+from peftlab.config.check import PRESET_TABLES
 from peftlab.config.flat import dotted_items
 from peftlab.errors import ConfigError
 from peftlab.run.folder import RESULTS, RunDir
@@ -45,9 +46,10 @@ class Plan:
 
 
 def job_settings(cfg: DictConfig) -> dict[str, Any]:
-    """The config as dotted key -> value, without ``HOW_IT_RAN``: what makes two runs the same job."""
+    """The config as dotted key -> value, without ``HOW_IT_RAN`` and the presets' tables (``per_task``,
+    ``per_method``: what they give a job is in its resolved schedule): what makes two runs the same job."""
     tree = OmegaConf.to_container(cfg, resolve=True)
-    return dotted_items(tree, {*HOW_IT_RAN, "hydra"})  # type: ignore[arg-type]
+    return dotted_items(tree, {*HOW_IT_RAN, *PRESET_TABLES, "hydra"})  # type: ignore[arg-type]
 
 
 def differing(a: DictConfig, b: DictConfig) -> list[str]:
