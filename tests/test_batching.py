@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from conftest import tiny_config
 
-from peftlab.run.experiment import build_trainer
+from peftlab.run.experiment import build_trainer, run_experiment
 from peftlab.run.folder import RunDir
 from peftlab.tasks.batching import LengthGroupedSampler
 
@@ -37,3 +37,16 @@ def test_grouped_rte_batches_hold_less_padding(tmp_path):
     shuffled = padding_share(tmp_path / "a", "schedule.max_seq_length=128")
     grouped = padding_share(tmp_path / "b", "schedule.max_seq_length=128", "task.group_by_length=true")
     assert grouped < 0.5 * shuffled
+
+
+def test_a_grouped_run_resumed_mid_epoch_ends_as_the_uninterrupted_one(tmp_path):
+    """The grouped loader draws its epoch's base seed from its own generator (reset on resume), not from
+    the global RNG, which the resumed run would draw from once more than the uninterrupted one."""
+    grouped = ("task.group_by_length=true", "schedule.max_steps=4", "checkpoint.every_steps=2", "seed=7")
+    run = tmp_path / "run"
+    expected = run_experiment(tiny_config(run, *grouped))
+    assert expected["steps"] == 4 and expected["epochs"] == 1  # step 2 is mid-epoch
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_0000002.pt"]
+    (run / "results.json").unlink()  # as if killed after step 2's checkpoint
+    resumed = run_experiment(tiny_config(run, "resume=true"))
+    assert resumed["final_eval"] == expected["final_eval"]

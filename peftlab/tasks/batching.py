@@ -50,8 +50,10 @@ def train_sampling(
     (``generator`` None: evaluation)."""
     if generator is None:
         return {"shuffle": False}
+    # the loader's generator too: its iterator draws a base seed when an epoch starts, from the global RNG
+    # without one, which a run resumed mid-epoch would draw once more (its dropout then differs)
     if group_by_length:
-        return {"sampler": LengthGroupedSampler(lengths, batch_size, generator)}
+        return {"sampler": LengthGroupedSampler(lengths, batch_size, generator), "generator": generator}
     return {"shuffle": True, "generator": generator}
 
 
