@@ -10,7 +10,7 @@
     python scripts/bench.py --model minilm --batch-size 16 --ref fp32 \
         --row "fp32 method=lora" --row "bf16 method=lora schedule.precision=bf16" \
         --row "compiled method=lora schedule.compile=true" \
-        --row "shuffled method=lora task.max_train_samples=256 @loader" \
+        --row "shuffled method=lora task.max_train_samples=256 task.group_by_length=false @loader" \
         --row "grouped method=lora task.max_train_samples=256 task.group_by_length=true @loader"
 
 A row is a label and Hydra overrides; ``@frozen`` freezes every trainable projection matrix of the

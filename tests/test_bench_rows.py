@@ -25,7 +25,10 @@ def test_loader_rows_step_through_their_batches_and_report_padding(tmp_path):
             4,
             RunDir(tmp_path / label),
         )
-        for label, extra in (("shuffled", ""), ("grouped", "task.group_by_length=true"))
+        for label, extra in (
+            ("shuffled", "task.group_by_length=false"),
+            ("grouped", "task.group_by_length=true"),
+        )
     }
     for row in rows.values():
         assert len(row.batches) == 8 and row.precision == "fp32"
