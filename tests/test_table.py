@@ -173,7 +173,9 @@ def test_paper_mode_sets_ours_beside_the_published_numbers(tmp_path):
     median = table(tmp_path, "--paper", "aflora-t4", "--agg", "median")
     assert any(line.startswith("| AFLoRA | RTE | 85.00 |") for line in median)  # two seeds: same centre
     t1 = table(tmp_path, "--paper", "aflora-t1")
-    assert any(line.startswith("| AdaLoRA | CoLA |  | 70.86 |") and "not in peftlab" in line for line in t1)
+    sora = [line for line in t1 if line.startswith("| SoRA (r=4) | CoLA |  | 71.05 |")]
+    assert sora and "not in peftlab" in sora[0]
+    assert "| AdaLoRA | CoLA |  | 70.86 |  |  |  | 1.27M |  |" in t1  # method=peft_adalora, no run here
 
 
 def test_paper_tables_agree_where_the_papers_repeat_a_row():
