@@ -127,8 +127,7 @@ class Aflora(Method):
         """Warn when the freezing ramp is empty (T - t_f <= t_i): every PM then freezes at t_i at once,
         not by its score, which is not AFLoRA's schedule (short smoke runs still run)."""
         cfg = self.config
-        t_i = steps_of(cfg.t_initial, steps_per_epoch, scheduled_steps)
-        t_f = steps_of(cfg.t_final, steps_per_epoch, scheduled_steps)
+        t_i, t_f = self._freeze_window(scheduled_steps, steps_per_epoch)
         if self.scored and scheduled_steps - t_f <= t_i:
             log.warning(
                 "aflora t_initial=%s (%d steps) and t_final=%s (%d steps) leave no freezing ramp in a "
@@ -136,6 +135,13 @@ class Aflora(Method):
                 "give them as fractions of the run (method=aflora_fractions) or train longer",
                 cfg.t_initial, t_i, cfg.t_final, t_f, scheduled_steps, scheduled_steps - t_f, t_i,
             )  # fmt: skip
+
+    def _freeze_window(self, total_steps: int, steps_per_epoch: int) -> tuple[int, int]:
+        """(t_i, t_f) in optimizer steps: the config's epochs or fractions of the run."""
+        cfg = self.config
+        return steps_of(cfg.t_initial, steps_per_epoch, total_steps), steps_of(
+            cfg.t_final, steps_per_epoch, total_steps
+        )
 
     def after_backward(self, state: TrainState) -> None:
         if self.scored and self.scorer.active:
@@ -147,9 +153,7 @@ class Aflora(Method):
         window_closed = self.scorer.window_full()
         if window_closed:
             self.scorer.update()
-        cfg = self.config
-        t_i = steps_of(cfg.t_initial, state.steps_per_epoch, state.total_steps)
-        t_f = steps_of(cfg.t_final, state.steps_per_epoch, state.total_steps)
+        t_i, t_f = self._freeze_window(state.total_steps, state.steps_per_epoch)
         fraction = cubic_fraction(state.step, state.total_steps, t_i, t_f)
         if fraction >= 1.0:
             self._freeze(list(self.scorer.active), state)
